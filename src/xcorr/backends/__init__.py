@@ -1,0 +1,21 @@
+"""Algorithms. One module per method; each exposes ``xcorr(x, z, spec) -> Tensor``.
+
+A backend receives validated inputs (see :mod:`xcorr._checks`) and must return the exact
+result of :func:`xcorr.xcorr` for every mode and geometry, differentiably. No backend imports
+another: the planner is the only place that chooses between them.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .._spec import Spec
+from . import direct, fft
+
+Backend = Callable[[torch.Tensor, torch.Tensor, Spec], torch.Tensor]
+
+BACKENDS: dict[str, Backend] = {
+    "direct": direct.xcorr,
+    "fft": fft.xcorr,
+}

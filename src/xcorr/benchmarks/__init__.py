@@ -1,0 +1,21 @@
+"""Benchmark suites, run by ``python -m xcorr bench``.
+
+A suite is a list of :class:`Case`. A case's ``setup`` builds its inputs and returns the
+contenders as zero-argument callables keyed by name: ``"xcorr"`` for ours and one entry per
+peer that is installed (a peer whose package is missing is left out, not faked).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+OURS = "xcorr"
+
+
+@dataclass(frozen=True)
+class Case:
+    suite: str
+    name: str
+    setup: Callable[[], dict[str, Callable[[], Any]]]
+    #: The largest acceptable ratio of our median time to the fastest peer's.
+    target: float | None = None

@@ -1,0 +1,28 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+# Tolerances by dtype, relative to the largest |output|.
+TOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+def assert_close_rel(actual, expected, dtype=None):
+    dtype = dtype or actual.dtype
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    if expected.numel() == 0:
+        return
+    scale = expected.abs().max().clamp_min(1e-300)
+    err = ((actual - expected).abs().max() / scale).item()
+    assert err <= TOL[dtype], f"relative error {err:.3g} > {TOL[dtype]:.1g} for {dtype}"
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param

@@ -1,0 +1,210 @@
+import numpy as np
+import pytest
+import torch
+from conftest import assert_close_rel
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import xcorr_reference
+
+import xcorr
+
+METHODS = ["auto", "direct", "fft"]
+MODES = ["naive", "depthwise", "upchannel"]
+
+# (B, Bz, C, K, H, W, h, w, padding, stride, dilation): odd sizes, shared and per-item templates.
+GEOMETRIES = [
+    (1, 1, 3, 2, 9, 11, 3, 5, 0, 1, 1),
+    (3, 3, 2, 1, 8, 7, 4, 3, 1, 1, 1),
+    (5, 1, 3, 3, 13, 10, 5, 4, (2, 1), (2, 3), 1),
+    (6, 2, 2, 2, 12, 15, 3, 3, 0, 1, (2, 3)),
+    (4, 2, 4, 2, 17, 16, 4, 5, (1, 3), 3, 2),
+    (1, 1, 1, 1, 5, 5, 5, 5, 0, 1, 1),
+    (2, 2, 3, 1, 6, 6, 1, 1, 0, 2, 1),
+]
+
+
+def make(B, Bz, C, K, H, W, h, w, mode, dtype=torch.float64, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    Cz = K * C if mode == "upchannel" else C
+    x = torch.randn(B, C, H, W, generator=g, dtype=torch.float64)
+    z = torch.randn(Bz, Cz, h, w, generator=g, dtype=torch.float64)
+    return x.to(device, dtype), z.to(device, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", METHODS)
+def test_matches_reference(method, mode, geometry, dtype, device):
+    B, Bz, C, K, H, W, h, w, padding, stride, dilation = geometry
+    x, z = make(B, Bz, C, K, H, W, h, w, mode, dtype, device)
+    out = xcorr.xcorr(x, z, mode, padding=padding, stride=stride, dilation=dilation, method=method)
+    expected = xcorr_reference(x, z, mode, padding, stride, dilation)
+    assert out.dtype == dtype and out.device == x.device
+    assert_close_rel(out, expected, dtype)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "channels_last", "expanded"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", METHODS)
+def test_non_contiguous_inputs(method, mode, layout, device):
+    x, z = make(4, 2, 3, 2, 12, 12, 4, 4, mode, device=device)
+    if layout == "transposed":
+        x, z = x.transpose(2, 3), z.transpose(2, 3)
+    elif layout == "sliced":
+        x, z = torch.cat([x, x], dim=3)[..., ::2], z[:, :, :3, 1:]
+    elif layout == "channels_last":
+        x, z = x.to(memory_format=torch.channels_last), z.to(memory_format=torch.channels_last)
+    else:
+        x = x[:1].expand(4, -1, -1, -1)
+    assert not x.is_contiguous()
+    before = (x.clone(), z.clone())
+    out = xcorr.xcorr(x, z, mode, padding=1, method=method)
+    assert_close_rel(out, xcorr_reference(x, z, mode, padding=1))
+    torch.testing.assert_close(x, before[0], rtol=0, atol=0)
+    torch.testing.assert_close(z, before[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("Bz", [0, 1, 3])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", METHODS)
+def test_batch_zero(method, mode, Bz, device):
+    x, z = make(0, Bz, 3, 2, 9, 8, 3, 2, mode, device=device)
+    x.requires_grad_(True)
+    z.requires_grad_(True)
+    out = xcorr.xcorr(x, z, mode, padding=1, method=method)
+    K = {"naive": 1, "depthwise": 3, "upchannel": 2}[mode]
+    assert out.shape == (0, K, 9, 9)
+    out.sum().backward()
+    assert x.grad.shape == x.shape and z.grad.shape == z.shape
+    assert z.grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", ["direct", "fft"])
+def test_gradcheck(method, mode):
+    x, z = make(4, 2, 2, 2, 7, 8, 3, 2, mode)
+    x.requires_grad_(True)
+    z.requires_grad_(True)
+
+    def f(x, z):
+        return xcorr.xcorr(x, z, mode, padding=(1, 0), stride=(1, 2), dilation=(2, 1), method=method)
+
+    assert torch.autograd.gradcheck(f, (x, z), fast_mode=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_gradient_matches_reference_autograd(mode):
+    # The reference is itself differentiable if we build it from tensors that need grad;
+    # compare the two methods' gradients with each other and a finite-free closed form.
+    x, z = make(3, 3, 2, 2, 9, 9, 3, 3, mode)
+    grads = {}
+    for method in ("direct", "fft"):
+        xx, zz = x.clone().requires_grad_(True), z.clone().requires_grad_(True)
+        xcorr.xcorr(xx, zz, mode, method=method).pow(2).sum().backward()
+        grads[method] = (xx.grad, zz.grad)
+    torch.testing.assert_close(grads["direct"], grads["fft"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("method", METHODS)
+def test_half_precision_returns_input_dtype(method, dtype):
+    x, z = make(2, 1, 3, 2, 10, 10, 3, 3, "upchannel", dtype)
+    out = xcorr.xcorr(x, z, "upchannel", method=method)
+    assert out.dtype == dtype
+    assert_close_rel(out, xcorr_reference(x, z, "upchannel"), dtype)
+
+
+SEED = torch.Generator().manual_seed(7)
+PROBES = [(0, 0), (64, 31), (128, 128), (5, 127)]
+
+
+def _seed_case(B, Bz, mode):
+    x = torch.rand(B, 256, 255, 255, generator=SEED)
+    z = torch.rand(Bz, 256, 127, 127, generator=SEED)
+    out = xcorr.xcorr(x, z, mode)
+    expected = xcorr_reference(x, z, mode, positions=PROBES)
+    got = torch.stack([out[:, :, i, j] for i, j in PROBES], dim=-1)
+    return out, got, expected
+
+
+@pytest.mark.parametrize(
+    "B, mode, shape",
+    [
+        (1, "naive", (1, 1, 129, 129)),  # SiamFC tracking: F.conv2d(x, z)
+        (8, "naive", (8, 1, 129, 129)),  # SiamFC training: groups=B
+        (1, "depthwise", (1, 256, 129, 129)),  # SiamRPN++ tracking: groups=C
+        (8, "depthwise", (8, 256, 129, 129)),  # SiamRPN++ training: groups=B*C
+    ],
+)
+def test_seed_examples(B, mode, shape):
+    out, got, expected = _seed_case(B, B, mode)
+    assert out.shape == shape
+    assert_close_rel(got, expected, torch.float32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.data(),
+    mode=st.sampled_from(MODES),
+    method=st.sampled_from(METHODS),
+)
+def test_property_random_shapes(data, mode, method):
+    draw = data.draw
+    Bz = draw(st.integers(1, 3))
+    B = Bz * draw(st.integers(1, 3))
+    C, K = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    H = draw(st.integers(max(1, dh * (h - 1) + 1 - 2 * ph), 20))
+    W = draw(st.integers(max(1, dw * (w - 1) + 1 - 2 * pw), 20))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    x, z = make(B, Bz, C, K, H, W, h, w, mode, dtype, seed=draw(st.integers(0, 1000)))
+    kw = dict(padding=(ph, pw), stride=(sh, sw), dilation=(dh, dw))
+    out = xcorr.xcorr(x, z, mode, method=method, **kw)
+    assert_close_rel(out, xcorr_reference(x, z, mode, **kw), dtype)
+
+
+def test_docstring_example():
+    x, z = torch.ones(2, 3, 8, 8), torch.ones(1, 3, 3, 3)
+    assert xcorr.xcorr(x, z).shape == (2, 1, 6, 6)
+    assert xcorr.xcorr(x, z, "depthwise")[0, :, 0, 0].tolist() == [9.0, 9.0, 9.0]
+
+
+X, Z = torch.zeros(2, 3, 8, 8), torch.zeros(1, 3, 3, 3)
+BAD_INPUTS = [
+    (lambda: xcorr.xcorr(np.zeros((2, 3, 8, 8)), Z), TypeError, r"x must be a torch\.Tensor.*numpy\.ndarray"),
+    (lambda: xcorr.xcorr(X, [1, 2]), TypeError, r"z must be a torch\.Tensor.*list"),
+    (lambda: xcorr.xcorr(X[0], Z), ValueError, r"x must be 4-D \(B, C, H, W\), got shape \(3, 8, 8\)"),
+    (lambda: xcorr.xcorr(X, Z[0, 0]), ValueError, r"z must be 4-D .*got shape \(3, 3\)"),
+    (lambda: xcorr.xcorr(X.long(), Z.long()), TypeError, r"x must have a floating-point dtype, got torch\.int64"),
+    (lambda: xcorr.xcorr(X.bool(), Z), TypeError, r"x must have a floating-point dtype, got torch\.bool"),
+    (lambda: xcorr.xcorr(X, Z.to(torch.complex64)), TypeError, r"z must have a floating-point dtype, got torch\.complex64"),
+    (lambda: xcorr.xcorr(X, Z.double()), TypeError, r"same dtype, got x torch\.float32 and z torch\.float64"),
+    (lambda: xcorr.xcorr(X, Z.to("meta")), ValueError, r"same device, got x on cpu and z on meta"),
+    (lambda: xcorr.xcorr(X, torch.zeros(1, 4, 3, 3)), ValueError, r"mode 'naive' needs z to have as many channels as x.*C=3.*Cz=4"),
+    (lambda: xcorr.xcorr(X, torch.zeros(1, 2, 3, 3), "depthwise"), ValueError, r"mode 'depthwise' needs z.*Cz=2"),
+    (lambda: xcorr.xcorr(X, torch.zeros(1, 7, 3, 3), "upchannel"), ValueError, r"'upchannel' needs z's channels to be a positive multiple K\*C.*Cz=7"),
+    (lambda: xcorr.xcorr(torch.zeros(3, 3, 8, 8), torch.zeros(2, 3, 3, 3)), ValueError, r"x's batch must be a multiple of z's batch.*B=3.*Bz=2"),
+    (lambda: xcorr.xcorr(X, torch.zeros(0, 3, 3, 3)), ValueError, r"z has no templates"),
+    (lambda: xcorr.xcorr(X, torch.zeros(1, 3, 9, 3)), ValueError, r"template must fit in the padded search.*spans 9x3.*is 8x8"),
+    (lambda: xcorr.xcorr(X, Z, dilation=4), ValueError, r"template must fit.*dilation \(4, 4\) spans 9x9"),
+    (lambda: xcorr.xcorr(X, torch.zeros(1, 3, 0, 3)), ValueError, r"non-empty template"),
+    (lambda: xcorr.xcorr(X, Z, "pixel"), ValueError, r"unknown mode 'pixel'; valid values are 'naive', 'depthwise', 'upchannel'"),
+    (lambda: xcorr.xcorr(X, Z, method="winograd"), ValueError, r"unknown method 'winograd'; valid values are 'auto', 'direct', 'fft'"),
+    (lambda: xcorr.xcorr(X, Z, mode=1), TypeError, r"mode must be a string"),
+    (lambda: xcorr.xcorr(X, Z, padding=-1), ValueError, r"padding must be non-negative, got -1"),
+    (lambda: xcorr.xcorr(X, Z, padding=(0, -2)), ValueError, r"padding must be non-negative, got \(0, -2\)"),
+    (lambda: xcorr.xcorr(X, Z, stride=0), ValueError, r"stride must be at least 1, got 0"),
+    (lambda: xcorr.xcorr(X, Z, dilation=(1, 0)), ValueError, r"dilation must be at least 1, got \(1, 0\)"),
+    (lambda: xcorr.xcorr(X, Z, stride=1.5), TypeError, r"stride must be an int or a pair of ints, got 1\.5"),
+    (lambda: xcorr.xcorr(X, Z, padding=(1, 2, 3)), TypeError, r"padding must be an int or a pair of ints"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", BAD_INPUTS)
+def test_bad_inputs(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
