@@ -1,0 +1,348 @@
+"""Template matching: OpenCV's six ``TM_*`` scores on the correlation backends, batched and differentiable.
+
+Each score is one correlation (through :func:`xcorr.xcorr`) plus window statistics. Unmasked,
+the window sums and sums of squares come from box filters accumulated in float64, so the
+variance of a window survives even where it is tiny next to its mean. Masked windows are
+weighted by the mask, so their sums are correlations with the mask, computed in float64.
+
+Precision tricks, each exact in arithmetic:
+
+* ``ccoeff``: the template is centred, and each image shifted by its own mean, so the
+  correlation never subtracts two large numbers (``sum I*T' == sum (I - c)*T'`` when
+  ``sum T' == 0``).
+* ``sqdiff``: image and template are shifted by the template's mean before the expansion
+  ``sum T^2 - 2 sum I*T + sum I^2``, which leaves ``I - T`` unchanged.
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._checks import check_find_peaks, check_mask_weights, check_match
+from .ops import xcorr
+
+Array = Union[np.ndarray, torch.Tensor]
+Peak = tuple[int, int, float]
+
+#: OpenCV's flat-window rule: a window is flat when its energy about its mean is at most
+#: ``min(FLAT_ABSOLUTE, FLAT_RELATIVE * its energy)`` (10 float32 epsilons relative; 0.5 absolute,
+#: which is below any non-flat window of integer-valued pixels).
+FLAT_RELATIVE = 10 * float(np.finfo(np.float32).eps)
+FLAT_ABSOLUTE = 0.5
+#: OpenCV's flat-template rule for ``ccoeff_normed``: summed channel variance below float64 epsilon.
+FLAT_TEMPLATE = float(np.finfo(np.float64).eps)
+
+# Box filters run on pieces of about this many elements: float64 temporaries then stay in cache
+# and below the size from which every allocation maps fresh, zero-filled pages.
+_PIECE = 1 << 19
+
+_UPCAST = (torch.float16, torch.bfloat16)
+
+
+def match_template(image: Array, template: Array, method: str = "ccoeff_normed", *, mask: Array | None = None) -> Array:
+    r"""Score every placement of ``template`` in ``image`` with one of OpenCV's six methods.
+
+    The scores are those of ``cv2.matchTemplate`` (valid positions only, channels summed):
+
+    ===================  ==========================================================================
+    ``"sqdiff"``         :math:`\sum (T - I)^2`
+    ``"sqdiff_normed"``  :math:`\sum (T - I)^2 / \sqrt{\sum T^2 \sum I^2}`
+    ``"ccorr"``          :math:`\sum T I`
+    ``"ccorr_normed"``   :math:`\sum T I / \sqrt{\sum T^2 \sum I^2}`
+    ``"ccoeff"``         :math:`\sum T' I'` with template and window minus their means
+    ``"ccoeff_normed"``  :math:`\sum T' I' / \sqrt{\sum T'^2 \sum I'^2}` (zero-mean normalised
+                         cross-correlation, ZNCC: the right choice under brightness and contrast change)
+    ===================  ==========================================================================
+
+    Normed scores are always finite and within [-1, 1] ([0, 1] for ``"sqdiff_normed"``), by
+    OpenCV's rules: a flat window (energy about its mean at most ``min(0.5, 10 * FLT_EPSILON *
+    energy)``) scores 0 (1 for ``"sqdiff_normed"``); a flat template scores 1 everywhere with
+    ``"ccoeff_normed"``; a ratio that rounding pushed past 1 is clipped to ±1.
+
+    Args:
+        image: numpy (H, W) or (H, W, C), uint8, float32 or float64, as for ``cv2.matchTemplate``;
+            or Tensor[N, C, H, W] of a floating dtype, on any device.
+        template: numpy (h, w) or (h, w, C) of the image's dtype; or Tensor[Nt, C, h, w] with
+            ``N`` a multiple of ``Nt``: template ``i`` serves images ``i*k ... i*k+k-1``.
+        method: one of ``"sqdiff"``, ``"sqdiff_normed"``, ``"ccorr"``, ``"ccorr_normed"``,
+            ``"ccoeff"``, ``"ccoeff_normed"``.
+        mask: optional template weights with OpenCV's masked definitions (each template and window
+            pixel weighted by the mask): numpy (h, w) or (h, w, 1 or C); a tensor (h, w),
+            (1 or C, h, w) or (1 or Nt, 1 or C, h, w). bool and uint8 masks are binary (non-zero
+            means 1), floating masks are weights; they must be non-negative, and not all zero.
+            Unlike OpenCV's, masked normed scores keep the bounds above.
+
+    Returns:
+        numpy float32 (H-h+1, W-w+1) for numpy inputs; Tensor[N, 1, H-h+1, W-w+1] of the image's
+        dtype and device for tensors, differentiable in image and template.
+
+    Example:
+        >>> image = np.zeros((6, 7), np.float32)
+        >>> image[2:4, 3:5] = [[1, 2], [3, 4]]
+        >>> scores = match_template(image, image[1:5, 2:6].copy())
+        >>> scores.shape, find_peaks(scores)
+        ((3, 4), [(2, 1, 1.0)])
+        >>> match_template(torch.rand(8, 3, 32, 32), torch.rand(2, 3, 5, 5)).shape
+        torch.Size([8, 1, 28, 28])
+    """
+    if check_match(image, template, method, mask):
+        x, z, m = _from_arrays(image, template, mask)
+        return _scores(x, z, method, m)[0, 0].to(torch.float32).numpy()
+    return _scores(image, template, method, None if mask is None else _mask_tensor(mask, template.dtype))
+
+
+def find_peaks(scores: Array, k: int = 1, *, min_distance: int | None = None, largest: bool = True):
+    """The ``k`` best positions of a score map, with non-maximum suppression.
+
+    Args:
+        scores: numpy or Tensor (H', W'), or Tensor/array (N, 1, H', W') for a batch.
+        k (int): how many positions to return (fewer if the map runs out).
+        min_distance (int or None): peaks are at least this far apart (Chebyshev distance, in
+            pixels): a chosen peak suppresses the positions closer than that. ``None`` means no
+            suppression (plain top-k). Half the template size is a good choice.
+        largest (bool): best means largest (``ccorr``, ``ccoeff``); pass ``False`` for ``sqdiff``.
+
+    Returns:
+        list of ``(x, y, score)``, best first, with ``(x, y)`` the template's top-left corner as
+        ``cv2.minMaxLoc`` reports it (ties go to the first position in row-major order); for a
+        batch, one such list per item.
+
+    Example:
+        >>> find_peaks(np.array([[0, 5, 0], [9, 0, 4]], np.float32), k=2)
+        [(0, 1, 9.0), (1, 0, 5.0)]
+    """
+    check_find_peaks(scores, k, min_distance, largest)
+    s = torch.from_numpy(np.ascontiguousarray(scores)) if isinstance(scores, np.ndarray) else scores.detach()
+    if s.dim() == 4:
+        return [_peaks(item[0], k, min_distance or 1, largest) for item in s]
+    return _peaks(s, k, min_distance or 1, largest)
+
+
+def _peaks(s: torch.Tensor, k: int, distance: int, largest: bool) -> list[Peak]:
+    work = s.double().cpu()
+    work = work.clone() if largest else -work
+    work[torch.isnan(work)] = -torch.inf
+    H, W = work.shape
+    peaks = []
+    for _ in range(min(k, H * W)):
+        index = int(torch.argmax(work))
+        y, x = divmod(index, W)
+        if work[y, x] == -torch.inf:
+            break
+        peaks.append((x, y, float(s[y, x])))
+        work[max(0, y - distance + 1) : y + distance, max(0, x - distance + 1) : x + distance] = -torch.inf
+    return peaks
+
+
+def _from_arrays(image: np.ndarray, template: np.ndarray, mask: np.ndarray | None):
+    dtype = torch.float64 if image.dtype == np.float64 else torch.float32
+
+    def tensor(a: np.ndarray, dt: torch.dtype) -> torch.Tensor:
+        a = a.reshape(*a.shape[:2], -1)
+        if a.dtype == np.uint8:
+            a = a.astype(np.float32)
+        t = torch.from_numpy(np.ascontiguousarray(a) if a.flags.writeable else a.copy())
+        return t.permute(2, 0, 1).unsqueeze(0).to(dt).contiguous()
+
+    m = None
+    if mask is not None:
+        m = tensor((mask != 0) if mask.dtype.kind in "bu" else mask, dtype).to(dtype)
+    return tensor(image, dtype), tensor(template, dtype), m
+
+
+def _mask_tensor(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    m = mask if mask.dtype.is_floating_point else (mask != 0)
+    m = m.to(dtype if dtype not in _UPCAST else torch.float32)
+    while m.dim() < 4:
+        m = m.unsqueeze(0)
+    return m
+
+
+def _scores(x: torch.Tensor, z: torch.Tensor, method: str, mask: torch.Tensor | None) -> torch.Tensor:
+    N, C, H, W = x.shape
+    Nt, _, h, w = z.shape
+    if mask is not None:
+        check_mask_weights(mask, method.startswith("ccoeff"))
+    if N == 0:
+        # Keep the empty result attached to both inputs, so autograd sees the dependency.
+        return x.new_zeros(0, 1, H - h + 1, W - w + 1) + (x.sum() + z.sum()) * 0
+    if x.dtype in _UPCAST:
+        return _scores(x.float(), z.float(), method, mask).to(x.dtype)
+    if mask is not None:
+        return _masked(x, z, mask.expand(Nt, C, h, w), method, N // Nt)
+    return _dense(x, z, method, N // Nt)
+
+
+def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tensor:
+    family, normed = method.split("_")[0], method.endswith("_normed")
+    N, C, H, W = x.shape
+    _, _, h, w = z.shape
+    if family == "ccoeff":
+        zs = z - z.mean((2, 3), keepdim=True)
+        shift = x.detach().mean((2, 3), keepdim=True)
+    elif family == "sqdiff":
+        shift = z.detach().mean((2, 3), keepdim=True)
+        zs = z - shift
+        shift = shift.repeat_interleave(k, 0)
+    else:
+        zs, shift = z, None
+    xs = x if shift is None else x - shift
+    num = xcorr(xs, zs, "naive")
+    if method in ("ccorr", "ccoeff"):
+        return num
+
+    z64 = z.double()
+    if family == "ccoeff":
+        tz2 = (zs.double() ** 2).sum((1, 2, 3))
+        flat_template = tz2 / (h * w) < FLAT_TEMPLATE
+        tnorm = tz2.sqrt()
+    else:
+        tz2 = (zs.double() ** 2).sum((1, 2, 3))
+        tnorm = (z64**2).sum((1, 2, 3)).sqrt()
+        flat_template = None
+    per_image = [t.repeat_interleave(k).view(N, 1, 1, 1) if t is not None else None for t in (tz2, tnorm, flat_template)]
+    shift64 = None if shift is None else shift.double().expand(N, C, 1, 1)
+
+    pieces = []
+    for rows, images in _pieces(N, C, H, W, h):
+        out_rows = slice(rows.start, rows.stop - h + 1)
+        s1, s2 = _window_sums(xs[images, :, rows], h, w, first=shift is not None and normed)
+        tz2_i, tnorm_i, flat_i = (None if t is None else t[images] for t in per_image)
+        num_i = num[images, :, out_rows].double()
+        energy = s2.sum(1, keepdim=True)
+        if family == "sqdiff":
+            num_i = (tz2_i - 2 * num_i + energy).clamp_min(0)
+            if not normed:
+                pieces.append((images, out_rows, num_i))
+                continue
+        if shift64 is not None:
+            c = shift64[images]
+            raw = energy + (2 * c * s1 + h * w * c * c).sum(1, keepdim=True)
+        else:
+            raw = energy
+        diff2 = (s2 - s1 * s1 / (h * w)).sum(1, keepdim=True) if family == "ccoeff" else raw
+        score = _normalise(num_i, diff2, raw, tnorm_i, method)
+        if flat_i is not None:
+            score = torch.where(flat_i, torch.ones_like(score), score)
+        pieces.append((images, out_rows, score))
+    return _assemble(pieces, x.dtype)
+
+
+def _pieces(N: int, C: int, H: int, W: int, h: int):
+    """Split the box-filter work into (input rows, images) pieces of about ``_PIECE`` elements."""
+    if C * H * W >= _PIECE:
+        step = max(h, _PIECE // (C * W) - h + 1)
+        for top in range(0, H - h + 1, step):
+            for n in range(N):
+                yield slice(top, min(H, top + step + h - 1)), slice(n, n + 1)
+    else:
+        per = max(1, _PIECE // (C * H * W))
+        for n in range(0, N, per):
+            yield slice(0, H), slice(n, min(N, n + per))
+
+
+def _assemble(pieces, dtype: torch.dtype) -> torch.Tensor:
+    if len(pieces) == 1:
+        return pieces[0][2].to(dtype)
+    rows: dict[int, list[torch.Tensor]] = {}
+    order = []
+    for images, _, piece in pieces:
+        if images.start not in rows:
+            rows[images.start] = []
+            order.append(images.start)
+        rows[images.start].append(piece.to(dtype))
+    return torch.cat([torch.cat(rows[n], 2) for n in order], 0)
+
+
+def _window_sums(x: torch.Tensor, h: int, w: int, first: bool):
+    """Box sums of ``x`` and ``x**2`` over every h x w window, per channel, accumulated in float64."""
+    x64 = x.double()
+    s2 = _slide(_row_sums(x64 * x64, w), h)
+    s1 = _slide(_row_sums(x64, w), h) if first else None
+    return s1, s2
+
+
+def _row_sums(x: torch.Tensor, w: int) -> torch.Tensor:
+    c = torch.cumsum(F.pad(x, (1, 0)), -1)
+    return c[..., w:] - c[..., :-w]
+
+
+def _slide(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Sums of ``n`` consecutive rows, by doubling: pairwise rounding, contiguous vector adds."""
+    length = x.shape[-2] - n + 1
+    out, span, pos = None, 1, 0
+    while n:
+        if n & 1:
+            part = x[..., pos : pos + length, :]
+            out = part if out is None else out + part
+            pos += span
+        n >>= 1
+        if n:
+            x = x[..., :-span, :] + x[..., span:, :]
+            span *= 2
+    return out
+
+
+def _normalise(num: torch.Tensor, diff2: torch.Tensor, energy: torch.Tensor, tnorm: torch.Tensor, method: str) -> torch.Tensor:
+    """OpenCV's normalisation: ratio where it is below 1, ±1 just past it (rounding), else the worst score."""
+    diff2 = diff2.clamp_min(0)
+    flat = diff2 <= (FLAT_RELATIVE * energy).clamp_max(FLAT_ABSOLUTE)
+    t = torch.where(flat, torch.zeros_like(diff2), torch.sqrt(torch.where(flat, torch.ones_like(diff2), diff2)) * tnorm)
+    magnitude = num.abs()
+    inside = magnitude < t
+    ratio = num / torch.where(inside, t, torch.ones_like(t))
+    beyond = torch.full_like(num, 1.0 if method == "sqdiff_normed" else 0.0)
+    return torch.where(inside, ratio, torch.where(magnitude < 1.125 * t, torch.sign(num), beyond))
+
+
+def _masked(x: torch.Tensor, z: torch.Tensor, m: torch.Tensor, method: str, k: int) -> torch.Tensor:
+    """OpenCV's masked definitions, every window statistic a float64 correlation with the mask."""
+    family, normed = method.split("_")[0], method.endswith("_normed")
+    N, C = x.shape[:2]
+    x64, z64, m = x.double(), z.double(), m.double()
+    m2 = m * m
+    images = lambda t: t.repeat_interleave(k, 0)  # noqa: E731  (per template -> per image)
+    if family == "ccorr":
+        num = xcorr(x64, z64 * m2)
+    elif family == "sqdiff":
+        shift = z64.detach().mean((2, 3), keepdim=True)
+        xs, zs = x64 - images(shift), z64 - shift
+        tz2 = ((zs * m) ** 2).sum((1, 2, 3)).view(-1, 1, 1, 1)
+        num = (images(tz2) - 2 * xcorr(xs, zs * m2) + xcorr(xs * xs, m2)).clamp_min(0)
+    else:
+        msum = m.sum((2, 3), keepdim=True)
+        zc = z64 - (m * z64).sum((2, 3), keepdim=True) / msum
+        kernel = m2 * zc
+        shift = x64.detach().mean((2, 3), keepdim=True)
+        xs = x64 - shift
+        num = xcorr(xs, kernel)
+        binary = bool(((m == 0) | (m == 1)).all())
+        if not binary:
+            # sum M^2 (T - mT) is zero only for binary masks; otherwise the window mean enters.
+            num = num - xcorr(xs, m * kernel.sum((2, 3), keepdim=True) / msum)
+    if not normed:
+        return num.to(x.dtype)
+
+    if family == "ccoeff":
+        g = xcorr(xs, m, "depthwise")
+        a = g if binary else xcorr(xs, m2, "depthwise")
+        mean = g / images(msum).view(N, C, 1, 1)
+        m2sum = images(m2.sum((2, 3), keepdim=True))
+        p = xcorr(xs * xs, m2)
+        diff2 = p - (2 * mean * a - mean * mean * m2sum).sum(1, keepdim=True)
+        energy = p + (2 * shift * a + shift * shift * m2sum).sum(1, keepdim=True)
+        tz2 = (m2 * zc * zc).sum((2, 3))
+        tnorm = tz2.sum(1).sqrt()
+        flat_template = (tz2 / m2.sum((2, 3))).sum(1) < FLAT_TEMPLATE
+    else:
+        energy = xcorr(x64 * x64, m2)
+        diff2 = energy
+        tnorm = ((z64 * m) ** 2).sum((1, 2, 3)).sqrt()
+        flat_template = None
+    score = _normalise(num, diff2, energy, images(tnorm).view(N, 1, 1, 1), method)
+    if flat_template is not None:
+        score = torch.where(images(flat_template).view(N, 1, 1, 1), torch.ones_like(score), score)
+    return score.to(x.dtype)
