@@ -194,49 +194,53 @@ def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tenso
     if method in ("ccorr", "ccoeff"):
         return num
 
-    z64 = z.double()
-    if family == "ccoeff":
-        tz2 = (zs.double() ** 2).sum((1, 2, 3))
-        flat_template = tz2 / (h * w) < FLAT_TEMPLATE
-        tnorm = tz2.sqrt()
-    else:
-        tz2 = (zs.double() ** 2).sum((1, 2, 3))
-        tnorm = (z64**2).sum((1, 2, 3)).sqrt()
-        flat_template = None
-    per_image = [t.repeat_interleave(k).view(N, 1, 1, 1) if t is not None else None for t in (tz2, tnorm, flat_template)]
-    shift64 = None if shift is None else shift.double().expand(N, C, 1, 1)
-
+    # Per-template constants, one entry per image.
+    tz2 = (zs.double() ** 2).sum((1, 2, 3)).repeat_interleave(k)
+    tnorm = tz2.sqrt() if family == "ccoeff" else (z.double() ** 2).sum((1, 2, 3)).sqrt().repeat_interleave(k)
+    flat_template = (tz2 / (h * w) < FLAT_TEMPLATE) if method == "ccoeff_normed" else None
     pieces = []
     for rows, images in _pieces(N, C, H, W, h):
         out_rows = slice(rows.start, rows.stop - h + 1)
-        s1, s2 = _window_sums(xs[images, :, rows], h, w, first=shift is not None and normed)
-        tz2_i, tnorm_i, flat_i = (None if t is None else t[images] for t in per_image)
-        num_i = num[images, :, out_rows].double()
-        energy = s2.sum(1, keepdim=True)
-        if family == "sqdiff":
-            num_i = (tz2_i - 2 * num_i + energy).clamp_min(0)
+        band = xs[images, :, rows].double()
+        num_i = num[images, :, out_rows]
+        if family == "ccoeff":
+            s1 = _box(band, h, w)
+            s2 = _box(_squares(band), h, w)
+            diff2 = s2 - (s1 * s1).sum(1, keepdim=True) / (h * w)
+        elif family == "sqdiff":
+            sq = _box(_squares(band), h, w)
+            num_i = (tz2[images].view(-1, 1, 1, 1) - 2 * num_i + sq).clamp_min(0)
             if not normed:
-                pieces.append((images, out_rows, num_i))
+                pieces.append((images, num_i))
                 continue
-        if shift64 is not None:
-            c = shift64[images]
-            raw = energy + (2 * c * s1 + h * w * c * c).sum(1, keepdim=True)
+            raw = x[images, :, rows].double()
+            diff2 = _box(_squares(raw), h, w)
         else:
-            raw = energy
-        diff2 = (s2 - s1 * s1 / (h * w)).sum(1, keepdim=True) if family == "ccoeff" else raw
-        score = _normalise(num_i, diff2, raw, tnorm_i, method)
-        if flat_i is not None:
-            score = torch.where(flat_i, torch.ones_like(score), score)
-        pieces.append((images, out_rows, score))
+            diff2 = _box(_squares(band), h, w)
+        energy = (lambda: _energy(x, images, rows, h, w)) if family == "ccoeff" else None
+        score = _normalise(num_i, diff2, tnorm[images].view(-1, 1, 1, 1), method, energy)
+        if flat_template is not None and bool(flat_template[images].any()):
+            score = torch.where(flat_template[images].view(-1, 1, 1, 1), torch.ones_like(score), score)
+        pieces.append((images, score))
     return _assemble(pieces, x.dtype)
 
 
+def _energy(x: torch.Tensor, images: slice, rows: slice, h: int, w: int) -> torch.Tensor:
+    raw = x[images, :, rows].double()
+    return _box(_squares(raw), h, w)
+
+
+def _squares(x: torch.Tensor) -> torch.Tensor:
+    """Squares summed over channels: box filters commute with the channel sum."""
+    return x * x if x.shape[1] == 1 else (x * x).sum(1, keepdim=True)
+
+
 def _pieces(N: int, C: int, H: int, W: int, h: int):
-    """Split the box-filter work into (input rows, images) pieces of about ``_PIECE`` elements."""
-    if C * H * W >= _PIECE:
+    """Split the window statistics into (input rows, images) pieces of about ``_PIECE`` elements."""
+    if C * H * W > _PIECE:
         step = max(h, _PIECE // (C * W) - h + 1)
-        for top in range(0, H - h + 1, step):
-            for n in range(N):
+        for n in range(N):
+            for top in range(0, H - h + 1, step):
                 yield slice(top, min(H, top + step + h - 1)), slice(n, n + 1)
     else:
         per = max(1, _PIECE // (C * H * W))
@@ -245,28 +249,22 @@ def _pieces(N: int, C: int, H: int, W: int, h: int):
 
 
 def _assemble(pieces, dtype: torch.dtype) -> torch.Tensor:
+    """Put the pieces back together: rows of one image first, then the images."""
     if len(pieces) == 1:
-        return pieces[0][2].to(dtype)
-    rows: dict[int, list[torch.Tensor]] = {}
-    order = []
-    for images, _, piece in pieces:
-        if images.start not in rows:
-            rows[images.start] = []
-            order.append(images.start)
-        rows[images.start].append(piece.to(dtype))
-    return torch.cat([torch.cat(rows[n], 2) for n in order], 0)
+        return pieces[0][1].to(dtype)
+    images: list[torch.Tensor] = []
+    rows: list[torch.Tensor] = []
+    for i, (span, piece) in enumerate(pieces):
+        rows.append(piece.to(dtype))
+        if i + 1 == len(pieces) or pieces[i + 1][0] != span:
+            images.append(rows[0] if len(rows) == 1 else torch.cat(rows, 2))
+            rows = []
+    return torch.cat(images, 0)
 
 
-def _window_sums(x: torch.Tensor, h: int, w: int, first: bool):
-    """Box sums of ``x`` and ``x**2`` over every h x w window, per channel, accumulated in float64."""
-    x64 = x.double()
-    s2 = _slide(_row_sums(x64 * x64, w), h)
-    s1 = _slide(_row_sums(x64, w), h) if first else None
-    return s1, s2
-
-
-def _row_sums(x: torch.Tensor, w: int) -> torch.Tensor:
-    c = torch.cumsum(F.pad(x, (1, 0)), -1)
+def _box(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Sums over every h x w window: a doubling pass down the rows, then a running sum along them."""
+    c = torch.cumsum(F.pad(_slide(x, h), (1, 0)), -1)
     return c[..., w:] - c[..., :-w]
 
 
@@ -286,16 +284,31 @@ def _slide(x: torch.Tensor, n: int) -> torch.Tensor:
     return out
 
 
-def _normalise(num: torch.Tensor, diff2: torch.Tensor, energy: torch.Tensor, tnorm: torch.Tensor, method: str) -> torch.Tensor:
-    """OpenCV's normalisation: ratio where it is below 1, ±1 just past it (rounding), else the worst score."""
-    diff2 = diff2.clamp_min(0)
-    flat = diff2 <= (FLAT_RELATIVE * energy).clamp_max(FLAT_ABSOLUTE)
-    t = torch.where(flat, torch.zeros_like(diff2), torch.sqrt(torch.where(flat, torch.ones_like(diff2), diff2)) * tnorm)
-    magnitude = num.abs()
-    inside = magnitude < t
-    ratio = num / torch.where(inside, t, torch.ones_like(t))
-    beyond = torch.full_like(num, 1.0 if method == "sqdiff_normed" else 0.0)
-    return torch.where(inside, ratio, torch.where(magnitude < 1.125 * t, torch.sign(num), beyond))
+def _normalise(num, diff2, tnorm, method, energy=None) -> torch.Tensor:
+    """OpenCV's normalisation of ``num`` by ``sqrt(diff2) * tnorm``.
+
+    The ratio where it is below 1 in magnitude, ±1 where rounding took it just past (up to
+    1.125), else the worst score (0, or 1 for ``sqdiff_normed``). A flat window (``diff2`` at most
+    ``min(0.5, 10 * FLT_EPSILON * energy)``) or a zero template has no ratio: the worst score.
+    ``energy`` (the window's sum of squares, or a function giving it) is needed only where
+    ``diff2 <= 0.5``; the common case costs a handful of vector operations.
+    """
+    worst = 1.0 if method == "sqdiff_normed" else 0.0
+    inv_t = torch.where(tnorm > 0, 1 / torch.where(tnorm > 0, tnorm, torch.ones_like(tnorm)), torch.zeros_like(tnorm))
+    if bool((diff2.amin() <= FLAT_ABSOLUTE) if diff2.numel() else False):
+        energy = energy() if callable(energy) else (diff2 if energy is None else energy)
+        flat = diff2 <= (FLAT_RELATIVE * energy).clamp_max(FLAT_ABSOLUTE)
+        ratio = num * torch.rsqrt(torch.where(flat, torch.ones_like(diff2), diff2)) * inv_t
+        ratio = torch.where(flat, torch.full_like(ratio, torch.inf), ratio)
+    else:
+        ratio = num * torch.rsqrt(diff2) * inv_t
+    ratio = torch.where(tnorm > 0, ratio, torch.full_like(ratio, torch.inf)) if bool((tnorm == 0).any()) else ratio
+    if method == "sqdiff_normed":
+        return ratio.clamp_max(1)
+    low, high = torch.aminmax(ratio)
+    if low <= -1.125 or high >= 1.125:
+        ratio = torch.where(ratio.abs() < 1.125, ratio, torch.full_like(ratio, worst))
+    return ratio.clamp(-1, 1)
 
 
 def _masked(x: torch.Tensor, z: torch.Tensor, m: torch.Tensor, method: str, k: int) -> torch.Tensor:
@@ -342,7 +355,7 @@ def _masked(x: torch.Tensor, z: torch.Tensor, m: torch.Tensor, method: str, k: i
         diff2 = energy
         tnorm = ((z64 * m) ** 2).sum((1, 2, 3)).sqrt()
         flat_template = None
-    score = _normalise(num, diff2, energy, images(tnorm).view(N, 1, 1, 1), method)
+    score = _normalise(num, diff2, images(tnorm).view(N, 1, 1, 1), method, energy)
     if flat_template is not None:
         score = torch.where(images(flat_template).view(N, 1, 1, 1), torch.ones_like(score), score)
     return score.to(x.dtype)
