@@ -20,7 +20,8 @@ install: venv
 install-dev: venv
 	$(PY) -m pip install --quiet -e ".[dev]"
 
-demo: install
+demo: venv
+	$(PY) -m pip install --quiet -e ".[match]"
 	$(PY) -m xcorr demo
 
 test: install-dev

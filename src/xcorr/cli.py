@@ -1,16 +1,55 @@
-"""Command line: ``python -m xcorr {demo}``."""
+"""Command line: ``python -m xcorr {demo,match}``."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit code 2, like every other error here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class CliError(Exception):
+    """A user error worth one line on stderr and exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xcorr", description="Exact, fast cross-correlation for PyTorch.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="run the Siamese trackers' four correlations at full size")
+    parser = _Parser(prog="xcorr", description="Exact, fast cross-correlation for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("demo", help="run the Siamese trackers' correlations and template matching on a real photo")
+    match = sub.add_parser(
+        "match",
+        help="find a template in an image (OpenCV's matchTemplate scores)",
+        description="Find TEMPLATE in IMAGE and print the best match(es): x, y (top-left corner) and score.",
+    )
+    match.add_argument("image", metavar="IMAGE", help="image file (any format Pillow reads)")
+    match.add_argument("template", metavar="TEMPLATE", help="template file, no larger than the image")
+    match.add_argument(
+        "--method",
+        default="ccoeff_normed",
+        metavar="M",
+        help="sqdiff, sqdiff_normed, ccorr, ccorr_normed, ccoeff or ccoeff_normed (default: ccoeff_normed)",
+    )
+    match.add_argument("--mask", metavar="FILE", help="template-sized mask image; non-zero pixels take part")
+    match.add_argument("--top-k", type=_positive, default=1, metavar="K", help="how many matches to report (default 1)")
+    match.add_argument("--heatmap", metavar="OUT.png", help="write the image with its match boxes beside the score map")
+    match.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -19,7 +58,92 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import demo
 
         demo.main()
+        return 0
+    try:
+        return _match(args)
+    except CliError as error:
+        print(f"xcorr match: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _read(path: str, what: str, mode: str | None = None):
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise CliError("reading images needs Pillow: pip install 'xcorr[match]'") from None
+    import numpy as np
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if mode is None:
+                mode = "L" if image.mode in ("1", "L", "LA") else "RGB"
+            return np.asarray(image.convert(mode))
+    except FileNotFoundError:
+        raise CliError(f"{what} file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise CliError(f"cannot read {what} {path}: {error}") from None
+
+
+def _match(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ._checks import MATCH_METHODS, check_choice
+    from .match import find_peaks, match_template
+
+    try:
+        check_choice(args.method, "method", MATCH_METHODS)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    image = _read(args.image, "image")
+    template = _read(args.template, "template")
+    if image.ndim != template.ndim:  # one greyscale, one colour: compare in colour
+        image, template = (np.repeat(a[..., None], 3, 2) if a.ndim == 2 else a for a in (image, template))
+    mask = None if args.mask is None else _read(args.mask, "mask", "L")
+    try:
+        scores = match_template(image, template, args.method, mask=mask)
+    except (ValueError, TypeError) as error:
+        raise CliError(str(error)) from None
+    h, w = template.shape[:2]
+    largest = not args.method.startswith("sqdiff")
+    peaks = find_peaks(scores, args.top_k, min_distance=max(1, min(h, w) // 2), largest=largest)
+    if args.heatmap:
+        _heatmap(args.heatmap, image, scores, peaks, (h, w), args.method)
+    matches = [{"x": x, "y": y, "score": score} for x, y, score in peaks]
+    if args.json:
+        print(json.dumps({**matches[0], "method": args.method, "matches": matches}))
+    else:
+        for rank, m in enumerate(matches, 1):
+            print(f"{rank}. x={m['x']} y={m['y']} score={m['score']:.6g} ({args.method}, {w}x{h} template)")
     return 0
+
+
+def _heatmap(path: str, image, scores, peaks, size: tuple[int, int], method: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+    except ImportError:
+        raise CliError("--heatmap needs matplotlib: pip install 'xcorr[match]'") from None
+    h, w = size
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
+    left.imshow(image, cmap="gray" if image.ndim == 2 else None)
+    for rank, (x, y, _) in enumerate(peaks):
+        left.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, lw=2, color="red" if rank == 0 else "orange"))
+    left.set_title("best match" if len(peaks) == 1 else f"{len(peaks)} best matches")
+    shown = right.imshow(scores, cmap="viridis")
+    right.plot([p[0] for p in peaks], [p[1] for p in peaks], "r+", markersize=12)
+    right.set_title(f"{method} scores (top-left corners)")
+    fig.colorbar(shown, ax=right, shrink=0.8)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=100)
+    except (OSError, ValueError) as error:
+        raise CliError(f"cannot write heatmap {path}: {error}") from None
+    finally:
+        plt.close(fig)
 
 
 if __name__ == "__main__":
