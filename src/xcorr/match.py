@@ -206,7 +206,7 @@ def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tenso
         if family == "ccoeff":
             s1 = _box(band, h, w)
             s2 = _box(_squares(band), h, w)
-            diff2 = s2 - (s1 * s1).sum(1, keepdim=True) / (h * w)
+            diff2 = torch.addcmul(s2, s1, s1, value=-1 / (h * w)) if C == 1 else s2 - (s1 * s1).sum(1, keepdim=True) / (h * w)
         elif family == "sqdiff":
             sq = _box(_squares(band), h, w)
             num_i = (tz2[images].view(-1, 1, 1, 1) - 2 * num_i + sq).clamp_min(0)
@@ -238,7 +238,7 @@ def _squares(x: torch.Tensor) -> torch.Tensor:
 def _pieces(N: int, C: int, H: int, W: int, h: int):
     """Split the window statistics into (input rows, images) pieces of about ``_PIECE`` elements."""
     if C * H * W > _PIECE:
-        step = max(h, _PIECE // (C * W) - h + 1)
+        step = max(4 * h, _PIECE // (C * W) - h + 1)  # overlap of h - 1 rows stays small
         for n in range(N):
             for top in range(0, H - h + 1, step):
                 yield slice(top, min(H, top + step + h - 1)), slice(n, n + 1)
@@ -300,8 +300,10 @@ def _normalise(num, diff2, tnorm, method, energy=None) -> torch.Tensor:
         flat = diff2 <= (FLAT_RELATIVE * energy).clamp_max(FLAT_ABSOLUTE)
         ratio = num * torch.rsqrt(torch.where(flat, torch.ones_like(diff2), diff2)) * inv_t
         ratio = torch.where(flat, torch.full_like(ratio, torch.inf), ratio)
-    else:
+    elif torch.is_grad_enabled() and (num.requires_grad or diff2.requires_grad):
         ratio = num * torch.rsqrt(diff2) * inv_t
+    else:
+        ratio = torch.rsqrt(diff2).mul_(num).mul_(inv_t)  # in place: fresh pages are costly
     ratio = torch.where(tnorm > 0, ratio, torch.full_like(ratio, torch.inf)) if bool((tnorm == 0).any()) else ratio
     if method == "sqdiff_normed":
         return ratio.clamp_max(1)
