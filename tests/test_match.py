@@ -325,6 +325,24 @@ def test_torch_batch_matches_opencv_per_item(method):
         assert_like_opencv(out[n, 0].numpy(), cv2.matchTemplate(img, tpl, CV[method]), method)
 
 
+@settings(max_examples=25, deadline=None)
+@given(data=st.data(), method=st.sampled_from(METHODS), masked=st.booleans())
+def test_property_torch_shapes(data, method, masked):
+    draw = data.draw
+    Nt = draw(st.integers(1, 3))
+    N = Nt * draw(st.integers(1, 2))
+    C = draw(st.integers(1, 3))
+    h, w = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    H, W = draw(st.integers(h, h + 6)), draw(st.integers(w, w + 6))
+    x, z = torch_pair(N, Nt, C, H, W, h, w, seed=draw(st.integers(0, 1000)))
+    mask = torch.rand(Nt, C, h, w, dtype=torch.float64) + 0.1 if masked else None
+    out = xcorr.match_template(x, z, method, mask=mask)
+    expected = torch_reference(x, z, method, mask)
+    scale = 1 if method.endswith("normed") else expected.abs().max().clamp_min(1e-12)
+    assert out.shape == (N, 1, H - h + 1, W - w + 1)
+    assert (out - expected).abs().max() / scale < 1e-9
+
+
 @pytest.mark.parametrize("mask_shape", [(4, 5), (1, 4, 5), (2, 4, 5), (3, 1, 4, 5), (1, 2, 4, 5)])
 @pytest.mark.parametrize("method", METHODS)
 def test_torch_masks_match_reference(method, mask_shape, device):
