@@ -4,10 +4,9 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from xcorr.cli import main
-
-Image = pytest.importorskip("PIL.Image")
 
 
 @pytest.fixture(scope="module")

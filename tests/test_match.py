@@ -1,6 +1,7 @@
 import doctest
 import itertools
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,8 +10,6 @@ from hypothesis import strategies as st
 
 import xcorr
 import xcorr.match
-
-cv2 = pytest.importorskip("cv2")
 
 METHODS = ["sqdiff", "sqdiff_normed", "ccorr", "ccorr_normed", "ccoeff", "ccoeff_normed"]
 CV = {
@@ -142,8 +141,9 @@ def test_uint8_masked_matches_opencv(method):
 
 @pytest.fixture(scope="module")
 def photo():
-    skimage_data = pytest.importorskip("skimage.data")
-    image = skimage_data.astronaut()[::4, ::4].copy()  # 128 x 128 x 3 real photograph
+    from skimage import data
+
+    image = data.astronaut()[::4, ::4].copy()  # 128 x 128 x 3 real photograph
     return image, image[40:57, 60:79].copy()
 
 
