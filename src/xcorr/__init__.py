@@ -1,6 +1,8 @@
 """xcorr: exact, fast, batched, differentiable cross-correlation for PyTorch."""
-from .ops import xcorr
+from . import nn
+from .nn import DepthwiseXCorrHead, SiamFCHead, UpChannelHead, XCorr
+from .ops import pixelwise, xcorr
 
-__all__ = ["xcorr"]
+__all__ = ["DepthwiseXCorrHead", "SiamFCHead", "UpChannelHead", "XCorr", "nn", "pixelwise", "xcorr"]
 
 __version__ = "0.1.0"
