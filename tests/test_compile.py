@@ -82,3 +82,28 @@ def test_half_precision_compiles(method, dtype):
     out = torch.compile(f, fullgraph=True, backend="aot_eager")(x, z)
     assert out.dtype == dtype
     assert_close_rel(out, f(x, z))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_torch_export_traces_the_exportable_method(mode):
+    def targets(program):
+        return {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+
+    x, z = make(mode, B=2, Bz=2)
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(XCorrModule(mode), (x, z), dynamic_shapes=({0: batch}, {0: batch}))
+    assert not any("conv" in t for t in targets(program)) and any("im2col" in t for t in targets(program))
+    x3, z3 = make(mode, B=3, Bz=3, seed=3)
+    assert_close_rel(program.module()(x3, z3), xcorr.xcorr(x3, z3, mode, **GEOMETRY))
+    # A method asked for explicitly is kept while exporting.
+    direct = torch.export.export(XCorrModule(mode, method="direct"), (x, z))
+    assert any("conv" in t for t in targets(direct))
+
+
+class XCorrModule(torch.nn.Module):
+    def __init__(self, mode, method="auto"):
+        super().__init__()
+        self.mode, self.method = mode, method
+
+    def forward(self, x, z):
+        return xcorr.xcorr(x, z, self.mode, method=self.method, **GEOMETRY)

@@ -116,6 +116,22 @@ def test_half_precision_returns_input_dtype(method, dtype):
     assert_close_rel(out, xcorr_reference(x, z, "upchannel"), dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", METHODS)
+def test_half_precision_gradients(method, mode, dtype):
+    x, z = make(4, 2, 8, 2, 11, 10, 3, 4, mode, torch.float32)
+    grads = {}
+    for kind in (torch.float32, dtype):
+        xx, zz = x.to(kind).detach().requires_grad_(True), z.to(kind).detach().requires_grad_(True)
+        xcorr.xcorr(xx, zz, mode, padding=1, method=method).sum().backward()
+        assert xx.grad.dtype == zz.grad.dtype == kind
+        grads[kind] = (xx.grad, zz.grad)
+    for got, want in zip(grads[dtype], grads[torch.float32]):
+        # The inputs themselves are rounded to dtype, so allow a few roundings.
+        assert ((got.float() - want).abs().max() / want.abs().max()).item() < 10 * torch.finfo(dtype).eps
+
+
 SEED = torch.Generator().manual_seed(7)
 PROBES = [(0, 0), (64, 31), (128, 128), (5, 127)]
 
