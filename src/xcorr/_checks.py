@@ -119,8 +119,8 @@ def check_pixelwise(x: Any, z: Any) -> None:
     check_tensor(x, "x", "B C H W")
     check_tensor(z, "z", "Bz C h w")
     check_same_kind(x, z)
-    (B, C, _, _), (Bz, Cz, h, w) = tuple(x.shape), tuple(z.shape)
     xs, zs = tuple(x.shape), tuple(z.shape)
+    (B, C, _, _), (Bz, Cz, h, w) = xs, zs
     if Cz != C:
         raise ValueError(f"pixelwise needs z to have as many channels as x; got x {xs} (C={C}) and z {zs} (Cz={Cz})")
     if Bz == 0 and B != 0:

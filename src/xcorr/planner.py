@@ -15,7 +15,7 @@ EXPORT_METHOD = "unfold"
 
 def exporting() -> bool:
     """Whether ``torch.onnx.export`` (either exporter) or ``torch.export`` is tracing the caller."""
-    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.3
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # absent from older torch
     return torch.onnx.is_in_onnx_export() or (is_exporting is not None and is_exporting())
 
 
