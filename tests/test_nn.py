@@ -10,7 +10,7 @@ import xcorr
 from xcorr import nn as xnn
 
 MODES = ["naive", "depthwise", "upchannel"]
-METHODS = ["auto", "direct", "fft", "unfold"]
+METHODS = ["auto", "direct", "fft", "gather"]
 
 
 def randn(*shape, dtype=torch.float64, seed=0):
@@ -106,7 +106,7 @@ def test_heads_half_precision(case, dtype):
     "module, text",
     [
         (xcorr.XCorr(), "XCorr()"),
-        (xcorr.XCorr("upchannel", stride=2, method="unfold"), "XCorr(mode='upchannel', stride=(2, 2), method='unfold')"),
+        (xcorr.XCorr("upchannel", stride=2, method="gather"), "XCorr(mode='upchannel', stride=(2, 2), method='gather')"),
         (xcorr.XCorr(padding=(1, 0), dilation=(1, 3)), "XCorr(padding=(1, 0), dilation=(1, 3))"),
         (xcorr.SiamFCHead(), "SiamFCHead()"),
         (xcorr.SiamFCHead(out_scale=1), "SiamFCHead(out_scale=1.0)"),
@@ -151,7 +151,7 @@ BAD_SETTINGS = [
     (lambda: xcorr.XCorr(padding=-1), ValueError, r"padding must be non-negative, got -1"),
     (lambda: xcorr.XCorr(stride=(1, 0)), ValueError, r"stride must be at least 1, got \(1, 0\)"),
     (lambda: xcorr.XCorr(dilation=1.5), TypeError, r"dilation must be an int or a pair of ints, got 1\.5"),
-    (lambda: xcorr.XCorr(method="winograd"), ValueError, r"unknown method 'winograd'; valid values are 'auto', 'direct', 'fft', 'unfold'"),
+    (lambda: xcorr.XCorr(method="winograd"), ValueError, r"unknown method 'winograd'; valid values are 'auto', 'direct', 'fft', 'gather'"),
     (lambda: xcorr.XCorr(method=None), TypeError, r"method must be a string"),
     (lambda: xcorr.SiamFCHead(out_scale="0.001"), TypeError, r"out_scale must be a real number, got str '0\.001'"),
     (lambda: xcorr.SiamFCHead(out_scale=float("nan")), ValueError, r"out_scale must be finite, got nan"),

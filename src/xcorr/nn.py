@@ -29,7 +29,7 @@ class XCorr(nn.Module):
         padding (int or pair): zero padding of the search.
         stride (int or pair): step between output positions.
         dilation (int or pair): spacing between template taps.
-        method (str): ``"auto"``, ``"direct"``, ``"fft"`` or ``"unfold"``.
+        method (str): ``"auto"``, ``"direct"``, ``"fft"`` or ``"gather"``.
 
     Shape:
         x (Tensor[B, C, H, W]), z (Tensor[Bz, Cz, h, w]) -> Tensor[B, K, H', W'].

@@ -13,7 +13,7 @@ _HALF = (torch.float16, torch.bfloat16)
 # Methods whose kernels take half precision as it is: matrix products accumulate in float32.
 # The others compute half inputs in float32, because pocketfft and cuFFT lack most half sizes
 # and CPU convolutions in half are several times slower than in float32.
-_NATIVE_HALF = ("unfold",)
+_NATIVE_HALF = ("gather",)
 
 
 def xcorr(
@@ -44,8 +44,8 @@ def xcorr(
         dilation (int or pair): spacing between template taps.
         method (str): ``"auto"`` (the planner decides), ``"direct"`` (convolution kernels),
             ``"fft"`` (real FFTs; best once the template is larger than about 15x15) or
-            ``"unfold"`` (im2col and one matrix product, no convolution with a run-time weight;
-            the one that exports to ONNX, and what ``"auto"`` picks while exporting).
+            ``"gather"`` (matrix products and gathers, no convolution: the method that exports
+            to ONNX, and what ``"auto"`` picks while exporting).
 
     Returns:
         Tensor[B, K, H', W'] of ``x``'s dtype, with

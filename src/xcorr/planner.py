@@ -10,7 +10,7 @@ FFT_MIN_TEMPLATE_AREA = 15 * 15
 
 #: The method ``auto`` picks while a graph is exported: no convolution takes a run-time weight
 #: (TensorRT and mobile runtimes refuse those) and nothing depends on the batch size.
-EXPORT_METHOD = "unfold"
+EXPORT_METHOD = "gather"
 
 
 def exporting() -> bool:
