@@ -42,12 +42,12 @@ def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
     # -1 rather than spec.k keeps the batch symbolic when the graph is exported.
     search = F.pad(x, (pw, pw, ph, ph)).reshape(Bz, -1, C, Hp * Wp)
     if spec.mode == "depthwise":
-        windows = search[..., offsets.reshape(-1)].reshape(Bz, -1, C, taps, Ho * Wo)
+        windows = search.index_select(-1, offsets.reshape(-1)).reshape(Bz, -1, C, taps, Ho * Wo)
         out = torch.matmul(z.reshape(Bz, 1, C, 1, taps), windows)
     else:
         # Row (j, u, v) of the product is template tap (u, v) of output channel j at every pixel.
         rows = z.reshape(Bz, 1, K, C, taps).transpose(3, 4).reshape(Bz, 1, K * taps, C)
         maps = torch.matmul(rows, search).reshape(Bz, -1, K, taps * Hp * Wp)
         tap_start = torch.arange(taps, device=x.device).view(taps, 1) * (Hp * Wp)
-        out = maps[..., (tap_start + offsets).reshape(-1)].reshape(Bz, -1, K, taps, Ho * Wo).sum(3)
+        out = maps.index_select(-1, (tap_start + offsets).reshape(-1)).reshape(Bz, -1, K, taps, Ho * Wo).sum(3)
     return out.reshape(-1, K, Ho, Wo)
