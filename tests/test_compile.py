@@ -92,7 +92,7 @@ def test_torch_export_traces_the_exportable_method(mode):
     x, z = make(mode, B=2, Bz=2)
     batch = torch.export.Dim("batch")
     program = torch.export.export(XCorrModule(mode), (x, z), dynamic_shapes=({0: batch}, {0: batch}))
-    assert not any("conv" in t for t in targets(program)) and any("matmul" in t for t in targets(program))
+    assert not any("conv" in t for t in targets(program))
     x3, z3 = make(mode, B=3, Bz=3, seed=3)
     assert_close_rel(program.module()(x3, z3), xcorr.xcorr(x3, z3, mode, **GEOMETRY))
     # A method asked for explicitly is kept while exporting.

@@ -9,11 +9,10 @@ from .backends import BACKENDS
 
 METHODS = ("auto", *BACKENDS)
 
+# Half-precision inputs are computed in float32 and the result rounded back: pocketfft and cuFFT
+# lack most half sizes, CPU convolutions in half are several times slower than in float32, and
+# the depthwise shifted sums of "gather" would otherwise accumulate in half.
 _HALF = (torch.float16, torch.bfloat16)
-# Methods whose kernels take half precision as it is: matrix products accumulate in float32.
-# The others compute half inputs in float32, because pocketfft and cuFFT lack most half sizes
-# and CPU convolutions in half are several times slower than in float32.
-_NATIVE_HALF = ("gather",)
 
 
 def xcorr(
@@ -67,7 +66,7 @@ def xcorr(
     if spec.batch == 0:
         # Keep the empty result attached to both inputs, so autograd sees the dependency.
         return x.new_zeros(spec.out_shape) + (x.sum() + z.sum()) * 0
-    if x.dtype in _HALF and method not in _NATIVE_HALF:
+    if x.dtype in _HALF:
         return backend(x.float(), z.float(), spec).to(x.dtype)
     return backend(x, z, spec)
 
@@ -104,6 +103,8 @@ def pixelwise(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     if B == 0:
         # Keep the empty result attached to both inputs, so autograd sees the dependency.
         return x.new_zeros(B, h * w, H, W) + (x.sum() + z.sum()) * 0
+    if x.dtype in _HALF:
+        return pixelwise(x.float(), z.float()).to(x.dtype)
     # -1 rather than B // Bz keeps the batch symbolic when the graph is exported.
     out = torch.matmul(z.reshape(Bz, 1, C, h * w).transpose(2, 3), x.reshape(Bz, -1, C, H * W))
     return out.reshape(-1, h * w, H, W)
