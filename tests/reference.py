@@ -35,3 +35,17 @@ def xcorr_reference(x, z, mode="naive", padding=0, stride=1, dilation=1, positio
         else:
             out[:, :, n] = (win.unsqueeze(1) * zb.reshape(B, K, C, h, w)).sum((2, 3, 4))
     return out if positions is not None else out.reshape(B, K, Ho, Wo)
+
+
+def pixelwise_reference(x, z):
+    """``pixelwise(x, z)`` in float64, one template pixel at a time."""
+    x, z = x.detach().double(), z.detach().double()
+    B, C, H, W = x.shape
+    Bz, _, h, w = z.shape
+    k = B // Bz if Bz else 0
+    zb = z.repeat_interleave(k, dim=0)
+    out = torch.zeros(B, h * w, H, W, dtype=torch.float64)
+    for i in range(h):
+        for j in range(w):
+            out[:, i * w + j] = (x * zb[:, :, i, j, None, None]).sum(1)
+    return out

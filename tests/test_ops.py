@@ -8,7 +8,7 @@ from reference import xcorr_reference
 
 import xcorr
 
-METHODS = ["auto", "direct", "fft"]
+METHODS = ["auto", "direct", "fft", "gather"]
 MODES = ["naive", "depthwise", "upchannel"]
 
 # (B, Bz, C, K, H, W, h, w, padding, stride, dilation): odd sizes, shared and per-item templates.
@@ -81,7 +81,7 @@ def test_batch_zero(method, mode, Bz, device):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("method", ["direct", "fft"])
+@pytest.mark.parametrize("method", ["direct", "fft", "gather"])
 def test_gradcheck(method, mode):
     x, z = make(4, 2, 2, 2, 7, 8, 3, 2, mode)
     x.requires_grad_(True)
@@ -99,11 +99,12 @@ def test_gradient_matches_reference_autograd(mode):
     # compare the two methods' gradients with each other and a finite-free closed form.
     x, z = make(3, 3, 2, 2, 9, 9, 3, 3, mode)
     grads = {}
-    for method in ("direct", "fft"):
+    for method in ("direct", "fft", "gather"):
         xx, zz = x.clone().requires_grad_(True), z.clone().requires_grad_(True)
         xcorr.xcorr(xx, zz, mode, method=method).pow(2).sum().backward()
         grads[method] = (xx.grad, zz.grad)
     torch.testing.assert_close(grads["direct"], grads["fft"])
+    torch.testing.assert_close(grads["direct"], grads["gather"])
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -113,6 +114,22 @@ def test_half_precision_returns_input_dtype(method, dtype):
     out = xcorr.xcorr(x, z, "upchannel", method=method)
     assert out.dtype == dtype
     assert_close_rel(out, xcorr_reference(x, z, "upchannel"), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", METHODS)
+def test_half_precision_gradients(method, mode, dtype):
+    x, z = make(4, 2, 8, 2, 11, 10, 3, 4, mode, torch.float32)
+    grads = {}
+    for kind in (torch.float32, dtype):
+        xx, zz = x.to(kind).detach().requires_grad_(True), z.to(kind).detach().requires_grad_(True)
+        xcorr.xcorr(xx, zz, mode, padding=1, method=method).sum().backward()
+        assert xx.grad.dtype == zz.grad.dtype == kind
+        grads[kind] = (xx.grad, zz.grad)
+    for got, want in zip(grads[dtype], grads[torch.float32]):
+        # The inputs themselves are rounded to dtype, so allow a few roundings.
+        assert ((got.float() - want).abs().max() / want.abs().max()).item() < 10 * torch.finfo(dtype).eps
 
 
 SEED = torch.Generator().manual_seed(7)

@@ -5,6 +5,7 @@ reported in the caller's terms rather than as an error from deep inside PyTorch.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -248,3 +249,49 @@ def check_find_peaks(scores: Any, k: Any, min_distance: Any, largest: Any) -> No
             raise ValueError(f"min_distance must be at least 1, got {min_distance}")
     if not isinstance(largest, bool):
         raise TypeError(f"largest must be a bool, got {_type_name(largest)}")
+
+
+def check_pixelwise(x: Any, z: Any) -> None:
+    """Validate the arguments of :func:`xcorr.pixelwise`."""
+    check_tensor(x, "x", "B C H W")
+    check_tensor(z, "z", "Bz C h w")
+    check_same_kind(x, z)
+    xs, zs = tuple(x.shape), tuple(z.shape)
+    (B, C, _, _), (Bz, Cz, h, w) = xs, zs
+    if Cz != C:
+        raise ValueError(f"pixelwise needs z to have as many channels as x; got x {xs} (C={C}) and z {zs} (Cz={Cz})")
+    if Bz == 0 and B != 0:
+        raise ValueError(f"z has no templates (shape {zs}) but x has {B} search items")
+    if Bz and B % Bz:
+        raise ValueError(
+            f"x's batch must be a multiple of z's batch (template i serves search items i*k ... i*k+k-1); "
+            f"got x {xs} (B={B}) and z {zs} (Bz={Bz})"
+        )
+    if h == 0 or w == 0:
+        raise ValueError(f"z must have a non-empty template, got shape {zs}")
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """A positive int (not a bool), such as a layer's channel count."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a positive int, got {_type_name(value)} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return value
+
+
+def check_finite(value: Any, name: str) -> float:
+    """A finite real number (not a bool), such as a scale factor."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a real number, got {_type_name(value)} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def check_features(t: Any, name: str, channels: int) -> torch.Tensor:
+    """A (B, C, H, W) floating-point tensor with the ``channels`` a layer was built for."""
+    check_tensor(t, name, "B C H W")
+    if t.shape[1] != channels:
+        raise ValueError(f"{name} must have {channels} channels (in_channels), got shape {tuple(t.shape)}")
+    return t

@@ -4,13 +4,15 @@ from __future__ import annotations
 import torch
 
 from . import planner
-from ._checks import check_choice, check_xcorr
+from ._checks import check_choice, check_pixelwise, check_xcorr
 from .backends import BACKENDS
 
 METHODS = ("auto", *BACKENDS)
 
-# Dtypes that some kernels (CPU convolutions, pocketfft) lack: computed in float32.
-_UPCAST = (torch.float16, torch.bfloat16)
+# Half-precision inputs are computed in float32 and the result rounded back: pocketfft and cuFFT
+# lack most half sizes, CPU convolutions in half are several times slower than in float32, and
+# the depthwise shifted sums of "gather" would otherwise accumulate in half.
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def xcorr(
@@ -39,8 +41,10 @@ def xcorr(
         padding (int or pair): zero padding of the search, as in ``F.conv2d``.
         stride (int or pair): step between output positions.
         dilation (int or pair): spacing between template taps.
-        method (str): ``"auto"`` (the planner decides), ``"direct"`` (convolution kernels) or
-            ``"fft"`` (real FFTs; best once the template is larger than about 15x15).
+        method (str): ``"auto"`` (the planner decides), ``"direct"`` (convolution kernels),
+            ``"fft"`` (real FFTs; best once the template is larger than about 15x15) or
+            ``"gather"`` (matrix products and gathers, no convolution: the method that exports
+            to ONNX, and what ``"auto"`` picks while exporting).
 
     Returns:
         Tensor[B, K, H', W'] of ``x``'s dtype, with
@@ -62,6 +66,45 @@ def xcorr(
     if spec.batch == 0:
         # Keep the empty result attached to both inputs, so autograd sees the dependency.
         return x.new_zeros(spec.out_shape) + (x.sum() + z.sum()) * 0
-    if x.dtype in _UPCAST:
+    if x.dtype in _HALF:
         return backend(x.float(), z.float(), spec).to(x.dtype)
     return backend(x, z, spec)
+
+
+def pixelwise(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    r"""Pixel-wise correlation: each template pixel's feature vector against every search pixel.
+
+    ``out[b, i*w + j, p, q] = sum_c z[t, c, i, j] * x[b, c, p, q]``, where ``t`` is the template
+    of search item ``b`` (template ``t`` serves items ``t*k ... t*k+k-1``, ``k = B // Bz``). Every
+    template pixel acts as a 1x1 kernel, so the output keeps the search's size and the template's
+    layout is kept in the channels, as Alpha-Refine and SiamGAT need. Computed as one batched
+    matrix product (no convolution), so it also exports to ONNX with a dynamic batch.
+
+    Args:
+        x (Tensor[B, C, H, W]): search features.
+        z (Tensor[Bz, C, h, w]): templates; ``B`` must be a multiple of ``Bz``.
+
+    Returns:
+        Tensor[B, h*w, H, W] of ``x``'s dtype; differentiable in ``x`` and ``z``.
+
+    Example:
+        >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
+        >>> z = torch.tensor([[[[1.0, -2.0]]]])
+        >>> pixelwise(x, z)
+        tensor([[[[ 0.,  1.],
+                  [ 2.,  3.]],
+        <BLANKLINE>
+                 [[ 0., -2.],
+                  [-4., -6.]]]])
+    """
+    check_pixelwise(x, z)
+    B, C, H, W = x.shape
+    Bz, _, h, w = z.shape
+    if B == 0:
+        # Keep the empty result attached to both inputs, so autograd sees the dependency.
+        return x.new_zeros(B, h * w, H, W) + (x.sum() + z.sum()) * 0
+    if x.dtype in _HALF:
+        return pixelwise(x.float(), z.float()).to(x.dtype)
+    # -1 rather than B // Bz keeps the batch symbolic when the graph is exported.
+    out = torch.matmul(z.reshape(Bz, 1, C, h * w).transpose(2, 3), x.reshape(Bz, -1, C, H * W))
+    return out.reshape(-1, h * w, H, W)

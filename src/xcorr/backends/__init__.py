@@ -11,11 +11,12 @@ from typing import Callable
 import torch
 
 from .._spec import Spec
-from . import direct, fft
+from . import direct, fft, gather
 
 Backend = Callable[[torch.Tensor, torch.Tensor, Spec], torch.Tensor]
 
 BACKENDS: dict[str, Backend] = {
     "direct": direct.xcorr,
     "fft": fft.xcorr,
+    "gather": gather.xcorr,
 }

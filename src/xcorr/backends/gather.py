@@ -1,0 +1,68 @@
+"""Correlation without convolutions: matrix products, gathers with constant indices, shifted sums.
+
+This is the method that exports. ``torch.onnx.export`` writes it as Pad, MatMul, Gather,
+ReduceSum, Slice, Mul and Add nodes, which TensorRT and mobile runtimes accept (they refuse a Conv
+whose weight is a run-time tensor), and nothing in the graph depends on the batch size. The
+planner picks it while a graph is being exported.
+
+``"naive"`` and ``"upchannel"`` first multiply every template tap with every padded search pixel
+(one matrix product over the channels: ``K·h·w`` maps of the padded search's size), then gather,
+for each output position, the maps' values at its taps and sum them. The channel sum comes before
+the gather, so memory stays at ``K·h·w·Hp·Wp`` per search item and the speed is that of a
+convolution. ``"depthwise"`` sums nothing over channels, so it adds up the template taps' shifted
+products one tap at a time (``h·w`` multiply-adds over the output, a few times slower than
+``"direct"``; the exported graph has a few nodes per tap, fine for tracker templates).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._spec import Spec
+
+
+def _window_offsets(spec: Spec, device: torch.device) -> torch.Tensor:
+    """(h·w, H'·W') offsets into the flattened padded search: tap (u, v) of output (i, j)."""
+    (_, Wp), (sh, sw), (dh, dw) = spec.padded_search, spec.stride, spec.dilation
+    h, w = spec.z_shape[-2:]
+    Ho, Wo = spec.out_size
+    rows = torch.arange(h, device=device).view(h, 1, 1, 1) * dh + torch.arange(Ho, device=device).view(1, 1, Ho, 1) * sh
+    cols = torch.arange(w, device=device).view(1, w, 1, 1) * dw + torch.arange(Wo, device=device).view(1, 1, 1, Wo) * sw
+    return (rows * Wp + cols).reshape(h * w, Ho * Wo)
+
+
+def _summed_over_channels(search: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
+    Bz, _, h, w = spec.z_shape
+    C, K = spec.channels, spec.out_channels
+    Hp, Wp = spec.padded_search
+    Ho, Wo = spec.out_size
+    taps = h * w
+    # Row (j, u, v) of the product is template tap (u, v) of output channel j at every pixel.
+    rows = z.reshape(Bz, 1, K, C, taps).transpose(3, 4).reshape(Bz, 1, K * taps, C)
+    # -1 rather than spec.k keeps the batch symbolic when the graph is exported.
+    maps = torch.matmul(rows, search.reshape(Bz, -1, C, Hp * Wp)).reshape(Bz, -1, K, taps * Hp * Wp)
+    tap_start = torch.arange(taps, device=search.device).view(taps, 1) * (Hp * Wp)
+    index = (tap_start + _window_offsets(spec, search.device)).reshape(-1)
+    return maps.index_select(-1, index).reshape(Bz, -1, K, taps, Ho * Wo).sum(3)
+
+
+def _channel_by_channel(search: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
+    Bz, C, h, w = spec.z_shape
+    (sh, sw), (dh, dw) = spec.stride, spec.dilation
+    Ho, Wo = spec.out_size
+    search = search.reshape(Bz, -1, C, *spec.padded_search)
+    z = z.reshape(Bz, 1, C, h, w)
+    out = None
+    for u in range(h):
+        for v in range(w):
+            window = search[..., u * dh : u * dh + (Ho - 1) * sh + 1 : sh, v * dw : v * dw + (Wo - 1) * sw + 1 : sw]
+            tap = z[..., u : u + 1, v : v + 1]
+            out = window * tap if out is None else out.addcmul(window, tap)
+    return out
+
+
+def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
+    ph, pw = spec.padding
+    search = F.pad(x, (pw, pw, ph, ph))
+    out = (_channel_by_channel if spec.mode == "depthwise" else _summed_over_channels)(search, z, spec)
+    return out.reshape(-1, spec.out_channels, *spec.out_size)
