@@ -19,6 +19,8 @@ costs about three forward passes.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -127,15 +129,29 @@ class _Grouped(torch.autograd.Function):
         return gx, gw, None, None
 
 
-def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
-    B, C, H, W = spec.x_shape
+def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor, Spec], torch.Tensor]:
+    """Reshape the template into a convolution weight once; return ``run(x, spec)``."""
     Bz, Cz, h, w = spec.z_shape
-    k, K = spec.k, spec.out_channels
-    # (B, C, H, W) -> (k, Bz*C, H, W): item i*k + j becomes batch j, channel group i.
-    xk = x.reshape(Bz, k, C, H, W).transpose(0, 1).reshape(k, Bz * C, H, W)
+    C, K = spec.channels, spec.out_channels
     if spec.mode == "upchannel":
-        out = _Grouped.apply(xk, z.reshape(Bz * K, C, h, w), spec, Bz)
+        weight = z.reshape(Bz * K, C, h, w)
     else:
-        out = _Depthwise.apply(xk, z.reshape(Bz * C, 1, h, w), spec, spec.mode == "naive")
-    Ho, Wo = spec.out_size
-    return out.reshape(k, Bz, K, Ho, Wo).transpose(0, 1).reshape(B, K, Ho, Wo)
+        weight = z.reshape(Bz * C, 1, h, w)
+
+    def run(x: torch.Tensor, spec: Spec) -> torch.Tensor:
+        B, C, H, W = spec.x_shape
+        k = spec.k
+        # (B, C, H, W) -> (k, Bz*C, H, W): item i*k + j becomes batch j, channel group i.
+        xk = x.reshape(Bz, k, C, H, W).transpose(0, 1).reshape(k, Bz * C, H, W)
+        if spec.mode == "upchannel":
+            out = _Grouped.apply(xk, weight, spec, Bz)
+        else:
+            out = _Depthwise.apply(xk, weight, spec, spec.mode == "naive")
+        Ho, Wo = spec.out_size
+        return out.reshape(k, Bz, K, Ho, Wo).transpose(0, 1).reshape(B, K, Ho, Wo)
+
+    return run
+
+
+def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
+    return prepare(z, spec)(x, spec)

@@ -19,6 +19,7 @@ hundreds of thousands of products, loses 1e-3.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -95,13 +96,15 @@ def _combine(X: torch.Tensor, Zc: torch.Tensor, mode: str, k: int) -> torch.Tens
 
 class _Valid(torch.autograd.Function):
     """Valid, stride-1 correlation of padded searches ``xp`` (B, C, Hp, Wp) with dilated
-    templates ``zd`` (Bz, Cz, hd, wd) at transform length ``L``."""
+    templates ``zd`` (Bz, Cz, hd, wd) at transform length ``L``; ``Zc``, the conjugate template
+    spectrum, may come precomputed (template plans)."""
 
     @staticmethod
-    def forward(ctx, xp, zd, mode, L):
+    def forward(ctx, xp, zd, Zc, mode, L):
         B, Bz = xp.shape[0], zd.shape[0]
         X = torch.fft.rfft2(xp, s=L)
-        Zc = torch.fft.rfft2(zd, s=L).conj()
+        if Zc is None:
+            Zc = torch.fft.rfft2(zd, s=L).conj()
         y = torch.fft.irfft2(_combine(X, Zc, mode, B // Bz), s=L)
         (Hp, Wp), (hd, wd) = xp.shape[-2:], zd.shape[-2:]
         ctx.save_for_backward(X, Zc)
@@ -111,57 +114,46 @@ class _Valid(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         X, Zc = ctx.saved_tensors
-        xs, zs = ctx.sizes
-        B, C, Hp, Wp = xs
-        Bz, Cz, hd, wd = zs
+        (B, C, Hp, Wp), (Bz, Cz, hd, wd) = ctx.sizes
         k = B // Bz
         G = torch.fft.rfft2(g, s=ctx.L)
         G = G.reshape(Bz, k, -1, *G.shape[2:])
-        X = X.reshape(Bz, k, C, *X.shape[2:])
         gx = gz = None
         if ctx.needs_input_grad[0]:
-            # d out / d x is a convolution with the template: spectrum G * Z = G * conj(Zc).
+            # The search gradient convolves the output gradient with the template: G * conj(Zc).
             if ctx.mode == "upchannel":
                 Gx = torch.einsum("bkjuv,bjcuv->bkcuv", G, Zc.reshape(Bz, -1, C, *Zc.shape[2:]).conj())
             else:
                 Gx = G * Zc.conj().unsqueeze(1)
             gx = torch.fft.irfft2(Gx.reshape(B, C, *Gx.shape[3:]), s=ctx.L)[..., :Hp, :Wp]
         if ctx.needs_input_grad[1]:
-            # d out / d z correlates the search with the output gradient: X * conj(G), over items.
+            # The template gradient correlates the search with the output gradient, over items.
+            X = X.reshape(Bz, k, C, *X.shape[2:])
             if ctx.mode == "upchannel":
                 Gz = torch.einsum("bkcuv,bkjuv->bjcuv", X, G.conj())
             else:
                 Gz = (X * G.conj()).sum(1)
             gz = torch.fft.irfft2(Gz.reshape(Bz, Cz, *Gz.shape[-2:]), s=ctx.L)[..., :hd, :wd]
-        return gx, gz, None, None
+        return gx, gz, None, None, None
 
 
-def _tiles(xp: torch.Tensor, T: Pair, step: Pair) -> tuple[torch.Tensor, Pair]:
-    """Cut ``xp`` (B, C, Hp, Wp) into overlapping tiles: (B * nh * nw, C, T0, T1)."""
+def axis_plan(padded: int, span: int) -> tuple[int, int, int]:
+    """How one axis is transformed: (tiles, tile extent, transform length).
+
+    Without tiling that is one tile of the whole padded search at its fast length.
+    """
+    T, whole = tile_length(padded, span), next_fast_len(padded)
+    if T >= whole or T >= padded:
+        return 1, padded, whole
+    return math.ceil((padded - span + 1) / (T - span + 1)), T, T
+
+
+def _tiles(xp: torch.Tensor, T: Pair, step: Pair, n: Pair) -> torch.Tensor:
+    """Cut ``xp`` (B, C, Hp, Wp) into ``n`` overlapping tiles of extent ``T``: (B*nh*nw, C, T0, T1)."""
     B, C, Hp, Wp = xp.shape
-    nh = max(math.ceil((Hp - T[0]) / step[0]), 0) + 1
-    nw = max(math.ceil((Wp - T[1]) / step[1]), 0) + 1
-    xp = F.pad(xp, (0, (nw - 1) * step[1] + T[1] - Wp, 0, (nh - 1) * step[0] + T[0] - Hp))
+    xp = F.pad(xp, (0, (n[1] - 1) * step[1] + T[1] - Wp, 0, (n[0] - 1) * step[0] + T[0] - Hp))
     t = xp.unfold(2, T[0], step[0]).unfold(3, T[1], step[1])  # (B, C, nh, nw, T0, T1)
-    return t.permute(0, 2, 3, 1, 4, 5).reshape(B * nh * nw, C, *T), (nh, nw)
-
-
-def _valid(xp: torch.Tensor, zd: torch.Tensor, mode: str) -> torch.Tensor:
-    """Stride-1 valid correlation, tiled (overlap-save) where that is cheaper."""
-    B, C, Hp, Wp = xp.shape
-    Bz, _, hd, wd = zd.shape
-    T = (tile_length(Hp, hd), tile_length(Wp, wd))
-    L = (next_fast_len(Hp), next_fast_len(Wp))
-    if T == L:
-        return _Valid.apply(xp, zd, mode, L)
-    T = (min(T[0], Hp), min(T[1], Wp))
-    step = (T[0] - hd + 1, T[1] - wd + 1)
-    tiles, (nh, nw) = _tiles(xp, T, step)
-    # Tiles of one item are consecutive, so they keep sharing that item's template.
-    y = _Valid.apply(tiles, zd, mode, (next_fast_len(T[0]), next_fast_len(T[1])))
-    K = y.shape[1]
-    y = y.reshape(B, nh, nw, K, *step).permute(0, 3, 1, 4, 2, 5).reshape(B, K, nh * step[0], nw * step[1])
-    return y[..., : Hp - hd + 1, : Wp - wd + 1]
+    return t.permute(0, 2, 3, 1, 4, 5).reshape(B * n[0] * n[1], C, *T)
 
 
 def chunk_items(spec: Spec) -> int:
@@ -171,28 +163,53 @@ def chunk_items(spec: Spec) -> int:
     and as much again for the gradients' spectra, plus its share of the template spectra.
     """
     C, Cz, k, K = spec.channels, spec.z_shape[1], spec.k, spec.out_channels
-    L = [next_fast_len(n) for n in spec.padded_search]
-    bins = L[0] * (L[1] // 2 + 1) * 2 * torch.empty((), dtype=spec.dtype).element_size()
+    (nh, _, Lh), (nw, _, Lw) = (axis_plan(p, s) for p, s in zip(spec.padded_search, spec.dilated_template))
+    bins = nh * nw * Lh * (Lw // 2 + 1) * 2 * spec.dtype.itemsize
     shared = spec.templates == 1
     per_item = bins * (2 * (C + K) + (0 if shared else Cz / max(k, 1)))
     budget = MEMORY_BUDGET - (bins * Cz if shared else 0)
     return max(1, int(budget // per_item))
 
 
-def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
+def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor, Spec], torch.Tensor]:
+    """Precompute what depends on the template alone (its spectrum); return ``run(x, spec)``.
+
+    The spectrum is taken from ``z``'s values now; gradients still flow to ``z``.
+    """
     (ph, pw), (sh, sw) = spec.padding, spec.stride
-    xp = F.pad(x, (pw, pw, ph, ph))
+    (hd, wd) = spec.dilated_template
+    (nh, Th, Lh), (nw, Tw, Lw) = (axis_plan(p, s) for p, s in zip(spec.padded_search, spec.dilated_template))
+    L, T, n = (Lh, Lw), (Th, Tw), (nh, nw)
+    step = (Th - hd + 1, Tw - wd + 1)
     zd = _spread(z, spec.dilation)
-    Bz, k = spec.templates, spec.k
-    n = chunk_items(spec)
-    if n >= spec.batch:
-        y = _valid(xp, zd, spec.mode)
-    elif Bz == 1:
-        y = torch.cat([_valid(xc, zd, spec.mode) for xc in xp.split(n)])
-    else:
-        # Whole templates per chunk, each with all of its k search items.
-        per = max(1, n // k)
-        y = torch.cat(
-            [_valid(xc, zc, spec.mode) for xc, zc in zip(xp.split(per * k), zd.split(per))]
-        )
-    return y[..., ::sh, ::sw].contiguous()
+    with torch.no_grad():
+        Zc = torch.fft.rfft2(zd, s=L).conj()
+
+    def valid(xp: torch.Tensor, zd: torch.Tensor, Zc: torch.Tensor) -> torch.Tensor:
+        if n == (1, 1):
+            return _Valid.apply(xp, zd, Zc, spec.mode, L)
+        B, (Hp, Wp) = xp.shape[0], xp.shape[-2:]
+        # Tiles of one item are consecutive, so they keep sharing that item's template.
+        y = _Valid.apply(_tiles(xp, T, step, n), zd, Zc, spec.mode, L)
+        K = y.shape[1]
+        y = y.reshape(B, nh, nw, K, *step).permute(0, 3, 1, 4, 2, 5).reshape(B, K, nh * step[0], nw * step[1])
+        return y[..., : Hp - hd + 1, : Wp - wd + 1]
+
+    def run(x: torch.Tensor, spec: Spec) -> torch.Tensor:
+        xp = F.pad(x, (pw, pw, ph, ph))
+        per = chunk_items(spec)
+        if per >= spec.batch:
+            y = valid(xp, zd, Zc)
+        elif spec.templates == 1:
+            y = torch.cat([valid(xc, zd, Zc) for xc in xp.split(per)])
+        else:
+            # Whole templates per chunk, each with all of its k search items.
+            t = max(1, per // spec.k)
+            y = torch.cat([valid(*c) for c in zip(xp.split(t * spec.k), zd.split(t), Zc.split(t))])
+        return y[..., ::sh, ::sw].contiguous()
+
+    return run
+
+
+def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
+    return prepare(z, spec)(x, spec)
