@@ -94,29 +94,51 @@ def _combine(X: torch.Tensor, Zc: torch.Tensor, mode: str, k: int) -> torch.Tens
     return Y.reshape(B, -1, *Y.shape[3:])
 
 
+def _place(t: torch.Tensor, L: Pair, at: Pair = (0, 0)) -> torch.Tensor:
+    """``t`` placed at offset ``at`` in zeros of spatial size ``L``, in one write pass
+    (``F.pad`` fills the whole buffer, then copies: twice the memory traffic)."""
+    *lead, H, W = t.shape
+    (r, c), (L0, L1) = at, L
+    if (r, c) == (0, 0) and (H, W) == (L0, L1):
+        return t
+    out = t.new_empty(*lead, L0, L1)
+    out[..., r : r + H, c : c + W] = t
+    out[..., :r, :] = 0
+    out[..., r + H :, :] = 0
+    out[..., r : r + H, :c] = 0
+    out[..., r : r + H, c + W :] = 0
+    return out
+
+
+def _irfft2(Y: torch.Tensor, L: Pair, rows: slice, cols: slice) -> torch.Tensor:
+    """``irfft2(Y, s=L)[..., rows, cols]``, transforming only the kept rows along the last axis."""
+    y = torch.fft.ifft(Y, dim=-2)[..., rows, :]
+    return torch.fft.irfft(y, n=L[1], dim=-1)[..., cols]
+
+
 class _Valid(torch.autograd.Function):
-    """Valid, stride-1 correlation of padded searches ``xp`` (B, C, Hp, Wp) with dilated
-    templates ``zd`` (Bz, Cz, hd, wd) at transform length ``L``; ``Zc``, the conjugate template
-    spectrum, may come precomputed (template plans)."""
+    """Valid, stride-1 correlation of searches ``x`` (B, C, H, W), zero-padded by ``padding``,
+    with dilated templates ``zd`` (Bz, Cz, hd, wd) at transform length ``L``; ``Zc``, the
+    conjugate template spectrum, may come precomputed (template plans)."""
 
     @staticmethod
-    def forward(ctx, xp, zd, Zc, mode, L):
-        B, Bz = xp.shape[0], zd.shape[0]
-        X = torch.fft.rfft2(xp, s=L)
+    def forward(ctx, x, zd, Zc, mode, L, padding):
+        B, Bz = x.shape[0], zd.shape[0]
+        (ph, pw), (H, W), (hd, wd) = padding, x.shape[-2:], zd.shape[-2:]
+        X = torch.fft.rfft2(_place(x, L, padding))
         if Zc is None:
-            Zc = torch.fft.rfft2(zd, s=L).conj()
-        y = torch.fft.irfft2(_combine(X, Zc, mode, B // Bz), s=L)
-        (Hp, Wp), (hd, wd) = xp.shape[-2:], zd.shape[-2:]
+            Zc = torch.fft.rfft2(_place(zd, L)).conj()
+        Hv, Wv = H + 2 * ph - hd + 1, W + 2 * pw - wd + 1
         ctx.save_for_backward(X, Zc)
-        ctx.mode, ctx.L, ctx.sizes = mode, L, (xp.shape, zd.shape)
-        return y[..., : Hp - hd + 1, : Wp - wd + 1]
+        ctx.mode, ctx.L, ctx.padding, ctx.sizes = mode, L, padding, (x.shape, zd.shape)
+        return _irfft2(_combine(X, Zc, mode, B // Bz), L, slice(0, Hv), slice(0, Wv))
 
     @staticmethod
     def backward(ctx, g):
         X, Zc = ctx.saved_tensors
-        (B, C, Hp, Wp), (Bz, Cz, hd, wd) = ctx.sizes
-        k = B // Bz
-        G = torch.fft.rfft2(g, s=ctx.L)
+        (B, C, H, W), (Bz, Cz, hd, wd) = ctx.sizes
+        (ph, pw), L, k = ctx.padding, ctx.L, B // Bz
+        G = torch.fft.rfft2(_place(g, L))
         G = G.reshape(Bz, k, -1, *G.shape[2:])
         gx = gz = None
         if ctx.needs_input_grad[0]:
@@ -125,7 +147,7 @@ class _Valid(torch.autograd.Function):
                 Gx = torch.einsum("bkjuv,bjcuv->bkcuv", G, Zc.reshape(Bz, -1, C, *Zc.shape[2:]).conj())
             else:
                 Gx = G * Zc.conj().unsqueeze(1)
-            gx = torch.fft.irfft2(Gx.reshape(B, C, *Gx.shape[3:]), s=ctx.L)[..., :Hp, :Wp]
+            gx = _irfft2(Gx.reshape(B, C, *Gx.shape[3:]), L, slice(ph, ph + H), slice(pw, pw + W))
         if ctx.needs_input_grad[1]:
             # The template gradient correlates the search with the output gradient, over items.
             X = X.reshape(Bz, k, C, *X.shape[2:])
@@ -133,8 +155,8 @@ class _Valid(torch.autograd.Function):
                 Gz = torch.einsum("bkcuv,bkjuv->bjcuv", X, G.conj())
             else:
                 Gz = (X * G.conj()).sum(1)
-            gz = torch.fft.irfft2(Gz.reshape(Bz, Cz, *Gz.shape[-2:]), s=ctx.L)[..., :hd, :wd]
-        return gx, gz, None, None, None
+            gz = _irfft2(Gz.reshape(Bz, Cz, *Gz.shape[-2:]), L, slice(0, hd), slice(0, wd))
+        return gx, gz, None, None, None, None
 
 
 def axis_plan(padded: int, span: int) -> tuple[int, int, int]:
@@ -183,29 +205,29 @@ def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor, Spec], torch
     step = (Th - hd + 1, Tw - wd + 1)
     zd = _spread(z, spec.dilation)
     with torch.no_grad():
-        Zc = torch.fft.rfft2(zd, s=L).conj()
+        Zc = torch.fft.rfft2(_place(zd, L)).conj()
 
-    def valid(xp: torch.Tensor, zd: torch.Tensor, Zc: torch.Tensor) -> torch.Tensor:
+    def valid(x: torch.Tensor, zd: torch.Tensor, Zc: torch.Tensor) -> torch.Tensor:
         if n == (1, 1):
-            return _Valid.apply(xp, zd, Zc, spec.mode, L)
+            return _Valid.apply(x, zd, Zc, spec.mode, L, spec.padding)
+        xp = F.pad(x, (pw, pw, ph, ph))
         B, (Hp, Wp) = xp.shape[0], xp.shape[-2:]
         # Tiles of one item are consecutive, so they keep sharing that item's template.
-        y = _Valid.apply(_tiles(xp, T, step, n), zd, Zc, spec.mode, L)
+        y = _Valid.apply(_tiles(xp, T, step, n), zd, Zc, spec.mode, L, (0, 0))
         K = y.shape[1]
         y = y.reshape(B, nh, nw, K, *step).permute(0, 3, 1, 4, 2, 5).reshape(B, K, nh * step[0], nw * step[1])
         return y[..., : Hp - hd + 1, : Wp - wd + 1]
 
     def run(x: torch.Tensor, spec: Spec) -> torch.Tensor:
-        xp = F.pad(x, (pw, pw, ph, ph))
         per = chunk_items(spec)
         if per >= spec.batch:
-            y = valid(xp, zd, Zc)
+            y = valid(x, zd, Zc)
         elif spec.templates == 1:
-            y = torch.cat([valid(xc, zd, Zc) for xc in xp.split(per)])
+            y = torch.cat([valid(xc, zd, Zc) for xc in x.split(per)])
         else:
             # Whole templates per chunk, each with all of its k search items.
             t = max(1, per // spec.k)
-            y = torch.cat([valid(*c) for c in zip(xp.split(t * spec.k), zd.split(t), Zc.split(t))])
+            y = torch.cat([valid(*c) for c in zip(x.split(t * spec.k), zd.split(t), Zc.split(t))])
         return y[..., ::sh, ::sw].contiguous()
 
     return run
