@@ -73,15 +73,15 @@ class Constants:
 #: Cost constants per device type; a device type without them is measured (see module doc).
 CONSTANTS: dict[str, Constants] = {
     "cpu": Constants(
-        depthwise_mac=0.20,
-        dense_mac=0.05,
-        direct_call=60e3,
+        depthwise_mac=0.045,
+        dense_mac=0.057,
+        direct_call=120000.0,
         direct_backward=3.0,
-        direct_backward_tap=1e-4,
-        fft_point=0.6,
-        fft_product=1.5,
-        fft_call=150e3,
-        fft_backward=1.6,
+        direct_backward_tap=0.00073,
+        fft_point=0.084,
+        fft_product=8.7,
+        fft_call=280000.0,
+        fft_backward=1.8,
     ),
 }
 
@@ -227,6 +227,15 @@ def measure(spec: Spec, grad: bool, allowed: list[str], x=None, z=None) -> dict[
     return timings
 
 
+def _argmin(costs: dict[str, float]) -> str:
+    # A plain loop: torch.compile cannot trace min() with a key function.
+    best = None
+    for method, cost in costs.items():
+        if best is None or cost < costs[best]:
+            best = method
+    return best
+
+
 def _measuring(spec: Spec) -> bool:
     if _autotune is None:
         return spec.device.type not in CONSTANTS
@@ -252,10 +261,10 @@ def select(spec: Spec, grad: bool = False) -> str:
             if key not in _cache:
                 timings = measure(spec, grad, allowed)
                 _timings[key] = timings
-                _cache[key] = min(timings, key=timings.__getitem__)
+                _cache[key] = _argmin(timings)
             return _cache[key]
     costs = estimate(spec, grad)
-    return min(allowed, key=costs.__getitem__)
+    return _argmin({m: costs[m] for m in allowed})
 
 
 def choose(spec: Spec, grad: bool, measure_it: bool, x=None, z=None) -> tuple[str, dict[str, float]]:
@@ -264,7 +273,7 @@ def choose(spec: Spec, grad: bool, measure_it: bool, x=None, z=None) -> tuple[st
     if not measure_it:
         return select(spec, grad), {}
     timings = measure(spec, grad, allowed, x, z) if spec.batch else {m: 0.0 for m in allowed}
-    best = min(timings, key=timings.__getitem__)
+    best = _argmin(timings)
     with _lock:
         _cache[_key(spec, grad)] = best
         _timings[_key(spec, grad)] = timings

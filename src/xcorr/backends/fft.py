@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .._spec import Pair, Spec
 
@@ -134,7 +135,9 @@ class _Valid(torch.autograd.Function):
         return _irfft2(_combine(X, Zc, mode, B // Bz), L, slice(0, Hv), slice(0, Wv))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
+        # The saved spectra carry no graph: second derivatives need method="direct".
         X, Zc = ctx.saved_tensors
         (B, C, H, W), (Bz, Cz, hd, wd) = ctx.sizes
         (ph, pw), L, k = ctx.padding, ctx.L, B // Bz
