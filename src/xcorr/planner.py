@@ -88,6 +88,7 @@ CONSTANTS: dict[str, Constants] = {
 _autotune: bool | None = None
 _cache: dict[tuple, str] = {}
 _timings: dict[tuple, dict[str, float]] = {}
+_modelled: dict[tuple, str] = {}  # the cost model's answers, which depend on the key alone
 _lock = threading.Lock()
 
 
@@ -114,6 +115,7 @@ def clear_cache() -> None:
     with _lock:
         _cache.clear()
         _timings.clear()
+        _modelled.clear()
 
 
 def _compiling() -> bool:
@@ -263,8 +265,14 @@ def select(spec: Spec, grad: bool = False) -> str:
                 _timings[key] = timings
                 _cache[key] = _argmin(timings)
             return _cache[key]
+    hit = _modelled.get(key)
+    if hit is not None:
+        return hit
     costs = estimate(spec, grad)
-    return _argmin({m: costs[m] for m in allowed})
+    method = _argmin({m: costs[m] for m in allowed})
+    if not _compiling():
+        _modelled[key] = method  # one dict store: atomic, so no lock
+    return method
 
 
 def choose(spec: Spec, grad: bool, measure_it: bool, x=None, z=None) -> tuple[str, dict[str, float]]:

@@ -9,13 +9,15 @@ Formulations, chosen because they are the fastest on CPU and GPU alike:
 * ``"naive"``: the same depthwise convolution followed by a sum over channels. A dense
   convolution with one output channel (or ``groups=B``) is 5-50x slower on CPU, since those
   kernels are tuned for many output channels.
-* ``"upchannel"``: one dense grouped convolution (``groups = Bz``, ``K`` outputs per group).
+* ``"upchannel"``: one dense grouped convolution (``groups = Bz``, ``K`` outputs per group) in
+  channels-last layout, which oneDNN runs about 2x faster on CPU than the default layout.
 
 PyTorch's own backward of depthwise convolutions is 10-20x slower than their forward on CPU,
-so the backward here is written as forward correlations: the gradient with respect to the
+so their backward here is written as forward correlations: the gradient with respect to the
 template correlates the search with the output gradient, and the gradient with respect to the
 search is a full convolution of the output gradient with the template. A training step then
-costs about three forward passes.
+costs about three forward passes. Dense grouped convolutions (``"upchannel"``) keep PyTorch's
+backward, whose dense kernels measured faster than the same correlations written out.
 """
 from __future__ import annotations
 
@@ -110,41 +112,12 @@ class _Depthwise(torch.autograd.Function):
         return gx, gw, None, None
 
 
-class _Grouped(torch.autograd.Function):
-    """``conv2d(x, w, groups=G)`` with a backward made of forward convolutions."""
-
-    @staticmethod
-    def forward(ctx, x, w, spec, groups):
-        ctx.save_for_backward(x, w)
-        ctx.spec, ctx.groups = spec, groups
-        return _conv(x, w, spec.stride, spec.padding, spec.dilation, groups)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        spec, G = ctx.spec, ctx.groups
-        g = g.contiguous()
-        gx = _grad_search(g, w, G, spec) if ctx.needs_input_grad[0] else None
-        gw = None
-        if ctx.needs_input_grad[1]:
-            # Channels become the batch and the batch the reduced channels, per group:
-            # gw[o, c] = sum_n x[n, c] (*) g[n, o].
-            n, cin, _, _ = x.shape
-            (ph, pw), (h, wd_) = spec.padding, spec.z_shape[-2:]
-            xp = F.pad(x, (pw, pw, ph, ph))
-            xs = xp.reshape(n, G, cin // G, *xp.shape[-2:]).permute(2, 1, 0, 3, 4).reshape(cin // G, G * n, *xp.shape[-2:])
-            gs = g.reshape(n, G, -1, *g.shape[-2:]).permute(1, 2, 0, 3, 4).reshape(-1, n, *g.shape[-2:])
-            gw = F.conv2d(xs, gs, stride=spec.dilation, dilation=spec.stride, groups=G)
-            gw = gw[..., :h, :wd_].transpose(0, 1).contiguous()
-        return gx, gw, None, None
-
-
 def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor, Spec], torch.Tensor]:
     """Reshape the template into a convolution weight once; return ``run(x, spec)``."""
     Bz, Cz, h, w = spec.z_shape
     C, K = spec.channels, spec.out_channels
     if spec.mode == "upchannel":
-        weight = z.reshape(Bz * K, C, h, w)
+        weight = z.reshape(Bz * K, C, h, w).contiguous(memory_format=torch.channels_last)
     else:
         weight = z.reshape(Bz * C, 1, h, w)
 
@@ -154,7 +127,8 @@ def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor, Spec], torch
         # (B, C, H, W) -> (k, Bz*C, H, W): item i*k + j becomes batch j, channel group i.
         xk = x.reshape(Bz, k, C, H, W).transpose(0, 1).reshape(k, Bz * C, H, W)
         if spec.mode == "upchannel":
-            out = _Grouped.apply(xk, weight, spec, Bz)
+            xk = xk.contiguous(memory_format=torch.channels_last)
+            out = _conv(xk, weight, spec.stride, spec.padding, spec.dilation, Bz)
         else:
             out = _Depthwise.apply(xk, weight, spec, spec.mode == "naive")
         Ho, Wo = spec.out_size

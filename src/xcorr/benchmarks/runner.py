@@ -69,12 +69,14 @@ def load(name: str) -> list[Case]:
     if name not in SUITES:
         raise Unavailable(f"unknown suite {name!r}; valid values are {', '.join(map(repr, SUITES))}")
     module_name = SUITES[name]
-    if importlib.util.find_spec(module_name) is None:
-        raise Unavailable(f"suite {name!r} is unavailable: its module {module_name} is not installed")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise Unavailable(f"suite {name!r} is unavailable: {error} ({INSTALL_HINT})") from None
+    except ModuleNotFoundError as error:
+        if error.name and (module_name + ".").startswith(error.name + "."):
+            raise Unavailable(f"suite {name!r} is unavailable: its module {module_name} is not installed") from None
+        raise Unavailable(
+            f"suite {name!r} is unavailable: it needs the package {error.name} ({INSTALL_HINT})"
+        ) from None
     missing = [p for p in getattr(module, "PEERS", ()) if importlib.util.find_spec(p) is None]
     if missing:
         raise Unavailable(
@@ -213,13 +215,14 @@ def run(
     repeats: int = REPEATS,
     json_path: str | None = None,
     plot_path: str | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> list[Result]:
     """Run the named suites and print the table; returns the results.
 
     Suites that cannot run here are reported (with the reason) and skipped; if none can run,
     :class:`Unavailable` is raised.
     """
+    out = out or sys.stdout
     cases: list[Case] = []
     problems = []
     for name in suites:
