@@ -94,3 +94,8 @@ def test_grouped_peer_formulation_is_correct():
             x = torch.randn(B, C, 9, 9, generator=gen, dtype=torch.float64)
             z = torch.randn(Bz, C * K if mode == "upchannel" else C, 3, 3, generator=gen, dtype=torch.float64)
             torch.testing.assert_close(siamese.grouped(F.conv2d, x, z, mode), xcorr.xcorr(x, z, mode))
+
+
+def test_cli_rejects_zero_threads(capsys):
+    assert cli.main(["bench", "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err

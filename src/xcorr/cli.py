@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", metavar="FILE", help="also draw the ratios as a PNG chart")
     bench.add_argument("--repeats", type=int, default=7, help="timed calls per contender (default: 7)")
     bench.add_argument("--device", default="cpu", help="device to run on, e.g. cpu or cuda (default: cpu)")
+    bench.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     return parser
 
 
@@ -37,6 +38,11 @@ def _bench(args: argparse.Namespace) -> int:
     from .benchmarks import runner
 
     suites = list(runner.SUITES) if args.suite == "all" else [args.suite]
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"xcorr bench: --threads must be at least 1, got {args.threads}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
     try:
         with torch.device(args.device):
             runner.run(suites, repeats=args.repeats, json_path=args.json, plot_path=args.plot)
