@@ -181,7 +181,16 @@ def test_property_random_shapes(data, mode, method):
     x, z = make(B, Bz, C, K, H, W, h, w, mode, dtype, seed=draw(st.integers(0, 1000)))
     kw = dict(padding=(ph, pw), stride=(sh, sw), dilation=(dh, dw))
     out = xcorr.xcorr(x, z, mode, method=method, **kw)
-    assert_close_rel(out, xcorr_reference(x, z, mode, **kw), dtype)
+    expected = xcorr_reference(x, z, mode, **kw)
+    if expected.numel() and expected.abs().max() == 0:
+        # Every tap fell on padding: no output to be relative to, so bound the rounding of
+        # inexact methods (FFT) by the largest possible term sum instead.
+        from conftest import TOL
+
+        bound = TOL[dtype] * x.abs().max() * z.abs().max() * z[0].numel()
+        assert out.abs().max() <= bound
+    else:
+        assert_close_rel(out, expected, dtype)
 
 
 def test_docstring_example():

@@ -295,3 +295,20 @@ def check_features(t: Any, name: str, channels: int) -> torch.Tensor:
     if t.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channels (in_channels), got shape {tuple(t.shape)}")
     return t
+
+
+def check_search_shape(value: Any) -> tuple[int, int, int, int]:
+    """A search shape ``(B, C, H, W)`` of non-negative ints, as planned for by :func:`xcorr.plan`."""
+    items = tuple(value) if isinstance(value, (tuple, list, torch.Size)) else None
+    if items is None or len(items) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in items):
+        raise TypeError(f"search_shape must be 4 non-negative ints (B, C, H, W), got {value!r}")
+    return items  # type: ignore[return-value]
+
+
+def check_planned_search(x: Any, search_shape: tuple[int, int, int, int]) -> None:
+    """``x`` must match the planned search shape in channels and size (its batch may differ)."""
+    check_tensor(x, "x", "B C H W")
+    if tuple(x.shape[1:]) != tuple(search_shape[1:]):
+        raise ValueError(
+            f"x must have the planned (C, H, W) = {tuple(search_shape[1:])}, got shape {tuple(x.shape)}"
+        )

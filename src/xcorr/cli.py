@@ -1,4 +1,4 @@
-"""Command line: ``python -m xcorr {demo,match}``."""
+"""Command line: ``python -m xcorr {demo,bench,match}``."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--top-k", type=_positive, default=1, metavar="K", help="how many matches to report (default 1)")
     match.add_argument("--heatmap", metavar="OUT.png", help="write the image with its match boxes beside the score map")
     match.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    bench = sub.add_parser("bench", help="time xcorr against its peers and print a table")
+    bench.add_argument("--suite", default="siamese", choices=["siamese", "match", "all"],
+                       help="which suite to run (default: siamese)")
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bench.add_argument("--plot", metavar="FILE", help="also draw the ratios as a PNG chart")
+    bench.add_argument("--repeats", type=int, default=7, help="timed calls per contender (default: 7)")
+    bench.add_argument("--device", default="cpu", help="device to run on, e.g. cpu or cuda (default: cpu)")
+    bench.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     return parser
 
 
@@ -59,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         demo.main()
         return 0
+    if args.command == "bench":
+        return _bench(args)
     try:
         return _match(args)
     except CliError as error:
@@ -115,6 +125,26 @@ def _match(args: argparse.Namespace) -> int:
     else:
         for rank, m in enumerate(matches, 1):
             print(f"{rank}. x={m['x']} y={m['y']} score={m['score']:.6g} ({args.method}, {w}x{h} template)")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .benchmarks import runner
+
+    suites = list(runner.SUITES) if args.suite == "all" else [args.suite]
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"xcorr bench: --threads must be at least 1, got {args.threads}", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+    try:
+        with torch.device(args.device):
+            runner.run(suites, repeats=args.repeats, json_path=args.json, plot_path=args.plot)
+    except runner.Unavailable as error:
+        print(f"xcorr bench: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -15,6 +15,10 @@ METHODS = ("auto", *BACKENDS)
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def _needs_grad(x: torch.Tensor, z: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or z.requires_grad)
+
+
 def xcorr(
     x: torch.Tensor,
     z: torch.Tensor,
@@ -61,7 +65,7 @@ def xcorr(
     spec = check_xcorr(x, z, mode, padding, stride, dilation)
     method = check_choice(method, "method", METHODS)
     if method == "auto":
-        method = planner.select(spec)
+        method = planner.select(spec, grad=_needs_grad(x, z))
     backend = BACKENDS[method]
     if spec.batch == 0:
         # Keep the empty result attached to both inputs, so autograd sees the dependency.
@@ -108,3 +112,41 @@ def pixelwise(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     # -1 rather than B // Bz keeps the batch symbolic when the graph is exported.
     out = torch.matmul(z.reshape(Bz, 1, C, h * w).transpose(2, 3), x.reshape(Bz, -1, C, H * W))
     return out.reshape(-1, h * w, H, W)
+
+
+def choose_method(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    mode: str = "naive",
+    *,
+    padding: int | tuple[int, int] = 0,
+    stride: int | tuple[int, int] = 1,
+    dilation: int | tuple[int, int] = 1,
+    measure: bool = False,
+) -> str | tuple[str, dict[str, float]]:
+    r"""The method ``xcorr.xcorr(x, z, ..., method="auto")`` would use, like scipy's ``choose_conv_method``.
+
+    Hard constraints first (device, float32 precision, export), then the autotune cache, then the
+    cost model (see :mod:`xcorr.planner`). A backward pass is assumed when ``x`` or ``z`` requires
+    grad and grad mode is on.
+
+    Args:
+        x (Tensor[B, C, H, W]), z (Tensor[Bz, Cz, h, w]), mode, padding, stride, dilation: as in
+            :func:`xcorr.xcorr`.
+        measure (bool): time every allowed method on ``x`` and ``z`` instead (forward, plus
+            backward when a backward pass is assumed), cache the winner for ``method="auto"``,
+            and return the timings too.
+
+    Returns:
+        str: ``"direct"`` or ``"fft"``; with ``measure=True`` a pair ``(method, {method: seconds})``.
+
+    Example:
+        >>> x, z = torch.rand(1, 8, 64, 64), torch.rand(1, 8, 48, 48)
+        >>> xcorr.choose_method(x, z, "depthwise")
+        'fft'
+    """
+    spec = check_xcorr(x, z, mode, padding, stride, dilation)
+    if not isinstance(measure, bool):
+        raise TypeError(f"measure must be a bool, got {measure!r}")
+    method, timings = planner.choose(spec, _needs_grad(x, z), measure, x, z)
+    return (method, timings) if measure else method

@@ -1,30 +1,290 @@
-"""The only place that chooses a method for :func:`xcorr.xcorr`."""
+"""The only place that chooses a method for :func:`xcorr.xcorr`.
+
+Layered like scipy's ``choose_conv_method``:
+
+1. **Hard constraints** remove methods that cannot run or cannot be exact here: the device
+   (FFT needs ``torch.fft`` kernels: CPU and CUDA), precision (float32 direct convolution
+   summing more than :data:`DIRECT_MAX_TAPS_FLOAT32` products per output channel loses more than
+   2e-6 of the largest output) and export (only exportable methods while exporting).
+2. **The cache** of measured winners, keyed by (mode, shapes, geometry, dtype, device, grad).
+3. **Measurement** (autotune), when :func:`set_autotune` turned it on, or by default on devices
+   without fitted constants (CUDA): every candidate is timed once per key and the winner cached.
+4. **The cost model**: estimated seconds per method from operation counts and per-device
+   constants (:data:`CONSTANTS`), fitted on a 2-core x86 CPU with torch 2.13 and MKL.
+
+Under ``torch.compile`` and while exporting, the planner decides from shapes and the cache alone:
+no timing, no lock, nothing that would break a graph.
+"""
 from __future__ import annotations
+
+import math
+import statistics
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 
 from ._spec import Spec
+from .backends import BACKENDS
+from .backends.fft import axis_plan
 
-#: Template area (taps, after dilation) from which FFT beats direct convolution.
-FFT_MIN_TEMPLATE_AREA = 15 * 15
+#: float32 direct convolution accumulates each depthwise output in one running sum; from about
+#: this many template taps its error exceeds 2e-6 of the largest output (measured on uniform
+#: random data: ~5e-8 per tap side), while FFT's stays near 3e-7.
+DIRECT_MAX_TAPS_FLOAT32 = 32 * 32
+
+#: Devices with ``torch.fft`` kernels that the FFT backend may use.
+FFT_DEVICES = ("cpu", "cuda")
 
 #: The method ``auto`` picks while a graph is exported: no convolution takes a run-time weight
-#: (TensorRT and mobile runtimes refuse those) and nothing depends on the batch size.
+#: (TensorRT and mobile runtimes refuse those) and nothing depends on the batch size. Outside
+#: export the cost model chooses between the other methods, which are faster in eager PyTorch.
 EXPORT_METHOD = "gather"
+
+
+@dataclass(frozen=True)
+class Constants:
+    """Per-device costs of the cost model, in nanoseconds.
+
+    Attributes:
+        depthwise_mac: one multiply-add of a depthwise convolution (modes naive, depthwise).
+        dense_mac: one multiply-add of a dense grouped convolution (mode upchannel).
+        direct_call: fixed cost of a direct call.
+        direct_backward: backward / forward time ratio of the direct method.
+        direct_backward_tap: extra backward cost per multiply-add and per output-gradient
+            position (the template gradient's kernel is the output, slow when large).
+        fft_point: one point of a real transform, per ``log2`` of its length.
+        fft_product: one complex multiply-add of the frequency-domain product.
+        fft_call: fixed cost of an FFT call.
+        fft_backward: backward / forward time ratio of the FFT method.
+    """
+
+    depthwise_mac: float
+    dense_mac: float
+    direct_call: float
+    direct_backward: float
+    direct_backward_tap: float
+    fft_point: float
+    fft_product: float
+    fft_call: float
+    fft_backward: float
+
+
+#: Cost constants per device type; a device type without them is measured (see module doc).
+CONSTANTS: dict[str, Constants] = {
+    "cpu": Constants(
+        depthwise_mac=0.045,
+        dense_mac=0.057,
+        direct_call=120000.0,
+        direct_backward=3.0,
+        direct_backward_tap=0.00073,
+        fft_point=0.084,
+        fft_product=8.7,
+        fft_call=280000.0,
+        fft_backward=1.8,
+    ),
+}
+
+_autotune: bool | None = None
+_cache: dict[tuple, str] = {}
+_timings: dict[tuple, dict[str, float]] = {}
+_modelled: dict[tuple, str] = {}  # the cost model's answers, which depend on the key alone
+_lock = threading.Lock()
+
+
+def set_autotune(enabled: bool | None) -> None:
+    """Measure the methods once per problem and cache the winner, like ``torch.backends.cudnn.benchmark``.
+
+    Args:
+        enabled (bool or None): ``True`` times every candidate method the first time a
+            (mode, shapes, geometry, dtype, device, grad) key is seen and reuses the winner;
+            ``False`` always uses the cost model; ``None`` (the default) measures only on devices
+            without fitted constants (CUDA).
+
+    Example:
+        >>> xcorr.set_autotune(True)   # doctest: +SKIP
+    """
+    global _autotune
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
+    _autotune = enabled
+
+
+def clear_cache() -> None:
+    """Forget every measured winner."""
+    with _lock:
+        _cache.clear()
+        _timings.clear()
+        _modelled.clear()
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
 
 
 def exporting() -> bool:
     """Whether ``torch.onnx.export`` (either exporter) or ``torch.export`` is tracing the caller."""
-    is_exporting = getattr(torch.compiler, "is_exporting", None)  # absent from older torch
-    return torch.onnx.is_in_onnx_export() or (is_exporting is not None and is_exporting())
+    is_exporting = getattr(getattr(torch, "compiler", None), "is_exporting", None)  # absent from older torch
+    return torch.onnx.is_in_onnx_export() or (bool(is_exporting()) if is_exporting is not None else False)
 
 
-def select(spec: Spec) -> str:
-    """Pick the method for a validated problem."""
+def _key(spec: Spec, grad: bool) -> tuple:
+    return (spec.mode, spec.x_shape, spec.z_shape, spec.padding, spec.stride, spec.dilation,
+            spec.dtype, spec.device.type, spec.device.index, grad)
+
+
+def candidates(spec: Spec) -> list[str]:
+    """The methods the hard constraints allow for ``spec``, in registry order."""
     if exporting():
-        return EXPORT_METHOD
-    hd, wd = spec.dilated_template
+        return [EXPORT_METHOD]
+    allowed = [m for m in BACKENDS if m != EXPORT_METHOD]
+    if spec.device.type not in FFT_DEVICES:
+        allowed.remove("fft")
+    if "fft" in allowed and len(allowed) > 1 and _loses_precision(spec):
+        allowed.remove("direct")
+    return allowed
+
+
+def _loses_precision(spec: Spec) -> bool:
     h, w = spec.z_shape[-2:]
-    if h * w >= FFT_MIN_TEMPLATE_AREA and spec.stride == (1, 1):
-        return "fft"
-    return "direct"
+    low = spec.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    return low and spec.mode == "depthwise" and h * w > DIRECT_MAX_TAPS_FLOAT32
+
+
+def estimate(spec: Spec, grad: bool = False, constants: Constants | None = None) -> dict[str, float]:
+    """The cost model: estimated seconds per method (forward, plus backward when ``grad``).
+
+    Args:
+        spec: the validated problem.
+        grad: whether a backward pass will follow.
+        constants: costs to use; by default those of ``spec``'s device type (CPU's if it has none).
+    """
+    c = constants or CONSTANTS.get(spec.device.type, CONSTANTS["cpu"])
+    B, C = spec.x_shape[:2]
+    Bz, Cz, h, w = spec.z_shape
+    K = spec.out_channels
+    Ho, Wo = spec.out_size
+    out = B * Ho * Wo
+    if spec.mode == "upchannel":
+        macs = out * K * C * h * w
+        direct = c.direct_call + c.dense_mac * macs
+    else:
+        macs = out * C * h * w
+        direct = c.direct_call + c.depthwise_mac * macs
+    if grad:
+        direct *= 1 + c.direct_backward
+        direct += c.direct_backward_tap * macs * (Ho * Wo) ** 0.5
+
+    (nh, _, Lh), (nw, _, Lw) = (axis_plan(p, s) for p, s in zip(spec.padded_search, spec.dilated_template))
+    tiles = nh * nw
+    L = (Lh, Lw)
+    points = L[0] * L[1]
+    bins = L[0] * (L[1] // 2 + 1)
+    transforms = (B * tiles * (C + K) + Bz * Cz) * points * math.log2(points)
+    products = B * tiles * bins * (C * K if spec.mode == "upchannel" else C)
+    fft = c.fft_call + c.fft_point * transforms + c.fft_product * products
+    if grad:
+        fft *= 1 + c.fft_backward
+    return {"direct": direct * 1e-9, "fft": fft * 1e-9}
+
+
+def _bench(fn: Callable[[], object], sync: Callable[[], None], budget: float = 0.2) -> float:
+    """Median seconds of ``fn`` after one warm-up, over 3 to 10 runs within ``budget`` seconds."""
+    fn()
+    sync()
+    times: list[float] = []
+    while len(times) < 3 or (len(times) < 10 and sum(times) < budget):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(spec: Spec, grad: bool, allowed: list[str], x=None, z=None) -> dict[str, float]:
+    """Time each allowed method on ``x`` and ``z`` (random tensors of ``spec``'s shapes if None)."""
+    if x is None or z is None:
+        gen = torch.Generator(device=spec.device).manual_seed(0)
+        x = torch.randn(spec.x_shape, generator=gen, device=spec.device, dtype=spec.dtype)
+        z = torch.randn(spec.z_shape, generator=gen, device=spec.device, dtype=spec.dtype)
+    x, z = x.detach(), z.detach()
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x, z = x.float(), z.float()
+        spec = replace(spec, dtype=torch.float32)
+    if grad:
+        x, z = x.requires_grad_(True), z.requires_grad_(True)
+    sync = torch.cuda.synchronize if spec.device.type == "cuda" else (lambda: None)
+    timings = {}
+    for method in allowed:
+        backend = BACKENDS[method]
+        if grad:
+            def run(backend=backend):
+                backend(x, z, spec).sum().backward()
+        else:
+            def run(backend=backend):
+                with torch.no_grad():
+                    backend(x, z, spec)
+        timings[method] = _bench(run, sync)
+    return timings
+
+
+def _argmin(costs: dict[str, float]) -> str:
+    # A plain loop: torch.compile cannot trace min() with a key function.
+    best = None
+    for method, cost in costs.items():
+        if best is None or cost < costs[best]:
+            best = method
+    return best
+
+
+def _measuring(spec: Spec) -> bool:
+    if _autotune is None:
+        return spec.device.type not in CONSTANTS
+    return _autotune
+
+
+def select(spec: Spec, grad: bool = False) -> str:
+    """Pick the method for a validated problem.
+
+    Args:
+        spec: the validated problem.
+        grad: whether a backward pass will follow (it changes which method is fastest).
+    """
+    allowed = candidates(spec)
+    if len(allowed) == 1:
+        return allowed[0]
+    key = _key(spec, grad)
+    hit = _cache.get(key)
+    if hit is not None:
+        return hit
+    if spec.batch and _measuring(spec) and not _compiling() and not exporting():
+        with _lock:
+            if key not in _cache:
+                timings = measure(spec, grad, allowed)
+                _timings[key] = timings
+                _cache[key] = _argmin(timings)
+            return _cache[key]
+    hit = _modelled.get(key)
+    if hit is not None:
+        return hit
+    costs = estimate(spec, grad)
+    method = _argmin({m: costs[m] for m in allowed})
+    if not _compiling():
+        _modelled[key] = method  # one dict store: atomic, so no lock
+    return method
+
+
+def choose(spec: Spec, grad: bool, measure_it: bool, x=None, z=None) -> tuple[str, dict[str, float]]:
+    """What :func:`xcorr.choose_method` returns: the method and, when measured, the timings."""
+    allowed = candidates(spec)
+    if not measure_it:
+        return select(spec, grad), {}
+    timings = measure(spec, grad, allowed, x, z) if spec.batch else {m: 0.0 for m in allowed}
+    best = _argmin(timings)
+    with _lock:
+        _cache[_key(spec, grad)] = best
+        _timings[_key(spec, grad)] = timings
+    return best, timings

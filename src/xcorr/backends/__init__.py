@@ -1,8 +1,10 @@
 """Algorithms. One module per method; each exposes ``xcorr(x, z, spec) -> Tensor``.
 
-A backend receives validated inputs (see :mod:`xcorr._checks`) and must return the exact
-result of :func:`xcorr.xcorr` for every mode and geometry, differentiably. No backend imports
-another: the planner is the only place that chooses between them.
+Each also exposes ``prepare(z, spec) -> run(x, spec)``, which does the template's share of
+the work once (template plans); ``xcorr`` is ``prepare(z, spec)(x, spec)``. A backend
+receives validated inputs (see :mod:`xcorr._checks`) and must return the exact result of
+:func:`xcorr.xcorr` for every mode and geometry, differentiably. No backend imports another:
+the planner is the only place that chooses between them.
 """
 from __future__ import annotations
 
@@ -15,8 +17,16 @@ from . import direct, fft, gather
 
 Backend = Callable[[torch.Tensor, torch.Tensor, Spec], torch.Tensor]
 
+Prepare = Callable[[torch.Tensor, Spec], Callable[[torch.Tensor, Spec], torch.Tensor]]
+
 BACKENDS: dict[str, Backend] = {
     "direct": direct.xcorr,
     "fft": fft.xcorr,
     "gather": gather.xcorr,
+}
+
+PREPARE: dict[str, Prepare] = {
+    "direct": direct.prepare,
+    "fft": fft.prepare,
+    "gather": gather.prepare,
 }

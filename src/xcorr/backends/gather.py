@@ -15,6 +15,8 @@ products one tap at a time (``h·w`` multiply-adds over the output, a few times 
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -66,3 +68,8 @@ def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
     search = F.pad(x, (pw, pw, ph, ph))
     out = (_channel_by_channel if spec.mode == "depthwise" else _summed_over_channels)(search, z, spec)
     return out.reshape(-1, spec.out_channels, *spec.out_size)
+
+
+def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor, Spec], torch.Tensor]:
+    """Template plans: the taps are used as they are, so only the template is kept."""
+    return lambda x, spec: xcorr(x, z, spec)

@@ -19,3 +19,8 @@ class Case:
     setup: Callable[[], dict[str, Callable[[], Any]]]
     #: The largest acceptable ratio of our median time to the fastest peer's.
     target: float | None = None
+    #: Timed calls per contender after the warm-up (0: the runner's default). Slow cases use few.
+    repeats: int = 0
+    #: Extra columns for the table, computed once after timing (e.g. the method ``auto`` picked
+    #: and its float32 error); ``None`` for none.
+    info: Callable[[], dict[str, Any]] | None = None

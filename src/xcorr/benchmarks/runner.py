@@ -1,0 +1,258 @@
+"""``python -m xcorr bench``: run suites with the peers side by side in one process.
+
+Each case's contenders are warmed up, then timed in interleaved rounds (the order rotates every
+round, so drifting machine load spreads over all of them) and summarised by their medians. The
+table shows each contender's median, our ratio to the fastest peer and whether the case's
+target is met; JSON and a PNG chart are optional.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, TextIO
+
+import torch
+
+from . import OURS, Case
+
+#: Suite name -> module exposing ``cases() -> list[Case]``; imported only when run.
+SUITES = {
+    "siamese": "xcorr.benchmarks.siamese",
+    "match": "xcorr.benchmarks.match",
+}
+
+#: Timed calls per contender unless the case says otherwise.
+REPEATS = 7
+#: A contender stops being timed once its calls add up to this many seconds (at least one call).
+TIME_BUDGET = 3.0
+#: A warm-up call longer than this counts as a timed call: it is not warming anything up.
+SLOW_CALL = 1.0
+
+INSTALL_HINT = "pip install -e '.[bench]'"
+
+
+class Unavailable(Exception):
+    """A suite that cannot run here, with the reason and the fix."""
+
+
+@dataclass
+class Result:
+    suite: str
+    case: str
+    times: dict[str, float]
+    target: float | None
+    samples: dict[str, int] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        peers = [t for name, t in self.times.items() if name != OURS]
+        if OURS not in self.times or not peers:
+            return None
+        return self.times[OURS] / min(peers)
+
+    @property
+    def met(self) -> bool | None:
+        if self.ratio is None or self.target is None:
+            return None
+        return self.ratio <= self.target
+
+
+def load(name: str) -> list[Case]:
+    """The cases of suite ``name``, or :class:`Unavailable` saying why not."""
+    if name not in SUITES:
+        raise Unavailable(f"unknown suite {name!r}; valid values are {', '.join(map(repr, SUITES))}")
+    module_name = SUITES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and (module_name + ".").startswith(error.name + "."):
+            raise Unavailable(f"suite {name!r} is unavailable: its module {module_name} is not installed") from None
+        raise Unavailable(
+            f"suite {name!r} is unavailable: it needs the package {error.name} ({INSTALL_HINT})"
+        ) from None
+    missing = [p for p in getattr(module, "PEERS", ()) if importlib.util.find_spec(p) is None]
+    if missing:
+        raise Unavailable(
+            f"suite {name!r} is unavailable: its peers' packages {', '.join(missing)} are missing "
+            f"({INSTALL_HINT})"
+        )
+    return list(module.cases())
+
+
+def _sync() -> None:
+    if torch.empty(0).device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _call(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - start
+
+
+def time_case(case: Case, repeats: int = REPEATS) -> Result:
+    """Warm up, then time the contenders in interleaved rounds; medians per contender."""
+    contenders = case.setup()
+    names = list(contenders)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    spent = dict.fromkeys(names, 0.0)
+    for name in names:
+        first = _call(contenders[name])
+        spent[name] += first
+        if first > SLOW_CALL:
+            samples[name].append(first)
+    rounds = case.repeats or repeats
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            if len(samples[name]) >= rounds or (samples[name] and spent[name] > TIME_BUDGET):
+                continue
+            t = _call(contenders[name])
+            samples[name].append(t)
+            spent[name] += t
+    result = Result(
+        case.suite, case.name, {n: statistics.median(s) for n, s in samples.items()}, case.target,
+        {n: len(s) for n, s in samples.items()},
+    )
+    if case.info is not None:
+        result.info = case.info()
+    return result
+
+
+def _progress(total: int, out: TextIO):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, file=out, unit="case", leave=False, dynamic_ncols=True)
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1e3:.3g}" if seconds < 1 else f"{seconds * 1e3:.0f}"
+
+
+def table(results: Sequence[Result]) -> str:
+    """The results as a fixed-width text table; times are medians in milliseconds."""
+    peers: list[str] = []
+    for r in results:
+        peers += [n for n in r.times if n != OURS and n not in peers]
+    head = ["case", OURS, *peers, "ratio", "target", "", "method", "f32 error"]
+    rows = []
+    for r in results:
+        met = {True: "ok", False: "MISS", None: ""}[r.met]
+        error = r.info.get("error")
+        rows.append([
+            r.case, _ms(r.times.get(OURS)), *(_ms(r.times.get(p)) for p in peers),
+            "-" if r.ratio is None else f"{r.ratio:.3f}", "-" if r.target is None else f"{r.target:g}",
+            met, str(r.info.get("method", "")), "" if error is None else f"{error:.1e}",
+        ])
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
+    fmt = lambda cells: "  ".join(  # noqa: E731
+        str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+    ).rstrip()
+    lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    return "\n".join(lines)
+
+
+def environment() -> dict[str, Any]:
+    device = torch.empty(0).device
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+    }
+
+
+def write_json(path: str, results: Sequence[Result]) -> None:
+    rows = [
+        {"suite": r.suite, "case": r.case, "seconds": r.times, "samples": r.samples,
+         "ratio": r.ratio, "target": r.target, "met": r.met, **r.info}
+        for r in results
+    ]
+    with open(path, "w") as f:
+        json.dump({"environment": environment(), "results": rows}, f, indent=2)
+
+
+def plot(path: str, results: Sequence[Result]) -> None:
+    """A bar per case: our time relative to the fastest peer (log scale), with its target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in results if r.ratio is not None]
+    fig, ax = plt.subplots(figsize=(9, 0.4 * len(shown) + 1.5))
+    ys = range(len(shown))
+    colors = ["tab:green" if r.met in (True, None) else "tab:red" for r in shown]
+    ax.barh(list(ys), [r.ratio for r in shown], color=colors)
+    for y, r in zip(ys, shown):
+        if r.target is not None:
+            ax.plot([r.target, r.target], [y - 0.4, y + 0.4], color="black")
+    ax.set_yticks(list(ys), [r.case for r in shown])
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="grey", linestyle=":")
+    ax.set_xlabel("xcorr time / fastest peer's (median; black tick: target)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(
+    suites: Sequence[str],
+    *,
+    repeats: int = REPEATS,
+    json_path: str | None = None,
+    plot_path: str | None = None,
+    out: TextIO | None = None,
+) -> list[Result]:
+    """Run the named suites and print the table; returns the results.
+
+    Suites that cannot run here are reported (with the reason) and skipped; if none can run,
+    :class:`Unavailable` is raised.
+    """
+    out = out or sys.stdout
+    cases: list[Case] = []
+    problems = []
+    for name in suites:
+        try:
+            cases += load(name)
+        except Unavailable as error:
+            problems.append(str(error))
+            print(error, file=out)
+    if not cases:
+        raise Unavailable("; ".join(problems) or "no cases to run")
+    env = environment()
+    print(f"xcorr bench: torch {env['torch']}, {env['threads']} threads, {env['device']}; "
+          f"medians in ms", file=out, flush=True)
+    bar = _progress(len(cases), sys.stderr)
+    results = []
+    for case in cases:
+        if bar is not None:
+            bar.set_description(case.name)
+        else:
+            print(f"  running {case.name} ...", file=sys.stderr, flush=True)
+        results.append(time_case(case, repeats))
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    print(table(results), file=out)
+    if json_path:
+        write_json(json_path, results)
+        print(f"wrote {json_path}", file=out)
+    if plot_path:
+        plot(plot_path, results)
+        print(f"wrote {plot_path}", file=out)
+    return results

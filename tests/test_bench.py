@@ -1,0 +1,101 @@
+"""The benchmark runner on a tiny fake suite (speed itself is never asserted)."""
+import json
+import sys
+import types
+
+import pytest
+
+from xcorr import cli
+from xcorr.benchmarks import OURS, Case, runner, siamese
+
+
+def fake_suite(monkeypatch, cases, peers=()):
+    module = types.ModuleType("xcorr_fake_suite")
+    module.cases = lambda: cases
+    module.PEERS = peers
+    monkeypatch.setitem(sys.modules, "xcorr_fake_suite", module)
+    monkeypatch.setitem(runner.SUITES, "fake", "xcorr_fake_suite")
+
+
+def counting_case(calls, target=2.0):
+    def setup():
+        return {
+            OURS: lambda: calls.append(OURS),
+            "peer": lambda: calls.append("peer"),
+        }
+
+    return Case("fake", "one", setup, target, repeats=3, info=lambda: {"method": "direct", "error": 1e-7})
+
+
+def test_time_case_warms_up_then_interleaves(monkeypatch):
+    calls = []
+    result = runner.time_case(counting_case(calls))
+    assert calls.count(OURS) == calls.count("peer") == 4  # one warm-up and three timed calls
+    assert calls[2:] != [OURS] * 3 + ["peer"] * 3  # rounds alternate the contenders
+    assert result.samples == {OURS: 3, "peer": 3}
+    assert result.ratio == pytest.approx(result.times[OURS] / result.times["peer"])
+    assert result.info == {"method": "direct", "error": 1e-7}
+
+
+def test_table_json_and_ratio(monkeypatch, tmp_path, capsys):
+    fake_suite(monkeypatch, [counting_case([])])
+    path = tmp_path / "bench.json"
+    results = runner.run(["fake"], json_path=str(path))
+    out = capsys.readouterr().out
+    assert "one" in out and "peer" in out and "ratio" in out and "direct" in out
+    data = json.loads(path.read_text())
+    assert data["results"][0]["case"] == "one"
+    assert data["results"][0]["ratio"] == pytest.approx(results[0].ratio)
+    assert set(data["environment"]) >= {"torch", "threads", "device"}
+
+
+def test_result_meets_its_target():
+    r = runner.Result("s", "c", {OURS: 1.0, "a": 4.0, "b": 2.0}, target=0.5)
+    assert r.ratio == 0.5 and r.met is True
+    assert runner.Result("s", "c", {OURS: 1.0, "a": 1.5}, target=0.5).met is False
+    assert runner.Result("s", "c", {OURS: 1.0}, target=0.5).ratio is None
+
+
+def test_missing_suite_module_is_reported(monkeypatch):
+    monkeypatch.setitem(runner.SUITES, "gone", "xcorr.benchmarks.no_such_suite")
+    with pytest.raises(runner.Unavailable, match=r"suite 'gone' is unavailable: its module xcorr\.benchmarks\.no_such_suite"):
+        runner.load("gone")
+
+
+def test_missing_peer_package_is_reported(monkeypatch):
+    fake_suite(monkeypatch, [], peers=("no_such_peer_package",))
+    with pytest.raises(runner.Unavailable, match=r"peers' packages no_such_peer_package are missing \(pip install"):
+        runner.load("fake")
+
+
+def test_cli_says_when_nothing_can_run(monkeypatch, capsys):
+    monkeypatch.setitem(runner.SUITES, "match", "xcorr.benchmarks.no_such_suite")
+    assert cli.main(["bench", "--suite", "match"]) == 2
+    assert "suite 'match' is unavailable" in capsys.readouterr().err
+
+
+def test_siamese_suite_lists_the_issue_shapes():
+    names = [c.name for c in siamese.cases()]
+    assert len(names) == len(set(names)) == 16
+    assert all(c.target is not None for c in siamese.cases())
+
+
+def test_grouped_peer_formulation_is_correct():
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    import xcorr
+
+    gen = torch.Generator().manual_seed(0)
+    for mode, (B, C, K) in {"naive": (3, 2, 1), "depthwise": (3, 2, 2), "upchannel": (3, 2, 3)}.items():
+        for Bz in (1, B):
+            if Bz == 1 and mode != "naive" and B > 1:
+                continue  # the hand-written shared-template forms take one search item
+            x = torch.randn(B, C, 9, 9, generator=gen, dtype=torch.float64)
+            z = torch.randn(Bz, C * K if mode == "upchannel" else C, 3, 3, generator=gen, dtype=torch.float64)
+            torch.testing.assert_close(siamese.grouped(F.conv2d, x, z, mode), xcorr.xcorr(x, z, mode))
+
+
+def test_cli_rejects_zero_threads(capsys):
+    assert cli.main(["bench", "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err

@@ -1,0 +1,172 @@
+import threading
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import assert_close_rel
+from reference import xcorr_reference
+
+import xcorr
+from xcorr import planner
+from xcorr._checks import check_xcorr
+
+
+@pytest.fixture(autouse=True)
+def fresh_planner():
+    planner.clear_cache()
+    yield
+    planner.set_autotune(None)
+    planner.clear_cache()
+
+
+def spec_of(x_shape, z_shape, mode="naive", dtype=torch.float32, padding=0, stride=1, dilation=1):
+    x = torch.empty(x_shape, dtype=dtype)
+    z = torch.empty(z_shape, dtype=dtype)
+    return check_xcorr(x, z, mode, padding, stride, dilation)
+
+
+def test_device_without_fft_kernels_gets_direct():
+    spec = replace(spec_of((2, 3, 16, 16), (1, 3, 15, 15)), device=torch.device("meta"))
+    assert planner.candidates(spec) == ["direct"]
+    assert planner.select(spec) == "direct"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_large_float32_depthwise_templates_avoid_direct(dtype):
+    side = int(planner.DIRECT_MAX_TAPS_FLOAT32**0.5) + 1
+    spec = spec_of((1, 2, side + 4, side + 4), (1, 2, side, side), "depthwise", dtype)
+    assert planner.candidates(spec) == ["fft"]
+
+
+def test_float64_and_small_templates_keep_both_methods():
+    side = int(planner.DIRECT_MAX_TAPS_FLOAT32**0.5) + 1
+    assert planner.candidates(spec_of((1, 2, 50, 50), (1, 2, side, side), "depthwise", torch.float64)) == ["direct", "fft"]
+    assert planner.candidates(spec_of((1, 2, 50, 50), (1, 2, 7, 7), "depthwise")) == ["direct", "fft"]
+
+
+def test_export_keeps_only_the_exportable_method(monkeypatch):
+    spec = spec_of((2, 3, 64, 64), (1, 3, 40, 40))
+    assert planner.candidates(spec) == ["direct", "fft"]  # not exporting: the eager-fast methods
+    monkeypatch.setattr(planner, "exporting", lambda: True)
+    assert planner.candidates(spec) == [planner.EXPORT_METHOD]
+    assert planner.select(spec) == planner.EXPORT_METHOD
+
+
+@pytest.mark.parametrize(
+    "x_shape, z_shape, mode, expected",
+    [
+        ((3, 256, 22, 22), (1, 256, 6, 6), "naive", "direct"),  # SiamFC tracking
+        ((32, 256, 31, 31), (32, 256, 7, 7), "depthwise", "direct"),  # SiamRPN++ training
+        ((1, 256, 255, 255), (1, 256, 127, 127), "naive", "fft"),  # the seed's full size
+        ((8, 64, 128, 128), (8, 64, 32, 32), "depthwise", "fft"),
+    ],
+)
+def test_cost_model_on_clear_cut_shapes(x_shape, z_shape, mode, expected):
+    assert planner.select(spec_of(x_shape, z_shape, mode)) == expected
+
+
+def test_estimate_grows_with_the_work():
+    small = planner.estimate(spec_of((1, 8, 32, 32), (1, 8, 5, 5)))
+    large = planner.estimate(spec_of((8, 8, 32, 32), (8, 8, 5, 5)))
+    assert all(large[m] > small[m] > 0 for m in ("direct", "fft"))
+    assert planner.estimate(spec_of((1, 8, 32, 32), (1, 8, 5, 5)), grad=True)["direct"] > small["direct"]
+
+
+def test_choose_method_returns_a_candidate():
+    x, z = torch.rand(2, 3, 20, 20), torch.rand(1, 3, 5, 5)
+    assert xcorr.choose_method(x, z) in ("direct", "fft")
+
+
+def test_measure_returns_timings_and_fills_the_cache(monkeypatch):
+    x, z = torch.rand(2, 3, 20, 20), torch.rand(1, 3, 5, 5)
+    method, timings = xcorr.choose_method(x, z, "depthwise", padding=1, measure=True)
+    assert set(timings) == {"direct", "fft"}
+    assert all(t > 0 for t in timings.values())
+    assert method == min(timings, key=timings.get)
+    monkeypatch.setattr(planner, "estimate", lambda *a, **k: pytest.fail("cost model used despite a cached winner"))
+    assert xcorr.choose_method(x, z, "depthwise", padding=1) == method
+
+
+def test_autotune_measures_once_per_key(monkeypatch):
+    calls = []
+    real = planner.measure
+
+    def counting(spec, grad, allowed, x=None, z=None):
+        calls.append((spec.x_shape, grad))
+        return real(spec, grad, allowed, x, z)
+
+    monkeypatch.setattr(planner, "measure", counting)
+    xcorr.set_autotune(True)
+    x, z = torch.rand(3, 2, 12, 12), torch.rand(3, 2, 3, 3)
+    first = xcorr.xcorr(x, z)
+    again = xcorr.xcorr(x, z)
+    assert calls == [((3, 2, 12, 12), False)]
+    torch.testing.assert_close(first, again)
+    assert_close_rel(first, xcorr_reference(x, z))
+    xcorr.xcorr(x, z.requires_grad_(True))  # a backward may follow: a different key
+    assert calls[-1] == ((3, 2, 12, 12), True) and len(calls) == 2
+
+
+def test_autotune_is_thread_safe(monkeypatch):
+    calls = []
+    real = planner.measure
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(planner, "measure", counting)
+    xcorr.set_autotune(True)
+    x, z = torch.rand(2, 2, 10, 10), torch.rand(1, 2, 3, 3)
+    outs = [None] * 4
+
+    def work(i):
+        outs[i] = xcorr.xcorr(x, z)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    for out in outs:
+        torch.testing.assert_close(out, outs[0])
+
+
+def test_autotune_off_never_measures(monkeypatch):
+    monkeypatch.setattr(planner, "measure", lambda *a, **k: pytest.fail("measured"))
+    xcorr.set_autotune(False)
+    xcorr.xcorr(torch.rand(2, 2, 10, 10), torch.rand(1, 2, 3, 3))
+
+
+def test_devices_without_constants_measure_by_default(monkeypatch):
+    spec = spec_of((2, 2, 10, 10), (1, 2, 3, 3))
+    assert planner._measuring(spec) is False
+    monkeypatch.delitem(planner.CONSTANTS, "cpu")
+    assert planner._measuring(spec) is True
+    xcorr.set_autotune(False)
+    assert planner._measuring(spec) is False
+
+
+def test_compiled_call_decides_without_measuring(monkeypatch):
+    monkeypatch.setattr(planner, "measure", lambda *a, **k: pytest.fail("measured while compiling"))
+    xcorr.set_autotune(True)
+    f = torch.compile(lambda x, z: xcorr.xcorr(x, z, "depthwise", padding=1), fullgraph=True, backend="eager")
+    x, z = torch.rand(2, 3, 12, 12), torch.rand(2, 3, 4, 4)
+    assert_close_rel(f(x, z), xcorr_reference(x, z, "depthwise", padding=1))
+
+
+X, Z = torch.zeros(2, 3, 8, 8), torch.zeros(1, 3, 3, 3)
+BAD_INPUTS = [
+    (lambda: xcorr.choose_method(X, Z, measure="yes"), TypeError, r"measure must be a bool, got 'yes'"),
+    (lambda: xcorr.choose_method(X[0], Z), ValueError, r"x must be 4-D \(B, C, H, W\), got shape \(3, 8, 8\)"),
+    (lambda: xcorr.choose_method(X, Z, "pixel"), ValueError, r"unknown mode 'pixel'"),
+    (lambda: xcorr.choose_method(X, Z, stride=0), ValueError, r"stride must be at least 1, got 0"),
+    (lambda: xcorr.set_autotune("on"), TypeError, r"enabled must be True, False or None, got 'on'"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", BAD_INPUTS)
+def test_bad_inputs(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
