@@ -41,6 +41,12 @@ _PIECE = 1 << 19
 
 _UPCAST = (torch.float16, torch.bfloat16)
 
+# Templates with fewer taps than this are correlated as the planner decides (direct is cheap).
+_DIRECT_TAPS = 64
+# Float32 column sums serve ``ccoeff`` windows whose variance is at least this share of their
+# energy about the image mean (see _centred_energy_fast).
+_FAST_VARIANCE = 0.015
+
 
 def match_template(image: Array, template: Array, method: str = "ccoeff_normed", *, mask: Array | None = None) -> Array:
     r"""Score every placement of ``template`` in ``image`` with one of OpenCV's six methods.
@@ -190,7 +196,7 @@ def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tenso
     else:
         zs, shift = z, None
     xs = x if shift is None else x - shift
-    num = xcorr(xs, zs, "naive")
+    num = _correlate(xs, zs, k)
     if method in ("ccorr", "ccoeff"):
         return num
 
@@ -201,14 +207,14 @@ def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tenso
     pieces = []
     for rows, images in _pieces(N, C, H, W, h):
         out_rows = slice(rows.start, rows.stop - h + 1)
-        band = xs[images, :, rows].double()
         num_i = num[images, :, out_rows]
         if family == "ccoeff":
-            s1 = _box(band, h, w)
-            s2 = _box(_squares(band), h, w)
-            diff2 = torch.addcmul(s2, s1, s1, value=-1 / (h * w)) if C == 1 else s2 - (s1 * s1).sum(1, keepdim=True) / (h * w)
+            diff2 = _centred_energy_fast(xs[images, :, rows], h, w) if x.dtype == torch.float32 else None
+            if diff2 is None:
+                band = xs[images, :, rows].double()
+                diff2 = _centred_energy(_box(band, h, w), _box(_squares(band), h, w), h * w)
         elif family == "sqdiff":
-            sq = _box(_squares(band), h, w)
+            sq = _box(_squares(xs[images, :, rows].double()), h, w)
             num_i = (tz2[images].view(-1, 1, 1, 1) - 2 * num_i + sq).clamp_min(0)
             if not normed:
                 pieces.append((images, num_i))
@@ -216,13 +222,73 @@ def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tenso
             raw = x[images, :, rows].double()
             diff2 = _box(_squares(raw), h, w)
         else:
-            diff2 = _box(_squares(band), h, w)
+            diff2 = _box(_squares(xs[images, :, rows].double()), h, w)
         energy = (lambda: _energy(x, images, rows, h, w)) if family == "ccoeff" else None
         score = _normalise(num_i, diff2, tnorm[images].view(-1, 1, 1, 1), method, energy)
         if flat_template is not None and bool(flat_template[images].any()):
             score = torch.where(flat_template[images].view(-1, 1, 1, 1), torch.ones_like(score), score)
         pieces.append((images, score))
     return _assemble(pieces, x.dtype)
+
+
+def _correlate(x: torch.Tensor, z: torch.Tensor, k: int) -> torch.Tensor:
+    """Valid correlation of each image with its template, channels summed: ``(N, 1, H', W')``.
+
+    Real FFTs of the image's own size rounded up to a 2·3·5·7-smooth length (wrap-around never
+    reaches a valid output), channels summed before the one inverse transform. Direct
+    convolution loses to this from templates of about 8 x 8 on; below, the planner decides.
+    """
+    N, C, H, W = x.shape
+    Nt, _, h, w = z.shape
+    if h * w < _DIRECT_TAPS:
+        return xcorr(x, z, "naive")
+    size = (_fast_length(H), _fast_length(W))
+    spectrum = torch.fft.rfft2(x, s=size).view(Nt, k, C, size[0], -1)
+    product = spectrum * torch.fft.rfft2(z, s=size).conj().unsqueeze(1)
+    product = product.sum(2) if C > 1 else product.squeeze(2)
+    out = torch.fft.irfft2(product.reshape(N, 1, size[0], -1), s=size)
+    return out[..., : H - h + 1, : W - w + 1]
+
+
+def _fast_length(n: int) -> int:
+    """The smallest 2·3·5·7-smooth integer >= ``n``: the lengths FFT libraries do fastest."""
+    while True:
+        r = n
+        for p in (2, 3, 5, 7):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return n
+        n += 1
+
+
+def _centred_energy(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
+    """``sum (I - mean)^2`` over each window from its sums ``s1`` (per channel) and ``s2``."""
+    if s1.shape[1] == 1:
+        return torch.addcmul(s2, s1, s1, value=-1 / n)
+    return s2 - (s1 * s1).sum(1, keepdim=True) / n
+
+
+def _centred_energy_fast(band: torch.Tensor, h: int, w: int) -> torch.Tensor | None:
+    """:func:`_centred_energy` of a float32 ``band`` with its column sums in float32, or None.
+
+    Summing ``h`` rows by doubling rounds each column sum by at most about ``log2(h) + 1``
+    float32 epsilons of its sum of magnitudes, so ``s2`` and ``s1^2 / n`` are each off by at most
+    about ``4e-7 * s2``; the rows are then summed along the windows in float64. Where the
+    variance left after the subtraction is below ``_FAST_VARIANCE`` of ``s2``, that error could
+    move a normed score by more than 5e-5, and the float64 path redoes the piece (None).
+    Halving the bytes of the widest passes is what makes this worth it.
+    """
+    C = band.shape[1]
+    stacked = torch.cat((band, _squares(band)), 1)
+    sums = _slide(stacked, h)
+    c = torch.cumsum(F.pad(sums, (1, 0)), -1, dtype=torch.float64)
+    sums = c[..., w:] - c[..., :-w]
+    s1, s2 = sums[:, :C], sums[:, C:]
+    diff2 = _centred_energy(s1, s2, h * w)
+    if bool((diff2 < _FAST_VARIANCE * s2).any()):
+        return None
+    return diff2
 
 
 def _energy(x: torch.Tensor, images: slice, rows: slice, h: int, w: int) -> torch.Tensor:
