@@ -279,16 +279,21 @@ def _centred_energy_fast(band: torch.Tensor, h: int, w: int) -> torch.Tensor | N
     move a normed score by more than 5e-5, and the float64 path redoes the piece (None).
     Halving the bytes of the widest passes is what makes this worth it.
     """
-    C = band.shape[1]
-    stacked = torch.cat((band, _squares(band)), 1)
-    sums = _slide(stacked, h)
-    c = torch.cumsum(F.pad(sums, (1, 0)), -1, dtype=torch.float64)
-    sums = c[..., w:] - c[..., :-w]
-    s1, s2 = sums[:, :C], sums[:, C:]
+    s1 = _running_sums(_slide(band, h).double(), w)
+    s2 = _running_sums(_slide(_squares(band), h).double(), w)
     diff2 = _centred_energy(s1, s2, h * w)
-    if bool((diff2 < _FAST_VARIANCE * s2).any()):
+    if bool(torch.add(diff2, s2, alpha=-_FAST_VARIANCE).amin() < 0):
         return None
     return diff2
+
+
+def _running_sums(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Sums of ``n`` consecutive columns of float64 ``x``, from one in-place prefix sum."""
+    c = x.cumsum_(-1)
+    out = c.new_empty(*c.shape[:-1], c.shape[-1] - n + 1)
+    out[..., 0] = c[..., n - 1]
+    torch.sub(c[..., n:], c[..., :-n], out=out[..., 1:])
+    return out
 
 
 def _energy(x: torch.Tensor, images: slice, rows: slice, h: int, w: int) -> torch.Tensor:
@@ -366,10 +371,14 @@ def _normalise(num, diff2, tnorm, method, energy=None) -> torch.Tensor:
         flat = diff2 <= (FLAT_RELATIVE * energy).clamp_max(FLAT_ABSOLUTE)
         ratio = num * torch.rsqrt(torch.where(flat, torch.ones_like(diff2), diff2)) * inv_t
         ratio = torch.where(flat, torch.full_like(ratio, torch.inf), ratio)
-    elif torch.is_grad_enabled() and (num.requires_grad or diff2.requires_grad):
-        ratio = num * torch.rsqrt(diff2) * inv_t
     else:
-        ratio = torch.rsqrt(diff2).mul_(num).mul_(inv_t)  # in place: fresh pages are costly
+        # No window is near flat, so the ratio needs no more than the numerator's precision:
+        # float32 passes from here on where the numerator is float32.
+        diff2 = diff2.to(num.dtype)
+        if torch.is_grad_enabled() and (num.requires_grad or diff2.requires_grad):
+            ratio = num * torch.rsqrt(diff2) * inv_t
+        else:
+            ratio = torch.rsqrt_(diff2).mul_(num).mul_(inv_t)  # in place: fresh pages are costly
     ratio = torch.where(tnorm > 0, ratio, torch.full_like(ratio, torch.inf)) if bool((tnorm == 0).any()) else ratio
     if method == "sqdiff_normed":
         return ratio.clamp_max(1)
