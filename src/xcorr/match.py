@@ -290,7 +290,9 @@ def _centred_energy_fast(band: torch.Tensor, h: int, w: int) -> torch.Tensor | N
 def _running_sums(x: torch.Tensor, n: int) -> torch.Tensor:
     """Sums of ``n`` consecutive columns of float64 ``x``, from one in-place prefix sum."""
     c = x.cumsum_(-1)
-    out = c.new_empty(*c.shape[:-1], c.shape[-1] - n + 1)
+    if torch.is_grad_enabled() and c.requires_grad:
+        return torch.cat((c[..., n - 1 : n], c[..., n:] - c[..., :-n]), -1)
+    out = c.new_empty(*c.shape[:-1], c.shape[-1] - n + 1)  # written in place: no concatenation
     out[..., 0] = c[..., n - 1]
     torch.sub(c[..., n:], c[..., :-n], out=out[..., 1:])
     return out
