@@ -111,6 +111,7 @@ def assert_like_opencv(out, expected, method):
 def route(request, monkeypatch):
     """Run a test with the numerator from match's own FFT, then as the planner chooses."""
     monkeypatch.setattr(xcorr.match, "_DIRECT_TAPS", 0 if request.param == "fft" else 10**9)
+    monkeypatch.setattr(xcorr.match, "_FFT_PIXELS", 0 if request.param == "fft" else 10**9)
     return request.param
 
 
@@ -444,7 +445,7 @@ def test_variance_survives_a_large_mean():
     assert out[10, 12] == pytest.approx(1, abs=1e-5)
 
 
-def test_fft_numerator_is_the_default_from_64_taps(monkeypatch):
+def test_fft_numerator_from_64_taps_or_256_squared_pixels(monkeypatch):
     calls = []
     monkeypatch.setattr(xcorr.match, "xcorr", lambda *a, **k: calls.append(a) or xcorr.xcorr(*a, **k))
     image, template = image_pair(np.float32, 1, shape=(30, 31), tshape=(8, 8))
@@ -452,6 +453,8 @@ def test_fft_numerator_is_the_default_from_64_taps(monkeypatch):
     assert not calls  # 64 taps: match's own FFT
     xcorr.match_template(image, template[:7], "ccorr")
     assert len(calls) == 1  # 56 taps: the planner
+    xcorr.match_template(np.zeros((256, 256), np.float32), template[:3, :3], "ccorr")
+    assert len(calls) == 1  # 256 x 256 pixels: FFT whatever the template
 
 
 @pytest.fixture

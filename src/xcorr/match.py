@@ -41,8 +41,10 @@ _PIECE = 1 << 19
 
 _UPCAST = (torch.float16, torch.bfloat16)
 
-# Templates with fewer taps than this are correlated as the planner decides (direct is cheap).
+# Templates with fewer taps than this, on images of fewer pixels than _FFT_PIXELS, are correlated
+# as the planner decides: direct convolution beats an FFT there (measured on CPU, float32).
 _DIRECT_TAPS = 64
+_FFT_PIXELS = 1 << 16
 # Float32 column sums serve ``ccoeff`` windows whose variance is at least this share of their
 # energy about the image mean (see _centred_energy_fast).
 _FAST_VARIANCE = 0.015
@@ -236,11 +238,12 @@ def _correlate(x: torch.Tensor, z: torch.Tensor, k: int) -> torch.Tensor:
 
     Real FFTs of the image's own size rounded up to a 2·3·5·7-smooth length (wrap-around never
     reaches a valid output), channels summed before the one inverse transform. Direct
-    convolution loses to this from templates of about 8 x 8 on; below, the planner decides.
+    convolution loses to this from templates of about 8 x 8 on, and on images of 256 x 256
+    and more whatever the template; below both, the planner decides.
     """
     N, C, H, W = x.shape
     Nt, _, h, w = z.shape
-    if h * w < _DIRECT_TAPS:
+    if h * w < _DIRECT_TAPS and H * W < _FFT_PIXELS:
         return xcorr(x, z, "naive")
     size = (_fast_length(H), _fast_length(W))
     spectrum = torch.fft.rfft2(x, s=size).view(Nt, k, C, size[0], -1)
