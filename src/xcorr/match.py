@@ -45,9 +45,10 @@ _UPCAST = (torch.float16, torch.bfloat16)
 # as the planner decides: direct convolution beats an FFT there (measured on CPU, float32).
 _DIRECT_TAPS = 64
 _FFT_PIXELS = 1 << 16
-# Float32 column sums serve ``ccoeff`` windows whose variance is at least this share of their
-# energy about the image mean (see _centred_energy_fast).
-_FAST_VARIANCE = 0.015
+# Largest change of a ``ccoeff_normed`` score that float32 window sums may cause (half the
+# tolerance against OpenCV); see _centred_energy_fast.
+_FAST_ERROR = 1e-4
+_FLOAT32_UNIT = 2.0**-24
 
 
 def match_template(image: Array, template: Array, method: str = "ccoeff_normed", *, mask: Array | None = None) -> Array:
@@ -273,32 +274,28 @@ def _centred_energy(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _centred_energy_fast(band: torch.Tensor, h: int, w: int) -> torch.Tensor | None:
-    """:func:`_centred_energy` of a float32 ``band`` with its column sums in float32, or None.
+    """:func:`_centred_energy` of a float32 ``band`` with float32 window sums, or None.
 
-    Summing ``h`` rows by doubling rounds each column sum by at most about ``log2(h) + 1``
-    float32 epsilons of its sum of magnitudes, so ``s2`` and ``s1^2 / n`` are each off by at most
-    about ``4e-7 * s2``; the rows are then summed along the windows in float64. Where the
-    variance left after the subtraction is below ``_FAST_VARIANCE`` of ``s2``, that error could
-    move a normed score by more than 5e-5, and the float64 path redoes the piece (None).
-    Halving the bytes of the widest passes is what makes this worth it.
+    Sums by doubling (:func:`_slide`, down the rows, then along them) round each window sum by
+    at most ``gamma = 2 (ceil(log2 h) + ceil(log2 w) + 1)`` float32 units of its sum of
+    magnitudes, so ``s2`` and ``s1^2 / n`` are off by at most ``gamma * s2`` and ``2 gamma * s2``.
+    Where the variance left after the subtraction is at least ``3 gamma / (2 * _FAST_ERROR)`` of
+    ``s2``, that moves a normed score by at most ``_FAST_ERROR``; elsewhere (a low-contrast
+    window on a bright image, say) the float64 path redoes the piece (None). Half the bytes
+    of float64 and no prefix sums, whose float32 rounding would grow with the image.
     """
-    s1 = _running_sums(_slide(band, h).double(), w)
-    s2 = _running_sums(_slide(_squares(band), h).double(), w)
+    gamma = 2 * ((h - 1).bit_length() + (w - 1).bit_length() + 1) * _FLOAT32_UNIT
+    s1 = _slide_columns(_slide(band, h), w)
+    s2 = _slide_columns(_slide(_squares(band), h), w)
     diff2 = _centred_energy(s1, s2, h * w)
-    if bool(torch.add(diff2, s2, alpha=-_FAST_VARIANCE).amin() < 0):
+    if bool(torch.add(diff2, s2, alpha=-3 * gamma / (2 * _FAST_ERROR)).amin() < 0):
         return None
     return diff2
 
 
-def _running_sums(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Sums of ``n`` consecutive columns of float64 ``x``, from one in-place prefix sum."""
-    c = x.cumsum_(-1)
-    if torch.is_grad_enabled() and c.requires_grad:
-        return torch.cat((c[..., n - 1 : n], c[..., n:] - c[..., :-n]), -1)
-    out = c.new_empty(*c.shape[:-1], c.shape[-1] - n + 1)  # written in place: no concatenation
-    out[..., 0] = c[..., n - 1]
-    torch.sub(c[..., n:], c[..., :-n], out=out[..., 1:])
-    return out
+def _slide_columns(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Sums of ``n`` consecutive columns, by doubling as :func:`_slide` does for rows."""
+    return _slide(x.transpose(-1, -2), n).transpose(-1, -2)
 
 
 def _energy(x: torch.Tensor, images: slice, rows: slice, h: int, w: int) -> torch.Tensor:
