@@ -248,10 +248,15 @@ def _correlate(x: torch.Tensor, z: torch.Tensor, k: int) -> torch.Tensor:
         return xcorr(x, z, "naive")
     size = (_fast_length(H), _fast_length(W))
     spectrum = torch.fft.rfft2(x, s=size).view(Nt, k, C, size[0], -1)
-    product = spectrum * torch.fft.rfft2(z, s=size).conj().unsqueeze(1)
+    template = torch.fft.rfft2(z, s=size).conj().unsqueeze(1)
+    if torch.is_grad_enabled() and (spectrum.requires_grad or template.requires_grad):
+        product = spectrum * template
+    else:
+        product = spectrum.mul_(template)  # the spectrum is ours: no fresh pages for the product
     product = product.sum(2) if C > 1 else product.squeeze(2)
-    out = torch.fft.irfft2(product.reshape(N, 1, size[0], -1), s=size)
-    return out[..., : H - h + 1, : W - w + 1]
+    # Inverse along the columns first, so the last, real inverse runs on the valid rows only.
+    rows = torch.fft.ifft(product.reshape(N, 1, size[0], -1), dim=-2)[..., : H - h + 1, :]
+    return torch.fft.irfft(rows, n=size[1], dim=-1)[..., : W - w + 1]
 
 
 def _fast_length(n: int) -> int:
