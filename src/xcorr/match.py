@@ -385,14 +385,16 @@ def _normalise(num, diff2, tnorm, method, energy=None) -> torch.Tensor:
         if torch.is_grad_enabled() and (num.requires_grad or diff2.requires_grad):
             ratio = num * torch.rsqrt(diff2) * inv_t
         else:
-            ratio = torch.rsqrt_(diff2).mul_(num).mul_(inv_t)  # in place: fresh pages are costly
+            ratio = torch.rsqrt(diff2).mul_(num).mul_(inv_t)  # in place: fresh pages are costly
     ratio = torch.where(tnorm > 0, ratio, torch.full_like(ratio, torch.inf)) if bool((tnorm == 0).any()) else ratio
     if method == "sqdiff_normed":
         return ratio.clamp_max(1)
     low, high = torch.aminmax(ratio)
     if low <= -1.125 or high >= 1.125:
         ratio = torch.where(ratio.abs() < 1.125, ratio, torch.full_like(ratio, worst))
-    return ratio.clamp(-1, 1)
+    if low < -1 or high > 1:
+        return ratio.clamp(-1, 1)
+    return ratio
 
 
 def _masked(x: torch.Tensor, z: torch.Tensor, m: torch.Tensor, method: str, k: int) -> torch.Tensor:
