@@ -1,9 +1,13 @@
 """Template matching: OpenCV's six ``TM_*`` scores on the correlation backends, batched and differentiable.
 
-Each score is one correlation (through :func:`xcorr.xcorr`) plus window statistics. Unmasked,
-the window sums and sums of squares come from box filters accumulated in float64, so the
-variance of a window survives even where it is tiny next to its mean. Masked windows are
-weighted by the mask, so their sums are correlations with the mask, computed in float64.
+Each score is one correlation plus window statistics. Unmasked, the correlation is this
+module's own real FFT (one transform of the image shared by its channels; the planner's choice
+through :func:`xcorr.xcorr` for small templates on small images), and the window sums and sums
+of squares come from box filters accumulated in float64, so the variance of a window survives
+even where it is tiny next to its mean. For float32 ``ccoeff`` the box filters run in float32
+wherever a rounding bound shows the scores keep their precision, and in float64 elsewhere.
+Masked windows are weighted by the mask, so their sums are correlations with the mask,
+computed in float64.
 
 Precision tricks, each exact in arithmetic:
 
