@@ -212,7 +212,9 @@ def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tenso
     tnorm = tz2.sqrt() if family == "ccoeff" else (z.double() ** 2).sum((1, 2, 3)).sqrt().repeat_interleave(k)
     flat_template = (tz2 / (h * w) < FLAT_TEMPLATE) if method == "ccoeff_normed" else None
     pieces = []
-    for rows, images in _pieces(N, C, H, W, h):
+    # Float32 window sums (ccoeff) take pieces of as many bytes, so twice the elements.
+    piece = 2 * _PIECE if family == "ccoeff" and x.dtype == torch.float32 else _PIECE
+    for rows, images in _pieces(N, C, H, W, h, piece):
         out_rows = slice(rows.start, rows.stop - h + 1)
         num_i = num[images, :, out_rows]
         if family == "ccoeff":
@@ -317,15 +319,15 @@ def _squares(x: torch.Tensor) -> torch.Tensor:
     return x * x if x.shape[1] == 1 else (x * x).sum(1, keepdim=True)
 
 
-def _pieces(N: int, C: int, H: int, W: int, h: int):
-    """Split the window statistics into (input rows, images) pieces of about ``_PIECE`` elements."""
-    if C * H * W > _PIECE:
-        step = max(4 * h, _PIECE // (C * W) - h + 1)  # overlap of h - 1 rows stays small
+def _pieces(N: int, C: int, H: int, W: int, h: int, size: int):
+    """Split the window statistics into (input rows, images) pieces of about ``size`` elements."""
+    if C * H * W > size:
+        step = max(4 * h, size // (C * W) - h + 1)  # overlap of h - 1 rows stays small
         for n in range(N):
             for top in range(0, H - h + 1, step):
                 yield slice(top, min(H, top + step + h - 1)), slice(n, n + 1)
     else:
-        per = max(1, _PIECE // (C * H * W))
+        per = max(1, size // (C * H * W))
         for n in range(0, N, per):
             yield slice(0, H), slice(n, min(N, n + per))
 
