@@ -107,13 +107,21 @@ def assert_like_opencv(out, expected, method):
         assert err <= 2e-5, f"relative error {err:.3g}"
 
 
+@pytest.fixture(params=["fft", "planner"])
+def route(request, monkeypatch):
+    """Run a test with the numerator from match's own FFT, then as the planner chooses."""
+    monkeypatch.setattr(xcorr.match, "_DIRECT_TAPS", 0 if request.param == "fft" else 10**9)
+    monkeypatch.setattr(xcorr.match, "_FFT_PIXELS", 0 if request.param == "fft" else 10**9)
+    return request.param
+
+
 # --- numpy drop-in, against OpenCV -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 @pytest.mark.parametrize("method", METHODS)
-def test_numpy_matches_opencv(method, dtype, channels):
+def test_numpy_matches_opencv(method, dtype, channels, route):
     image, template = image_pair(dtype, channels)
     out = xcorr.match_template(image, template, method)
     assert_like_opencv(out, cv2.matchTemplate(image, template, CV[method]), method)
@@ -305,7 +313,7 @@ def torch_reference(x, z, method, mask=None):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("method", METHODS)
-def test_torch_batch_matches_reference(method, dtype, device):
+def test_torch_batch_matches_reference(method, dtype, device, route):
     x, z = torch_pair(6, 3, 2, 11, 13, 4, 5, dtype, device)
     out = xcorr.match_template(x, z, method)
     assert out.shape == (6, 1, 8, 9) and out.dtype == dtype and out.device == x.device
@@ -316,7 +324,7 @@ def test_torch_batch_matches_reference(method, dtype, device):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_torch_batch_matches_opencv_per_item(method):
+def test_torch_batch_matches_opencv_per_item(method, route):
     x, z = torch_pair(4, 2, 3, 17, 15, 5, 4, torch.float32, seed=3)
     out = xcorr.match_template(x, z, method)
     for n in range(4):
@@ -365,7 +373,7 @@ def test_torch_bool_and_uint8_masks_are_binary():
 
 @pytest.mark.parametrize("layout", ["transposed", "sliced", "channels_last", "expanded"])
 @pytest.mark.parametrize("method", ["sqdiff", "ccoeff_normed", "sqdiff_normed"])
-def test_torch_non_contiguous_and_untouched(method, layout):
+def test_torch_non_contiguous_and_untouched(method, layout, route):
     x, z = torch_pair(4, 2, 3, 12, 12, 4, 4, seed=5)
     if layout == "transposed":
         x, z = x.transpose(2, 3), z.transpose(2, 3)
@@ -408,7 +416,7 @@ def test_torch_half_precision_returns_input_dtype(dtype):
 
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("method", METHODS)
-def test_gradcheck(method, masked):
+def test_gradcheck(method, masked, route):
     x, z = torch_pair(4, 2, 2, 7, 8, 3, 4, seed=7)
     x.requires_grad_(True)
     z.requires_grad_(True)
@@ -435,6 +443,63 @@ def test_variance_survives_a_large_mean():
     expected = reference(hwc(image), hwc(template), "ccoeff_normed")
     np.testing.assert_allclose(out, expected, atol=1e-4)
     assert out[10, 12] == pytest.approx(1, abs=1e-5)
+
+
+def test_fft_numerator_from_64_taps_or_256_squared_pixels(monkeypatch):
+    calls = []
+    monkeypatch.setattr(xcorr.match, "xcorr", lambda *a, **k: calls.append(a) or xcorr.xcorr(*a, **k))
+    image, template = image_pair(np.float32, 1, shape=(30, 31), tshape=(8, 8))
+    xcorr.match_template(image, template, "ccorr")
+    assert not calls  # 64 taps: match's own FFT
+    xcorr.match_template(image, template[:7], "ccorr")
+    assert len(calls) == 1  # 56 taps: the planner
+    xcorr.match_template(np.zeros((256, 256), np.float32), template[:3, :3], "ccorr")
+    assert len(calls) == 1  # 256 x 256 pixels: FFT whatever the template
+
+
+@pytest.fixture
+def fast_outcomes(monkeypatch):
+    """Whether each piece's float32 window sums were kept (True) or redone in float64 (False)."""
+    outcomes = []
+    real = xcorr.match._centred_energy_fast
+
+    def spy(*args):
+        out = real(*args)
+        outcomes.append(out is not None)
+        return out
+
+    monkeypatch.setattr(xcorr.match, "_centred_energy_fast", spy)
+    return outcomes
+
+
+@pytest.mark.parametrize("step, fast", [(0.0, True), (10.0, False)])
+def test_float32_window_sums_or_float64_where_variance_is_small(fast_outcomes, step, fast):
+    # With a step of 10 between the halves, every window's variance (about 1/12 per pixel) is
+    # under 1% of its energy about the image mean (about 25 per pixel): float64 must take over.
+    rng = np.random.default_rng(11)
+    image = rng.random((40, 44)).astype(np.float32)
+    image[:, 22:] += np.float32(step)
+    template = image[6:15, 30:40].copy()
+    out = xcorr.match_template(image, template, "ccoeff_normed")
+    assert fast_outcomes and all(o == fast for o in fast_outcomes)
+    # Against the float64 definition: OpenCV's own float32 numerator is off by 5e-4 with the step.
+    np.testing.assert_allclose(out, reference(hwc(image), hwc(template), "ccoeff_normed"), atol=2e-5)
+    if not step:
+        assert_like_opencv(out, cv2.matchTemplate(image, template, cv2.TM_CCOEFF_NORMED), "ccoeff_normed")
+
+
+def test_float32_window_sums_gradients(fast_outcomes):
+    # The float32 path is differentiable: its gradients agree with the float64 path's (gradcheck).
+    x, z = torch_pair(4, 2, 2, 21, 19, 9, 8, seed=12)
+    grads = {}
+    for dtype in (torch.float32, torch.float64):
+        a, b = x.to(dtype).requires_grad_(True), z.to(dtype).requires_grad_(True)
+        out = xcorr.match_template(a, b, "ccoeff_normed")
+        (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum().backward()
+        grads[dtype] = (a.grad.double(), b.grad.double())
+    assert fast_outcomes == [True]  # only the float32 call takes it
+    for g32, g64 in zip(grads[torch.float32], grads[torch.float64]):
+        assert (g32 - g64).abs().max() <= 1e-3 * g64.abs().max()
 
 
 # --- find_peaks --------------------------------------------------------------------------------

@@ -1,9 +1,13 @@
 """Template matching: OpenCV's six ``TM_*`` scores on the correlation backends, batched and differentiable.
 
-Each score is one correlation (through :func:`xcorr.xcorr`) plus window statistics. Unmasked,
-the window sums and sums of squares come from box filters accumulated in float64, so the
-variance of a window survives even where it is tiny next to its mean. Masked windows are
-weighted by the mask, so their sums are correlations with the mask, computed in float64.
+Each score is one correlation plus window statistics. Unmasked, the correlation is this
+module's own real FFT (one transform of the image shared by its channels; the planner's choice
+through :func:`xcorr.xcorr` for small templates on small images), and the window sums and sums
+of squares come from box filters accumulated in float64, so the variance of a window survives
+even where it is tiny next to its mean. For float32 ``ccoeff`` the box filters run in float32
+wherever a rounding bound shows the scores keep their precision, and in float64 elsewhere.
+Masked windows are weighted by the mask, so their sums are correlations with the mask,
+computed in float64.
 
 Precision tricks, each exact in arithmetic:
 
@@ -40,6 +44,15 @@ FLAT_TEMPLATE = float(np.finfo(np.float64).eps)
 _PIECE = 1 << 19
 
 _UPCAST = (torch.float16, torch.bfloat16)
+
+# Templates with fewer taps than this, on images of fewer pixels than _FFT_PIXELS, are correlated
+# as the planner decides: direct convolution beats an FFT there (measured on CPU, float32).
+_DIRECT_TAPS = 64
+_FFT_PIXELS = 1 << 16
+# Largest change of a ``ccoeff_normed`` score that float32 window sums may cause (half the
+# tolerance against OpenCV); see _centred_energy_fast.
+_FAST_ERROR = 1e-4
+_FLOAT32_UNIT = 2.0**-24
 
 
 def match_template(image: Array, template: Array, method: str = "ccoeff_normed", *, mask: Array | None = None) -> Array:
@@ -190,7 +203,7 @@ def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tenso
     else:
         zs, shift = z, None
     xs = x if shift is None else x - shift
-    num = xcorr(xs, zs, "naive")
+    num = _correlate(xs, zs, k)
     if method in ("ccorr", "ccoeff"):
         return num
 
@@ -199,16 +212,18 @@ def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tenso
     tnorm = tz2.sqrt() if family == "ccoeff" else (z.double() ** 2).sum((1, 2, 3)).sqrt().repeat_interleave(k)
     flat_template = (tz2 / (h * w) < FLAT_TEMPLATE) if method == "ccoeff_normed" else None
     pieces = []
-    for rows, images in _pieces(N, C, H, W, h):
+    # Float32 window sums (ccoeff) take pieces of as many bytes, so twice the elements.
+    piece = 2 * _PIECE if family == "ccoeff" and x.dtype == torch.float32 else _PIECE
+    for rows, images in _pieces(N, C, H, W, h, piece):
         out_rows = slice(rows.start, rows.stop - h + 1)
-        band = xs[images, :, rows].double()
         num_i = num[images, :, out_rows]
         if family == "ccoeff":
-            s1 = _box(band, h, w)
-            s2 = _box(_squares(band), h, w)
-            diff2 = torch.addcmul(s2, s1, s1, value=-1 / (h * w)) if C == 1 else s2 - (s1 * s1).sum(1, keepdim=True) / (h * w)
+            diff2 = _centred_energy_fast(xs[images, :, rows], h, w) if x.dtype == torch.float32 else None
+            if diff2 is None:
+                band = xs[images, :, rows].double()
+                diff2 = _centred_energy(_box(band, h, w), _box(_squares(band), h, w), h * w)
         elif family == "sqdiff":
-            sq = _box(_squares(band), h, w)
+            sq = _box(_squares(xs[images, :, rows].double()), h, w)
             num_i = (tz2[images].view(-1, 1, 1, 1) - 2 * num_i + sq).clamp_min(0)
             if not normed:
                 pieces.append((images, num_i))
@@ -216,13 +231,82 @@ def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tenso
             raw = x[images, :, rows].double()
             diff2 = _box(_squares(raw), h, w)
         else:
-            diff2 = _box(_squares(band), h, w)
+            diff2 = _box(_squares(xs[images, :, rows].double()), h, w)
         energy = (lambda: _energy(x, images, rows, h, w)) if family == "ccoeff" else None
         score = _normalise(num_i, diff2, tnorm[images].view(-1, 1, 1, 1), method, energy)
         if flat_template is not None and bool(flat_template[images].any()):
             score = torch.where(flat_template[images].view(-1, 1, 1, 1), torch.ones_like(score), score)
         pieces.append((images, score))
     return _assemble(pieces, x.dtype)
+
+
+def _correlate(x: torch.Tensor, z: torch.Tensor, k: int) -> torch.Tensor:
+    """Valid correlation of each image with its template, channels summed: ``(N, 1, H', W')``.
+
+    Real FFTs of the image's own size rounded up to a 2·3·5·7-smooth length (wrap-around never
+    reaches a valid output), channels summed before the one inverse transform. Direct
+    convolution loses to this from templates of about 8 x 8 on, and on images of 256 x 256
+    and more whatever the template; below both, the planner decides.
+    """
+    N, C, H, W = x.shape
+    Nt, _, h, w = z.shape
+    if h * w < _DIRECT_TAPS and H * W < _FFT_PIXELS:
+        return xcorr(x, z, "naive")
+    size = (_fast_length(H), _fast_length(W))
+    spectrum = torch.fft.rfft2(x, s=size).view(Nt, k, C, size[0], -1)
+    template = torch.fft.rfft2(z, s=size).conj().unsqueeze(1)
+    if torch.is_grad_enabled() and (spectrum.requires_grad or template.requires_grad):
+        product = spectrum * template
+    else:
+        product = spectrum.mul_(template)  # the spectrum is ours: no fresh pages for the product
+    product = product.sum(2) if C > 1 else product.squeeze(2)
+    # Inverse along the columns first, so the last, real inverse runs on the valid rows only.
+    rows = torch.fft.ifft(product.reshape(N, 1, size[0], -1), dim=-2)[..., : H - h + 1, :]
+    return torch.fft.irfft(rows, n=size[1], dim=-1)[..., : W - w + 1]
+
+
+def _fast_length(n: int) -> int:
+    """The smallest 2·3·5·7-smooth integer >= ``n``: the lengths FFT libraries do fastest."""
+    while True:
+        r = n
+        for p in (2, 3, 5, 7):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return n
+        n += 1
+
+
+def _centred_energy(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
+    """``sum (I - mean)^2`` over each window from its sums ``s1`` (per channel) and ``s2``."""
+    if s1.shape[1] == 1:
+        return torch.addcmul(s2, s1, s1, value=-1 / n)
+    return s2 - (s1 * s1).sum(1, keepdim=True) / n
+
+
+def _centred_energy_fast(band: torch.Tensor, h: int, w: int) -> torch.Tensor | None:
+    """:func:`_centred_energy` of a float32 ``band`` with float32 window sums, or None.
+
+    Sums by doubling (:func:`_slide`, down the rows, then along them) round each window sum by
+    at most ``gamma = 2 (ceil(log2 h) + ceil(log2 w) + 1)`` float32 units of its sum of
+    magnitudes, so ``s2`` and ``s1^2 / n`` are off by at most ``gamma * s2`` and ``2 gamma * s2``.
+    Where the variance left after the subtraction is at least ``3 gamma / (2 * _FAST_ERROR)`` of
+    ``s2``, that moves a normed score by at most ``_FAST_ERROR``; elsewhere (a low-contrast
+    window on a bright image, say) the float64 path redoes the piece (None). Half the bytes
+    of float64 and no prefix sums, whose float32 rounding would grow with the image.
+    """
+    gamma = 2 * ((h - 1).bit_length() + (w - 1).bit_length() + 1) * _FLOAT32_UNIT
+    s1 = _slide_columns(_slide(band, h), w)
+    s2 = _slide_columns(_slide(_squares(band), h), w)
+    diff2 = _centred_energy(s1, s2, h * w)
+    if bool(torch.add(diff2, s2, alpha=-3 * gamma / (2 * _FAST_ERROR)).amin() < 0):
+        return None
+    return diff2
+
+
+def _slide_columns(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Sums of ``n`` consecutive columns, by doubling as :func:`_slide` does for rows."""
+    return _slide(x.transpose(-1, -2), n).transpose(-1, -2)
 
 
 def _energy(x: torch.Tensor, images: slice, rows: slice, h: int, w: int) -> torch.Tensor:
@@ -235,15 +319,15 @@ def _squares(x: torch.Tensor) -> torch.Tensor:
     return x * x if x.shape[1] == 1 else (x * x).sum(1, keepdim=True)
 
 
-def _pieces(N: int, C: int, H: int, W: int, h: int):
-    """Split the window statistics into (input rows, images) pieces of about ``_PIECE`` elements."""
-    if C * H * W > _PIECE:
-        step = max(4 * h, _PIECE // (C * W) - h + 1)  # overlap of h - 1 rows stays small
+def _pieces(N: int, C: int, H: int, W: int, h: int, size: int):
+    """Split the window statistics into (input rows, images) pieces of about ``size`` elements."""
+    if C * H * W > size:
+        step = max(4 * h, size // (C * W) - h + 1)  # overlap of h - 1 rows stays small
         for n in range(N):
             for top in range(0, H - h + 1, step):
                 yield slice(top, min(H, top + step + h - 1)), slice(n, n + 1)
     else:
-        per = max(1, _PIECE // (C * H * W))
+        per = max(1, size // (C * H * W))
         for n in range(0, N, per):
             yield slice(0, H), slice(n, min(N, n + per))
 
@@ -300,17 +384,23 @@ def _normalise(num, diff2, tnorm, method, energy=None) -> torch.Tensor:
         flat = diff2 <= (FLAT_RELATIVE * energy).clamp_max(FLAT_ABSOLUTE)
         ratio = num * torch.rsqrt(torch.where(flat, torch.ones_like(diff2), diff2)) * inv_t
         ratio = torch.where(flat, torch.full_like(ratio, torch.inf), ratio)
-    elif torch.is_grad_enabled() and (num.requires_grad or diff2.requires_grad):
-        ratio = num * torch.rsqrt(diff2) * inv_t
     else:
-        ratio = torch.rsqrt(diff2).mul_(num).mul_(inv_t)  # in place: fresh pages are costly
+        # No window is near flat, so the ratio needs no more than the numerator's precision:
+        # float32 passes from here on where the numerator is float32.
+        diff2 = diff2.to(num.dtype)
+        if torch.is_grad_enabled() and (num.requires_grad or diff2.requires_grad):
+            ratio = num * torch.rsqrt(diff2) * inv_t
+        else:
+            ratio = torch.rsqrt(diff2).mul_(num).mul_(inv_t)  # in place: fresh pages are costly
     ratio = torch.where(tnorm > 0, ratio, torch.full_like(ratio, torch.inf)) if bool((tnorm == 0).any()) else ratio
     if method == "sqdiff_normed":
         return ratio.clamp_max(1)
     low, high = torch.aminmax(ratio)
     if low <= -1.125 or high >= 1.125:
         ratio = torch.where(ratio.abs() < 1.125, ratio, torch.full_like(ratio, worst))
-    return ratio.clamp(-1, 1)
+    if low < -1 or high > 1:
+        return ratio.clamp(-1, 1)
+    return ratio
 
 
 def _masked(x: torch.Tensor, z: torch.Tensor, m: torch.Tensor, method: str, k: int) -> torch.Tensor:
