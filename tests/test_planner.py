@@ -26,9 +26,11 @@ def spec_of(x_shape, z_shape, mode="naive", dtype=torch.float32, padding=0, stri
 
 
 def test_device_without_fft_kernels_gets_direct():
-    spec = replace(spec_of((2, 3, 16, 16), (1, 3, 15, 15)), device=torch.device("meta"))
+    spec = replace(spec_of((2, 3, 16, 16), (1, 3, 15, 15), "depthwise"), device=torch.device("meta"))
     assert planner.candidates(spec) == ["direct"]
     assert planner.select(spec) == "direct"
+    naive = replace(spec_of((2, 3, 16, 16), (1, 3, 15, 15)), device=torch.device("meta"))
+    assert planner.candidates(naive) == ["direct", "gather"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
@@ -46,7 +48,7 @@ def test_float64_and_small_templates_keep_both_methods():
 
 def test_export_keeps_only_the_exportable_method(monkeypatch):
     spec = spec_of((2, 3, 64, 64), (1, 3, 40, 40))
-    assert planner.candidates(spec) == ["direct", "fft"]  # not exporting: the eager-fast methods
+    assert planner.candidates(spec) == ["direct", "fft", "gather"]  # not exporting: all of them
     monkeypatch.setattr(planner, "exporting", lambda: True)
     assert planner.candidates(spec) == [planner.EXPORT_METHOD]
     assert planner.select(spec) == planner.EXPORT_METHOD
@@ -56,6 +58,7 @@ def test_export_keeps_only_the_exportable_method(monkeypatch):
     "x_shape, z_shape, mode, expected",
     [
         ((3, 256, 22, 22), (1, 256, 6, 6), "naive", "direct"),  # SiamFC tracking
+        ((8, 256, 20, 20), (8, 2560, 4, 4), "upchannel", "gather"),  # SiamRPN up-channel
         ((32, 256, 31, 31), (32, 256, 7, 7), "depthwise", "direct"),  # SiamRPN++ training
         ((1, 256, 255, 255), (1, 256, 127, 127), "naive", "fft"),  # the seed's full size
         ((8, 64, 128, 128), (8, 64, 32, 32), "depthwise", "fft"),
@@ -65,16 +68,25 @@ def test_cost_model_on_clear_cut_shapes(x_shape, z_shape, mode, expected):
     assert planner.select(spec_of(x_shape, z_shape, mode)) == expected
 
 
+def test_gather_competes_only_in_channel_summing_modes_within_memory():
+    assert "gather" in planner.candidates(spec_of((8, 256, 20, 20), (8, 2560, 4, 4), "upchannel"))
+    assert "gather" not in planner.candidates(spec_of((8, 256, 20, 20), (8, 256, 4, 4), "depthwise"))
+    # The seed's full size: 127*127 maps of 255*255 floats, far past the budget.
+    big = spec_of((1, 256, 255, 255), (1, 256, 127, 127))
+    assert planner._gather_bytes(big) > planner.GATHER_MAX_BYTES
+    assert "gather" not in planner.candidates(big)
+
+
 def test_estimate_grows_with_the_work():
     small = planner.estimate(spec_of((1, 8, 32, 32), (1, 8, 5, 5)))
     large = planner.estimate(spec_of((8, 8, 32, 32), (8, 8, 5, 5)))
-    assert all(large[m] > small[m] > 0 for m in ("direct", "fft"))
+    assert all(large[m] > small[m] > 0 for m in ("direct", "fft", "gather"))
     assert planner.estimate(spec_of((1, 8, 32, 32), (1, 8, 5, 5)), grad=True)["direct"] > small["direct"]
 
 
 def test_choose_method_returns_a_candidate():
     x, z = torch.rand(2, 3, 20, 20), torch.rand(1, 3, 5, 5)
-    assert xcorr.choose_method(x, z) in ("direct", "fft")
+    assert xcorr.choose_method(x, z) in ("direct", "fft", "gather")
 
 
 def test_measure_returns_timings_and_fills_the_cache(monkeypatch):

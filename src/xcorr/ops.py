@@ -138,7 +138,7 @@ def choose_method(
             and return the timings too.
 
     Returns:
-        str: ``"direct"`` or ``"fft"``; with ``measure=True`` a pair ``(method, {method: seconds})``.
+        str: ``"direct"``, ``"fft"`` or ``"gather"``; with ``measure=True`` a pair ``(method, {method: seconds})``.
 
     Example:
         >>> x, z = torch.rand(1, 8, 64, 64), torch.rand(1, 8, 48, 48)

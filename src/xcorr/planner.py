@@ -5,7 +5,8 @@ Layered like scipy's ``choose_conv_method``:
 1. **Hard constraints** remove methods that cannot run or cannot be exact here: the device
    (FFT needs ``torch.fft`` kernels: CPU and CUDA), precision (float32 direct convolution
    summing more than :data:`DIRECT_MAX_TAPS_FLOAT32` products per output channel loses more than
-   2e-6 of the largest output) and export (only exportable methods while exporting).
+   2e-6 of the largest output), export (only the exportable ``"gather"`` while exporting) and
+   memory (``"gather"`` only while its product maps fit :data:`GATHER_MAX_BYTES`).
 2. **The cache** of measured winners, keyed by (mode, shapes, geometry, dtype, device, grad).
 3. **Measurement** (autotune), when :func:`set_autotune` turned it on, or by default on devices
    without fitted constants (CUDA): every candidate is timed once per key and the winner cached.
@@ -28,7 +29,7 @@ import torch
 
 from ._spec import Spec
 from .backends import BACKENDS
-from .backends.fft import axis_plan
+from .backends.fft import MEMORY_BUDGET, axis_plan
 
 #: float32 direct convolution accumulates each depthwise output in one running sum; from about
 #: this many template taps its error exceeds 2e-6 of the largest output (measured on uniform
@@ -39,9 +40,14 @@ DIRECT_MAX_TAPS_FLOAT32 = 32 * 32
 FFT_DEVICES = ("cpu", "cuda")
 
 #: The method ``auto`` picks while a graph is exported: no convolution takes a run-time weight
-#: (TensorRT and mobile runtimes refuse those) and nothing depends on the batch size. Outside
-#: export the cost model chooses between the other methods, which are faster in eager PyTorch.
+#: (TensorRT and mobile runtimes refuse those) and nothing depends on the batch size.
 EXPORT_METHOD = "gather"
+
+#: Outside export, "gather" competes only where it can win: in modes that sum over channels (one
+#: matrix product; SiamRPN's up-channel head runs several times faster than dense convolution),
+#: and while its tap-by-pixel product maps fit in this many bytes. Its depthwise path is a loop
+#: over the taps, never faster than "direct" in eager PyTorch.
+GATHER_MAX_BYTES = MEMORY_BUDGET
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,10 @@ class Constants:
         fft_product: one complex multiply-add of the frequency-domain product.
         fft_call: fixed cost of an FFT call.
         fft_backward: backward / forward time ratio of the FFT method.
+        gather_call: fixed cost of a gather call (modes naive, upchannel).
+        gather_element: one element of the tap-by-pixel product maps, written then gathered.
+        gather_search: one element of the padded search (padding, reshaping, the product's reads).
+        gather_backward: backward / forward time ratio of the gather method.
     """
 
     depthwise_mac: float
@@ -70,6 +80,10 @@ class Constants:
     fft_product: float
     fft_call: float
     fft_backward: float
+    gather_call: float
+    gather_element: float
+    gather_search: float
+    gather_backward: float
 
 
 #: Cost constants per device type; a device type without them is measured (see module doc).
@@ -84,6 +98,10 @@ CONSTANTS: dict[str, Constants] = {
         fft_product=8.7,
         fft_call=280000.0,
         fft_backward=1.8,
+        gather_call=88000.0,
+        gather_element=3.4,
+        gather_search=1.2,
+        gather_backward=1.4,
     ),
 }
 
@@ -140,12 +158,21 @@ def candidates(spec: Spec) -> list[str]:
     """The methods the hard constraints allow for ``spec``, in registry order."""
     if exporting():
         return [EXPORT_METHOD]
-    allowed = [m for m in BACKENDS if m != EXPORT_METHOD]
+    allowed = list(BACKENDS)
     if spec.device.type not in FFT_DEVICES:
         allowed.remove("fft")
+    if spec.mode == "depthwise" or _gather_bytes(spec) > GATHER_MAX_BYTES:
+        allowed.remove("gather")
     if "fft" in allowed and len(allowed) > 1 and _loses_precision(spec):
         allowed.remove("direct")
     return allowed
+
+
+def _gather_bytes(spec: Spec) -> int:
+    h, w = spec.z_shape[-2:]
+    Hp, Wp = spec.padded_search
+    itemsize = 8 if spec.dtype == torch.float64 else 4  # half precision is computed in float32
+    return spec.batch * spec.out_channels * h * w * Hp * Wp * itemsize
 
 
 def _loses_precision(spec: Spec) -> bool:
@@ -188,7 +215,15 @@ def estimate(spec: Spec, grad: bool = False, constants: Constants | None = None)
     fft = c.fft_call + c.fft_point * transforms + c.fft_product * products
     if grad:
         fft *= 1 + c.fft_backward
-    return {"direct": direct * 1e-9, "fft": fft * 1e-9}
+
+    Hp, Wp = spec.padded_search
+    maps = B * K * h * w * (Hp * Wp + Ho * Wo)
+    gather = c.gather_call + c.gather_element * maps + c.gather_search * B * C * Hp * Wp
+    if spec.mode == "depthwise":  # one shifted multiply-add per tap over the whole output
+        gather = c.gather_call * h * w + c.gather_element * out * C * h * w
+    if grad:
+        gather *= 1 + c.gather_backward
+    return {"direct": direct * 1e-9, "fft": fft * 1e-9, "gather": gather * 1e-9}
 
 
 def _bench(fn: Callable[[], object], sync: Callable[[], None], budget: float = 0.2) -> float:
