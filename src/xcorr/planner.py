@@ -67,7 +67,8 @@ class Constants:
         fft_backward: backward / forward time ratio of the FFT method.
         gather_call: fixed cost of a gather call (modes naive, upchannel).
         gather_element: one element of the tap-by-pixel product maps, written then gathered.
-        gather_search: one element of the padded search (padding, reshaping, the product's reads).
+        gather_search: one element of the padded search (padding, reshaping).
+        gather_mac: one multiply-add of the tap-by-pixel matrix product.
         gather_backward: backward / forward time ratio of the gather method.
     """
 
@@ -83,6 +84,7 @@ class Constants:
     gather_call: float
     gather_element: float
     gather_search: float
+    gather_mac: float
     gather_backward: float
 
 
@@ -98,10 +100,11 @@ CONSTANTS: dict[str, Constants] = {
         fft_product=8.7,
         fft_call=280000.0,
         fft_backward=1.8,
-        gather_call=88000.0,
-        gather_element=3.4,
-        gather_search=1.2,
-        gather_backward=1.4,
+        gather_call=31000.0,
+        gather_element=0.90,
+        gather_search=0.072,
+        gather_mac=0.018,
+        gather_backward=3.2,
     ),
 }
 
@@ -218,7 +221,8 @@ def estimate(spec: Spec, grad: bool = False, constants: Constants | None = None)
 
     Hp, Wp = spec.padded_search
     maps = B * K * h * w * (Hp * Wp + Ho * Wo)
-    gather = c.gather_call + c.gather_element * maps + c.gather_search * B * C * Hp * Wp
+    search = B * C * Hp * Wp
+    gather = c.gather_call + c.gather_element * maps + c.gather_search * search + c.gather_mac * search * K * h * w
     if spec.mode == "depthwise":  # one shifted multiply-add per tap over the whole output
         gather = c.gather_call * h * w + c.gather_element * out * C * h * w
     if grad:
