@@ -140,8 +140,12 @@ def _bench(args: argparse.Namespace) -> int:
             return 2
         torch.set_num_threads(args.threads)
     try:
-        with torch.device(args.device):
-            runner.run(suites, repeats=args.repeats, json_path=args.json, plot_path=args.plot)
+        torch.device(args.device)
+    except RuntimeError:
+        print(f"xcorr bench: --device must be a torch device such as cpu or cuda, got {args.device!r}", file=sys.stderr)
+        return 2
+    try:
+        runner.run(suites, repeats=args.repeats, json_path=args.json, plot_path=args.plot, device=args.device)
     except runner.Unavailable as error:
         print(f"xcorr bench: {error}", file=sys.stderr)
         return 2

@@ -96,8 +96,9 @@ def match_template(image: Array, template: Array, method: str = "ccoeff_normed",
         >>> image = np.zeros((6, 7), np.float32)
         >>> image[2:4, 3:5] = [[1, 2], [3, 4]]
         >>> scores = match_template(image, image[1:5, 2:6].copy())
-        >>> scores.shape, find_peaks(scores)
-        ((3, 4), [(2, 1, 1.0)])
+        >>> (x, y, score), = find_peaks(scores)
+        >>> scores.shape, (x, y), round(score, 5)
+        ((3, 4), (2, 1), 1.0)
         >>> match_template(torch.rand(8, 3, 32, 32), torch.rand(2, 3, 5, 5)).shape
         torch.Size([8, 1, 28, 28])
     """
