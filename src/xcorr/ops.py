@@ -45,10 +45,11 @@ def xcorr(
         padding (int or pair): zero padding of the search, as in ``F.conv2d``.
         stride (int or pair): step between output positions.
         dilation (int or pair): spacing between template taps.
-        method (str): ``"auto"`` (the planner decides), ``"direct"`` (convolution kernels),
-            ``"fft"`` (real FFTs; best once the template is larger than about 15x15) or
-            ``"gather"`` (matrix products and gathers, no convolution: the method that exports
-            to ONNX, and what ``"auto"`` picks while exporting).
+        method (str): ``"auto"`` (the planner decides), ``"direct"`` (convolution kernels;
+            best for small depthwise templates), ``"fft"`` (real FFTs; best once the template is
+            larger than about 15x15) or ``"gather"`` (one matrix product and a gather, no
+            convolution; best for small templates in ``"naive"`` and ``"upchannel"``, and what
+            ``"auto"`` picks while exporting to ONNX).
 
     Returns:
         Tensor[B, K, H', W'] of ``x``'s dtype, with
