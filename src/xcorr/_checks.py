@@ -66,6 +66,20 @@ def check_same_kind(x: torch.Tensor, z: torch.Tensor) -> None:
         raise ValueError(f"x and z must be on the same device, got x on {x.device} and z on {z.device}")
 
 
+def _check_templates(xs: tuple[int, ...], zs: tuple[int, ...]) -> None:
+    """Template i serves search items i*k ... i*k+k-1, and templates are not empty."""
+    B, Bz, (h, w) = xs[0], zs[0], zs[-2:]
+    if Bz == 0 and B != 0:
+        raise ValueError(f"z has no templates (shape {zs}) but x has {B} search items")
+    if Bz and B % Bz:
+        raise ValueError(
+            f"x's batch must be a multiple of z's batch (template i serves search items i*k ... i*k+k-1); "
+            f"got x {xs} (B={B}) and z {zs} (Bz={Bz})"
+        )
+    if h == 0 or w == 0:
+        raise ValueError(f"z must have a non-empty template, got shape {zs}")
+
+
 def check_xcorr(
     x: Any, z: Any, mode: Any, padding: Any, stride: Any, dilation: Any
 ) -> Spec:
@@ -84,9 +98,8 @@ def check_xcorr(
         dtype=x.dtype,
         device=x.device,
     )
-    B, C, _, _ = spec.x_shape
-    Bz, Cz, h, w = spec.z_shape
-    xs, zs = tuple(spec.x_shape), tuple(spec.z_shape)
+    xs, zs = spec.x_shape, spec.z_shape
+    C, Cz = xs[1], zs[1]
     if mode == "upchannel":
         if C == 0 or Cz % C or Cz == 0:
             raise ValueError(
@@ -97,15 +110,7 @@ def check_xcorr(
         raise ValueError(
             f"mode {mode!r} needs z to have as many channels as x; got x {xs} (C={C}) and z {zs} (Cz={Cz})"
         )
-    if Bz == 0 and B != 0:
-        raise ValueError(f"z has no templates (shape {zs}) but x has {B} search items")
-    if Bz and B % Bz:
-        raise ValueError(
-            f"x's batch must be a multiple of z's batch (template i serves search items i*k ... i*k+k-1); "
-            f"got x {xs} (B={B}) and z {zs} (Bz={Bz})"
-        )
-    if h == 0 or w == 0:
-        raise ValueError(f"z must have a non-empty template, got shape {zs}")
+    _check_templates(xs, zs)
     (Hp, Wp), (hd, wd) = spec.padded_search, spec.dilated_template
     if hd > Hp or wd > Wp:
         raise ValueError(
@@ -257,18 +262,10 @@ def check_pixelwise(x: Any, z: Any) -> None:
     check_tensor(z, "z", "Bz C h w")
     check_same_kind(x, z)
     xs, zs = tuple(x.shape), tuple(z.shape)
-    (B, C, _, _), (Bz, Cz, h, w) = xs, zs
+    C, Cz = xs[1], zs[1]
     if Cz != C:
         raise ValueError(f"pixelwise needs z to have as many channels as x; got x {xs} (C={C}) and z {zs} (Cz={Cz})")
-    if Bz == 0 and B != 0:
-        raise ValueError(f"z has no templates (shape {zs}) but x has {B} search items")
-    if Bz and B % Bz:
-        raise ValueError(
-            f"x's batch must be a multiple of z's batch (template i serves search items i*k ... i*k+k-1); "
-            f"got x {xs} (B={B}) and z {zs} (Bz={Bz})"
-        )
-    if h == 0 or w == 0:
-        raise ValueError(f"z must have a non-empty template, got shape {zs}")
+    _check_templates(xs, zs)
 
 
 def check_positive_int(value: Any, name: str) -> int:

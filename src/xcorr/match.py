@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_find_peaks, check_mask_weights, check_match
+from .backends.fft import next_fast_len
 from .ops import xcorr
 
 Array = Union[np.ndarray, torch.Tensor]
@@ -253,7 +254,7 @@ def _correlate(x: torch.Tensor, z: torch.Tensor, k: int) -> torch.Tensor:
     Nt, _, h, w = z.shape
     if h * w < _DIRECT_TAPS and H * W < _FFT_PIXELS:
         return xcorr(x, z, "naive")
-    size = (_fast_length(H), _fast_length(W))
+    size = (next_fast_len(H), next_fast_len(W))
     spectrum = torch.fft.rfft2(x, s=size).view(Nt, k, C, size[0], -1)
     template = torch.fft.rfft2(z, s=size).conj().unsqueeze(1)
     if torch.is_grad_enabled() and (spectrum.requires_grad or template.requires_grad):
@@ -264,18 +265,6 @@ def _correlate(x: torch.Tensor, z: torch.Tensor, k: int) -> torch.Tensor:
     # Inverse along the columns first, so the last, real inverse runs on the valid rows only.
     rows = torch.fft.ifft(product.reshape(N, 1, size[0], -1), dim=-2)[..., : H - h + 1, :]
     return torch.fft.irfft(rows, n=size[1], dim=-1)[..., : W - w + 1]
-
-
-def _fast_length(n: int) -> int:
-    """The smallest 2·3·5·7-smooth integer >= ``n``: the lengths FFT libraries do fastest."""
-    while True:
-        r = n
-        for p in (2, 3, 5, 7):
-            while r % p == 0:
-                r //= p
-        if r == 1:
-            return n
-        n += 1
 
 
 def _centred_energy(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
