@@ -24,9 +24,9 @@ def xcorr_reference(x, z, mode="naive", padding=0, stride=1, dilation=1, positio
     Ho = (H + 2 * ph - dh * (h - 1) - 1) // sh + 1
     Wo = (W + 2 * pw - dw * (w - 1) - 1) // sw + 1
     K = {"naive": 1, "depthwise": C, "upchannel": Cz // max(C, 1)}[mode]
-    todo = positions if positions is not None else [(i, j) for i in range(Ho) for j in range(Wo)]
-    out = torch.zeros(B, K, len(todo), dtype=torch.float64)
-    for n, (i, j) in enumerate(todo):
+    wanted = positions if positions is not None else [(i, j) for i in range(Ho) for j in range(Wo)]
+    out = torch.zeros(B, K, len(wanted), dtype=torch.float64)
+    for n, (i, j) in enumerate(wanted):
         win = xp[:, :, i * sh : i * sh + dh * (h - 1) + 1 : dh, j * sw : j * sw + dw * (w - 1) + 1 : dw]
         if mode == "naive":
             out[:, 0, n] = (win * zb).sum((1, 2, 3))
