@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ._checks import check_find_peaks, check_mask_weights, check_match
 from .backends.fft import next_fast_len
-from .ops import xcorr
+from .ops import HALF, xcorr
 
 Array = Union[np.ndarray, torch.Tensor]
 Peak = tuple[int, int, float]
@@ -43,8 +43,6 @@ FLAT_TEMPLATE = float(np.finfo(np.float64).eps)
 # Box filters run on pieces of about this many elements: float64 temporaries then stay in cache
 # and below the size from which every allocation maps fresh, zero-filled pages.
 _PIECE = 1 << 19
-
-_UPCAST = (torch.float16, torch.bfloat16)
 
 # Templates with fewer taps than this, on images of fewer pixels than _FFT_PIXELS, are correlated
 # as the planner decides: direct convolution beats an FFT there (measured on CPU, float32).
@@ -170,7 +168,7 @@ def _from_arrays(image: np.ndarray, template: np.ndarray, mask: np.ndarray | Non
 
 def _mask_tensor(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     m = mask if mask.dtype.is_floating_point else (mask != 0)
-    m = m.to(dtype if dtype not in _UPCAST else torch.float32)
+    m = m.to(dtype if dtype not in HALF else torch.float32)
     while m.dim() < 4:
         m = m.unsqueeze(0)
     return m
@@ -184,7 +182,7 @@ def _scores(x: torch.Tensor, z: torch.Tensor, method: str, mask: torch.Tensor | 
     if N == 0:
         # Keep the empty result attached to both inputs, so autograd sees the dependency.
         return x.new_zeros(0, 1, H - h + 1, W - w + 1) + (x.sum() + z.sum()) * 0
-    if x.dtype in _UPCAST:
+    if x.dtype in HALF:
         return _scores(x.float(), z.float(), method, mask).to(x.dtype)
     if mask is not None:
         return _masked(x, z, mask.expand(Nt, C, h, w), method, N // Nt)

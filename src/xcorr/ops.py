@@ -12,7 +12,12 @@ METHODS = ("auto", *BACKENDS)
 # Half-precision inputs are computed in float32 and the result rounded back: pocketfft and cuFFT
 # lack most half sizes, CPU convolutions in half are several times slower than in float32, and
 # the depthwise shifted sums of "gather" would otherwise accumulate in half.
-_HALF = (torch.float16, torch.bfloat16)
+HALF = (torch.float16, torch.bfloat16)
+
+
+def empty_result(x: torch.Tensor, z: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Zeros of ``shape`` for an empty batch, attached to both inputs so autograd sees the dependency."""
+    return x.new_zeros(shape) + (x.sum() + z.sum()) * 0
 
 
 def _needs_grad(x: torch.Tensor, z: torch.Tensor) -> bool:
@@ -69,9 +74,8 @@ def xcorr(
         method = planner.select(spec, grad=_needs_grad(x, z))
     backend = BACKENDS[method]
     if spec.batch == 0:
-        # Keep the empty result attached to both inputs, so autograd sees the dependency.
-        return x.new_zeros(spec.out_shape) + (x.sum() + z.sum()) * 0
-    if x.dtype in _HALF:
+        return empty_result(x, z, spec.out_shape)
+    if x.dtype in HALF:
         return backend(x.float(), z.float(), spec).to(x.dtype)
     return backend(x, z, spec)
 
@@ -106,9 +110,8 @@ def pixelwise(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     B, C, H, W = x.shape
     Bz, _, h, w = z.shape
     if B == 0:
-        # Keep the empty result attached to both inputs, so autograd sees the dependency.
-        return x.new_zeros(B, h * w, H, W) + (x.sum() + z.sum()) * 0
-    if x.dtype in _HALF:
+        return empty_result(x, z, (B, h * w, H, W))
+    if x.dtype in HALF:
         return pixelwise(x.float(), z.float()).to(x.dtype)
     # -1 rather than B // Bz keeps the batch symbolic when the graph is exported.
     out = torch.matmul(z.reshape(Bz, 1, C, h * w).transpose(2, 3), x.reshape(Bz, -1, C, H * W))

@@ -8,9 +8,7 @@ import torch
 from . import planner
 from ._checks import check_choice, check_planned_search, check_search_shape, check_tensor, check_xcorr
 from .backends import PREPARE
-from .ops import METHODS
-
-_UPCAST = (torch.float16, torch.bfloat16)
+from .ops import HALF, METHODS, empty_result
 
 
 class Plan:
@@ -35,7 +33,7 @@ class Plan:
             method = planner.select(self._spec, grad=torch.is_grad_enabled() and z.requires_grad)
         self.method, self.search_shape, self.z = method, search_shape, z
         self._dtype = z.dtype
-        self._run = PREPARE[method](z.float() if z.dtype in _UPCAST else z, self._spec)
+        self._run = PREPARE[method](z.float() if z.dtype in HALF else z, self._spec)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Correlate ``x`` (Tensor[B, C, H, W]) with the planned template; equals ``xcorr.xcorr``."""
@@ -43,8 +41,8 @@ class Plan:
         s = self._spec
         spec = check_xcorr(x, self.z, s.mode, s.padding, s.stride, s.dilation)
         if spec.batch == 0:
-            return x.new_zeros(spec.out_shape) + (x.sum() + self.z.sum()) * 0
-        if x.dtype in _UPCAST:
+            return empty_result(x, self.z, spec.out_shape)
+        if x.dtype in HALF:
             return self._run(x.float(), replace(spec, dtype=torch.float32)).to(x.dtype)
         return self._run(x, spec)
 
