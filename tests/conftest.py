@@ -28,3 +28,20 @@ def assert_close_rel(actual, expected, dtype=None):
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
+
+
+LAYOUTS = ["transposed", "sliced", "channels_last", "expanded"]
+
+
+def relayout(x, z, layout):
+    """Non-contiguous versions of ``x`` and ``z`` (B, C, H, W) in one of :data:`LAYOUTS`."""
+    if layout == "transposed":
+        x, z = x.transpose(2, 3), z.transpose(2, 3)
+    elif layout == "sliced":
+        x, z = torch.cat([x, x], dim=3)[..., ::2], z[:, :, :3, 1:]
+    elif layout == "channels_last":
+        x, z = x.to(memory_format=torch.channels_last), z.to(memory_format=torch.channels_last)
+    else:
+        x = x[:1].expand(x.shape[0], -1, -1, -1)
+    assert not x.is_contiguous()
+    return x, z

@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import LAYOUTS, relayout
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -371,19 +372,11 @@ def test_torch_bool_and_uint8_masks_are_binary():
         torch.testing.assert_close(xcorr.match_template(x, z, "ccoeff_normed", mask=mask), expected)
 
 
-@pytest.mark.parametrize("layout", ["transposed", "sliced", "channels_last", "expanded"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("method", ["sqdiff", "ccoeff_normed", "sqdiff_normed"])
 def test_torch_non_contiguous_and_untouched(method, layout, route):
     x, z = torch_pair(4, 2, 3, 12, 12, 4, 4, seed=5)
-    if layout == "transposed":
-        x, z = x.transpose(2, 3), z.transpose(2, 3)
-    elif layout == "sliced":
-        x, z = torch.cat([x, x], dim=3)[..., ::2], torch.cat([z, z], dim=2)[:, :, ::2]
-    elif layout == "channels_last":
-        x, z = x.to(memory_format=torch.channels_last), z.to(memory_format=torch.channels_last)
-    else:
-        x = x[:1].expand(4, -1, -1, -1)
-    assert not x.is_contiguous()
+    x, z = relayout(x, z, layout)
     before = x.clone(), z.clone()
     out = xcorr.match_template(x, z, method)
     expected = xcorr.match_template(x.contiguous(), z.contiguous(), method)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close_rel
+from conftest import LAYOUTS, assert_close_rel, relayout
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import xcorr_reference
@@ -44,20 +44,12 @@ def test_matches_reference(method, mode, geometry, dtype, device):
     assert_close_rel(out, expected, dtype)
 
 
-@pytest.mark.parametrize("layout", ["transposed", "sliced", "channels_last", "expanded"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("method", METHODS)
 def test_non_contiguous_inputs(method, mode, layout, device):
     x, z = make(4, 2, 3, 2, 12, 12, 4, 4, mode, device=device)
-    if layout == "transposed":
-        x, z = x.transpose(2, 3), z.transpose(2, 3)
-    elif layout == "sliced":
-        x, z = torch.cat([x, x], dim=3)[..., ::2], z[:, :, :3, 1:]
-    elif layout == "channels_last":
-        x, z = x.to(memory_format=torch.channels_last), z.to(memory_format=torch.channels_last)
-    else:
-        x = x[:1].expand(4, -1, -1, -1)
-    assert not x.is_contiguous()
+    x, z = relayout(x, z, layout)
     before = (x.clone(), z.clone())
     out = xcorr.xcorr(x, z, mode, padding=1, method=method)
     assert_close_rel(out, xcorr_reference(x, z, mode, padding=1))

@@ -3,7 +3,7 @@ import doctest
 import numpy as np
 import pytest
 import torch
-from conftest import assert_close_rel
+from conftest import LAYOUTS, assert_close_rel, relayout
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import pixelwise_reference
@@ -45,18 +45,10 @@ def test_channel_order_is_row_major_over_the_template():
     assert xcorr.pixelwise(x, z)[0, :, 0, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
 
 
-@pytest.mark.parametrize("layout", ["transposed", "sliced", "channels_last", "expanded"])
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_non_contiguous_inputs(layout, device):
     x, z = make(4, 2, 3, 12, 12, 4, 4, device=device)
-    if layout == "transposed":
-        x, z = x.transpose(2, 3), z.transpose(2, 3)
-    elif layout == "sliced":
-        x, z = torch.cat([x, x], dim=3)[..., ::2], z[:, :, :3, 1:]
-    elif layout == "channels_last":
-        x, z = x.to(memory_format=torch.channels_last), z.to(memory_format=torch.channels_last)
-    else:
-        x = x[:1].expand(4, -1, -1, -1)
-    assert not x.is_contiguous()
+    x, z = relayout(x, z, layout)
     before = (x.clone(), z.clone())
     assert_close_rel(xcorr.pixelwise(x, z), pixelwise_reference(x, z))
     torch.testing.assert_close(x, before[0], rtol=0, atol=0)
