@@ -59,11 +59,13 @@ def check_tensor(t: Any, name: str, dims: str) -> torch.Tensor:
     return t
 
 
-def check_same_kind(x: torch.Tensor, z: torch.Tensor) -> None:
+def check_same_kind(x: torch.Tensor, z: torch.Tensor, names: tuple[str, str] = ("x", "z")) -> None:
+    """The two tensors share a dtype and a device; ``names`` are the arguments' names."""
+    a, b = names
     if x.dtype != z.dtype:
-        raise TypeError(f"x and z must have the same dtype, got x {x.dtype} and z {z.dtype}")
+        raise TypeError(f"{a} and {b} must have the same dtype, got {a} {x.dtype} and {b} {z.dtype}")
     if x.device != z.device:
-        raise ValueError(f"x and z must be on the same device, got x on {x.device} and z on {z.device}")
+        raise ValueError(f"{a} and {b} must be on the same device, got {a} on {x.device} and {b} on {z.device}")
 
 
 def _check_templates(xs: tuple[int, ...], zs: tuple[int, ...]) -> None:
@@ -180,12 +182,7 @@ def _check_match_arrays(image: Any, template: Any, mask: Any) -> None:
 def _check_match_tensors(image: torch.Tensor, template: torch.Tensor, mask: Any) -> None:
     check_tensor(image, "image", "N C H W")
     check_tensor(template, "template", "Nt C h w")
-    if image.dtype != template.dtype:
-        raise TypeError(f"image and template must have the same dtype, got image {image.dtype} and template {template.dtype}")
-    if image.device != template.device:
-        raise ValueError(
-            f"image and template must be on the same device, got image on {image.device} and template on {template.device}"
-        )
+    check_same_kind(image, template, ("image", "template"))
     N, C, H, W = image.shape
     Nt, Ct, h, w = template.shape
     shapes = f"image {tuple(image.shape)} and template {tuple(template.shape)}"
