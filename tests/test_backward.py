@@ -81,24 +81,52 @@ def test_overlap_save_tiles(mode, monkeypatch):
     assert torch.autograd.gradcheck(f, (x, z), fast_mode=True)
 
 
+# Chunk budgets in search maps (one map: 10 x 6 bins of complex128): one channel of one item,
+# two channels, one item, three items (a template's k = 2 items are then split for Bz = 2).
+CHUNK_MAPS = [1, 2, 3, 9]
+
+
+@pytest.mark.parametrize("maps", CHUNK_MAPS)
 @pytest.mark.parametrize("Bz", [1, 2])
 @pytest.mark.parametrize("mode", MODES)
-def test_chunks_under_a_memory_budget(mode, Bz, monkeypatch):
-    monkeypatch.setattr(fft, "MEMORY_BUDGET", 1)  # one item (or one template's items) per chunk
-    x, z = make(4, Bz, 2, 2, 9, 8, 3, 3, mode)
+def test_chunks_of_items_and_channels(mode, Bz, maps, monkeypatch):
+    x, z = make(4, Bz, 3, 2, 9, 8, 3, 3, mode)
+    spec = xcorr._checks.check_xcorr(x, z, mode, 1, 1, 1)
+    assert fft.axis_plan(11, 3)[2] == 12  # the padded 11x10 search is transformed at 12 x 10
+    monkeypatch.setattr(fft, "CHUNK_BYTES", maps * 12 * 6 * 16)
+    items, channels = fft.chunk_plan(spec)
+    assert (items, channels) == ((1, 1), (1, 2), (1, 3), (3, 3))[CHUNK_MAPS.index(maps)]
     out = xcorr.xcorr(x, z, mode, padding=1, method="fft")
     assert_close_rel(out, xcorr_reference(x, z, mode, 1))
+    p = xcorr.plan(z, x.shape, mode, padding=1, method="fft")
+    assert_close_rel(p(x), xcorr_reference(x, z, mode, 1))
     x.requires_grad_(True)
     z.requires_grad_(True)
     f = lambda x, z: xcorr.xcorr(x, z, mode, padding=1, method="fft")  # noqa: E731
     assert torch.autograd.gradcheck(f, (x, z), fast_mode=True)
 
 
+@pytest.mark.parametrize("Bz", [1, 2, 4])
+def test_item_chunks_keep_templates_with_their_items(Bz):
+    x, z = make(4, Bz, 1, 1, 5, 5, 2, 2, "naive")
+    spec = xcorr._checks.check_xcorr(x, z, "naive", 0, 1, 1)
+    for per in (1, 2, 3, 4, 5):
+        chunks = fft._item_chunks(spec, per)
+        items = [i for c, _ in chunks for i in range(4)[c]]
+        assert items == [0, 1, 2, 3]  # every item once, in order
+        for c, t in chunks:
+            items, templates = list(range(4)[c]), list(range(Bz)[t])
+            assert len(items) <= per
+            # the chunk's templates are exactly those of its items, and item i is served by i // k
+            assert sorted({i // spec.k for i in items}) == templates
+            assert [templates.index(i // spec.k) for i in items] == [j // (len(items) // len(templates)) for j in range(len(items))]
+
+
 def test_chunk_size_follows_the_budget(monkeypatch):
     spec = xcorr._checks.check_xcorr(torch.empty(64, 8, 100, 100), torch.empty(64, 8, 9, 9), "naive", 0, 1, 1)
-    assert fft.chunk_items(spec) >= 64
-    monkeypatch.setattr(fft, "MEMORY_BUDGET", 8 << 20)
-    assert 1 <= fft.chunk_items(spec) < 64
+    assert fft.chunk_plan(spec) == (12, 8)  # 100 x 51 bins of complex64: 40.8 kB a map, 102 a chunk
+    monkeypatch.setattr(fft, "CHUNK_BYTES", 1 << 30)
+    assert fft.chunk_plan(spec)[0] >= 64
 
 
 @pytest.mark.parametrize("n", [1, 7, 11, 13, 97, 255, 1000])

@@ -37,6 +37,21 @@ def test_time_case_warms_up_then_interleaves(monkeypatch):
     assert result.info == {"method": "direct", "error": 1e-7}
 
 
+def test_fast_contenders_are_timed_longer_in_shuffled_rounds():
+    calls = []
+
+    def setup():
+        return {name: (lambda name=name: calls.append(name)) for name in (OURS, "a", "b")}
+
+    result = runner.time_case(Case("fake", "fast", setup, 1.0), repeats=5)
+    # Calls that take no time are timed up to MAX_SAMPLES times, not just 5.
+    assert result.samples == dict.fromkeys((OURS, "a", "b"), runner.MAX_SAMPLES)
+    timed = calls[3:]
+    predecessors = {(timed[i - 1], timed[i]) for i in range(1, len(timed))}
+    # Every contender is run right after each of the others at some point (no fixed rotation).
+    assert predecessors >= {(p, n) for p in (OURS, "a", "b") for n in (OURS, "a", "b") if p != n}
+
+
 def test_table_json_and_ratio(monkeypatch, tmp_path, capsys):
     fake_suite(monkeypatch, [counting_case([])])
     path = tmp_path / "bench.json"

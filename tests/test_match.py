@@ -244,6 +244,18 @@ def test_flat_windows_and_templates_follow_opencv(method, dtype):
         assert xcorr.match_template(image, zero, method)[17, 19] == 1
 
 
+@pytest.mark.parametrize("value", [0.3, 0.1, 1 / 3])
+@pytest.mark.parametrize("masked", [False, True])
+def test_constant_template_of_an_inexact_float32_is_flat(value, masked):
+    # 0.3 has no exact float32: centred in float32, the template keeps residues of about 1e-8.
+    image = np.random.default_rng(3).random((9, 10)).astype(np.float32)
+    template = np.full((2, 3), value, np.float32)
+    mask = np.ones((2, 3), np.uint8) if masked else None
+    out = xcorr.match_template(image, template, "ccoeff_normed", mask=mask)
+    assert (out == 1).all()
+    assert (cv2.matchTemplate(image, template, cv2.TM_CCOEFF_NORMED) == 1).all()
+
+
 @pytest.mark.parametrize("method", ["sqdiff_normed", "ccorr_normed", "ccoeff_normed"])
 def test_masked_normed_scores_stay_bounded_where_opencv_does_not(method):
     rng = np.random.default_rng(8)

@@ -44,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="which suite to run (default: siamese)")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--plot", metavar="FILE", help="also draw the ratios as a PNG chart")
-    bench.add_argument("--repeats", type=int, default=7, help="timed calls per contender (default: 7)")
+    bench.add_argument(
+        "--repeats", type=int, default=7,
+        help="timed calls per contender, at least (default: 7; fast contenders are timed for 0.5 s)",
+    )
     bench.add_argument("--device", default="cpu", help="device to run on, e.g. cpu or cuda (default: cpu)")
     bench.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
     return parser

@@ -210,7 +210,13 @@ def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tenso
     # Per-template constants, one entry per image.
     tz2 = (zs.double() ** 2).sum((1, 2, 3)).repeat_interleave(k)
     tnorm = tz2.sqrt() if family == "ccoeff" else (z.double() ** 2).sum((1, 2, 3)).sqrt().repeat_interleave(k)
-    flat_template = (tz2 / (h * w) < FLAT_TEMPLATE) if method == "ccoeff_normed" else None
+    flat_template = None
+    if method == "ccoeff_normed":
+        # Centred in float64, as OpenCV does: a constant float32 template centred in float32 keeps
+        # rounding residues (a variance near 1e-16) and would pass for a non-flat one.
+        z64 = z.detach().double()
+        variance = ((z64 - z64.mean((2, 3), keepdim=True)) ** 2).sum((1, 2, 3)) / (h * w)
+        flat_template = (variance < FLAT_TEMPLATE).repeat_interleave(k)
     pieces = []
     # Float32 window sums (ccoeff) take pieces of as many bytes, so twice the elements.
     piece = 2 * _PIECE if family == "ccoeff" and x.dtype == torch.float32 else _PIECE

@@ -28,8 +28,10 @@ from typing import Callable
 import torch
 
 from ._spec import Spec
+from ._tracing import compiling as _compiling
+from ._tracing import exporting, tracing
 from .backends import BACKENDS
-from .backends.fft import MEMORY_BUDGET, axis_plan
+from .backends.fft import axis_plan
 
 #: float32 direct convolution accumulates each depthwise output in one running sum; from about
 #: this many template taps its error exceeds 2e-6 of the largest output (measured on uniform
@@ -47,7 +49,7 @@ EXPORT_METHOD = "gather"
 #: matrix product; SiamRPN's up-channel head runs several times faster than dense convolution),
 #: and while its tap-by-pixel product maps fit in this many bytes. Its depthwise path is a loop
 #: over the taps, never faster than "direct" in eager PyTorch.
-GATHER_MAX_BYTES = MEMORY_BUDGET
+GATHER_MAX_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,11 @@ _autotune: bool | None = None
 _cache: dict[tuple, str] = {}
 _timings: dict[tuple, dict[str, float]] = {}
 _modelled: dict[tuple, str] = {}  # the cost model's answers, which depend on the key alone
+#: Every answer of :func:`select` outside tracing, by (spec, grad): the first thing it looks at,
+#: so that a tracker's repeated small call costs one dict lookup here. Emptied whenever a setting
+#: or the cache of measured winners changes.
+_decided: dict[tuple[Spec, bool], str] = {}
+_DECIDED_ENTRIES = 1024
 _lock = threading.Lock()
 
 
@@ -131,6 +138,7 @@ def set_autotune(enabled: bool | None) -> None:
     if enabled is not None and not isinstance(enabled, bool):
         raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
     _autotune = enabled
+    _decided.clear()
 
 
 def clear_cache() -> None:
@@ -139,17 +147,7 @@ def clear_cache() -> None:
         _cache.clear()
         _timings.clear()
         _modelled.clear()
-
-
-def _compiling() -> bool:
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling()) if is_compiling is not None else False
-
-
-def exporting() -> bool:
-    """Whether ``torch.onnx.export`` (either exporter) or ``torch.export`` is tracing the caller."""
-    is_exporting = getattr(getattr(torch, "compiler", None), "is_exporting", None)  # absent from older torch
-    return torch.onnx.is_in_onnx_export() or (bool(is_exporting()) if is_exporting is not None else False)
+        _decided.clear()
 
 
 def _key(spec: Spec, grad: bool) -> tuple:
@@ -292,6 +290,19 @@ def select(spec: Spec, grad: bool = False) -> str:
         spec: the validated problem.
         grad: whether a backward pass will follow (it changes which method is fastest).
     """
+    if tracing():
+        return _select(spec, grad)
+    key = (spec, grad)
+    method = _decided.get(key)
+    if method is None:
+        method = _select(spec, grad)
+        if len(_decided) >= _DECIDED_ENTRIES:
+            _decided.clear()
+        _decided[key] = method
+    return method
+
+
+def _select(spec: Spec, grad: bool) -> str:
     allowed = candidates(spec)
     if len(allowed) == 1:
         return allowed[0]
@@ -326,4 +337,5 @@ def choose(spec: Spec, grad: bool, measure_it: bool, x=None, z=None) -> tuple[st
     with _lock:
         _cache[_key(spec, grad)] = best
         _timings[_key(spec, grad)] = timings
+        _decided.clear()
     return best, timings

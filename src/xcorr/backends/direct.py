@@ -127,8 +127,14 @@ def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor, Spec], torch
     def run(x: torch.Tensor, spec: Spec) -> torch.Tensor:
         B, C, H, W = spec.x_shape
         k = spec.k
-        # (B, C, H, W) -> (k, Bz*C, H, W): item i*k + j becomes batch j, channel group i.
-        xk = x.reshape(Bz, k, C, H, W).transpose(0, 1).reshape(k, Bz * C, H, W)
+        # (B, C, H, W) -> (k, Bz*C, H, W): item i*k + j becomes batch j, channel group i. (With one
+        # template, x is that already; a tracker's small call feels every extra reshape.)
+        if Bz == 1:
+            xk = x
+        elif k == 1:
+            xk = x.reshape(1, Bz * C, H, W)
+        else:
+            xk = x.reshape(Bz, k, C, H, W).transpose(0, 1).reshape(k, Bz * C, H, W)
         if spec.mode == "upchannel":
             out = _conv(xk, weight, spec.stride, spec.padding, spec.dilation, Bz)
         elif torch.is_grad_enabled() and (xk.requires_grad or weight.requires_grad):
@@ -136,7 +142,11 @@ def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor, Spec], torch
         else:
             # Without a backward pass, skip the autograd.Function's bookkeeping (~30 us a call).
             out = _depthwise(xk, weight, spec, spec.mode == "naive")
+        if Bz == 1:
+            return out
         Ho, Wo = spec.out_size
+        if k == 1:
+            return out.reshape(B, K, Ho, Wo)
         return out.reshape(k, Bz, K, Ho, Wo).transpose(0, 1).reshape(B, K, Ho, Wo)
 
     return run

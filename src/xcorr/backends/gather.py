@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .._spec import Spec
+from .._tracing import tracing
 
 
 def _window_offsets(spec: Spec, device: torch.device) -> torch.Tensor:
@@ -40,7 +41,7 @@ _TAP_INDEX_ENTRIES = 64
 
 def _tap_index(spec: Spec, device: torch.device) -> torch.Tensor:
     """(h·w·H'·W',) positions in the flattened (tap, padded pixel) product maps."""
-    if _tracing():  # the index becomes a constant of the traced graph: cache nothing from a trace
+    if tracing():  # the index becomes a constant of the traced graph: cache nothing from a trace
         return _build_tap_index(spec, device)
     key = (spec.z_shape[-2:], spec.padded_search, spec.stride, spec.dilation, device)
     index = _TAP_INDEX.get(key)
@@ -49,11 +50,6 @@ def _tap_index(spec: Spec, device: torch.device) -> torch.Tensor:
             _TAP_INDEX.clear()
         index = _TAP_INDEX[key] = _build_tap_index(spec, device)
     return index
-
-
-def _tracing() -> bool:
-    is_compiling = getattr(torch.compiler, "is_compiling", None)  # absent from older torch
-    return torch.onnx.is_in_onnx_export() or (is_compiling is not None and is_compiling())
 
 
 def _build_tap_index(spec: Spec, device: torch.device) -> torch.Tensor:

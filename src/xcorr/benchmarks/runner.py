@@ -1,9 +1,9 @@
 """``python -m xcorr bench``: run suites with the peers side by side in one process.
 
-Each case's contenders are warmed up, then timed in interleaved rounds (the order rotates every
-round, so drifting machine load spreads over all of them) and summarised by their medians. The
-table shows each contender's median, our ratio to the fastest peer and whether the case's
-target is met; JSON and a PNG chart are optional.
+Each case's contenders are warmed up, then timed in interleaved rounds (in a new shuffled order
+every round, so drifting machine load and each other's cache evictions spread over all of them)
+and summarised by their medians. The table shows each contender's median, our ratio to the
+fastest peer and whether the case's target is met; JSON and a PNG chart are optional.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import json
 import platform
+import random
 import statistics
 import sys
 import time
@@ -27,8 +28,12 @@ SUITES = {
     "match": "xcorr.benchmarks.match",
 }
 
-#: Timed calls per contender unless the case says otherwise.
+#: Timed calls per contender, at least, unless the case says otherwise.
 REPEATS = 7
+#: Contenders whose timed calls add up to less than this many seconds are timed again...
+MIN_TIME = 0.5
+#: ... up to this many calls.
+MAX_SAMPLES = 101
 #: A contender stops being timed once its calls add up to this many seconds (at least one call).
 TIME_BUDGET = 3.0
 #: A warm-up call longer than this counts as a timed call: it is not warming anything up.
@@ -97,6 +102,14 @@ def _call(fn: Callable[[], Any], device: torch.device) -> float:
 def time_case(case: Case, repeats: int = REPEATS, device: str | torch.device = "cpu") -> Result:
     """Warm up, then time the contenders in interleaved rounds; medians per contender.
 
+    Every round runs the contenders still being timed in a freshly shuffled order (seeded, so
+    runs repeat). A fixed rotation would always run one contender right after the same other
+    one, and after a slow peer that has just evicted the caches, the next call pays for it.
+
+    Each contender gets ``case.repeats`` timed calls if the case sets them, else at least
+    ``repeats``; then a contender whose calls add up to less than :data:`MIN_TIME` seconds keeps
+    being timed, up to :data:`MAX_SAMPLES` calls, so that sub-millisecond medians are stable.
+
     The case's inputs are made on ``device`` (as the default device during ``setup``); the calls
     are timed outside that context, whose per-call dispatch cost would otherwise weigh on every
     small operation.
@@ -112,11 +125,22 @@ def time_case(case: Case, repeats: int = REPEATS, device: str | torch.device = "
         spent[name] += first
         if first > SLOW_CALL:
             samples[name].append(first)
-    rounds = case.repeats or repeats
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            if len(samples[name]) >= rounds or (samples[name] and spent[name] > TIME_BUDGET):
-                continue
+    wanted = case.repeats or repeats
+    extend = not case.repeats
+
+    def wants_more(name: str) -> bool:
+        n = len(samples[name])
+        if n < wanted:
+            return not (n and spent[name] > TIME_BUDGET)
+        return extend and n < MAX_SAMPLES and spent[name] < MIN_TIME
+
+    order = random.Random(0)
+    while True:
+        running = [n for n in names if wants_more(n)]
+        if not running:
+            break
+        order.shuffle(running)
+        for name in running:
             t = _call(contenders[name], device)
             samples[name].append(t)
             spent[name] += t
