@@ -94,8 +94,12 @@ def test_chunks_of_items_and_channels(mode, Bz, maps, monkeypatch):
     spec = xcorr._checks.check_xcorr(x, z, mode, 1, 1, 1)
     assert fft.axis_plan(11, 3)[2] == 12  # the padded 11x10 search is transformed at 12 x 10
     monkeypatch.setattr(fft, "CHUNK_BYTES", maps * 12 * 6 * 16)
-    items, channels = fft.chunk_plan(spec)
-    assert (items, channels) == ((1, 1), (1, 2), (1, 3), (3, 3))[CHUNK_MAPS.index(maps)]
+    if mode == "upchannel":  # whole items, under a budget of its own
+        monkeypatch.setattr(fft, "UPCHANNEL_CHUNK_BYTES", 1 if maps < 9 else 1 << 30)
+        items, channels = fft.chunk_plan(spec)
+        assert channels == 3 and (items == 1 if maps < 9 else items >= 4)
+    else:
+        assert fft.chunk_plan(spec) == ((1, 1), (1, 2), (1, 3), (3, 3))[CHUNK_MAPS.index(maps)]
     out = xcorr.xcorr(x, z, mode, padding=1, method="fft")
     assert_close_rel(out, xcorr_reference(x, z, mode, 1))
     p = xcorr.plan(z, x.shape, mode, padding=1, method="fft")

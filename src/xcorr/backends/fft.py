@@ -34,6 +34,8 @@ from .._spec import Pair, Spec
 #: every call, and zeroing their pages cost more than the transforms themselves (one 34 MB
 #: spectrum per array made B8 C64 128x128 / 32x32 3.5x slower than chunks of 4 MB).
 CHUNK_BYTES = 4 << 20
+#: Bytes of spectra (search, template, output, gradients) one up-channel chunk may hold.
+UPCHANNEL_CHUNK_BYTES = 1 << 30
 
 #: Tile only where it saves at least this fraction of the transform work (tiles add overhead).
 TILE_MIN_SAVING = 0.3
@@ -198,10 +200,21 @@ def chunk_plan(spec: Spec) -> tuple[int, int]:
     """(search items, channels) per chunk, so that a chunk's search spectra fit :data:`CHUNK_BYTES`.
 
     Whole items are preferred; an item whose channels alone exceed the budget is cut by channels.
+    Up-channel chunks are larger: its frequency-domain product (an einsum over channels) copies
+    the whole template spectrum into a bins-first layout once per chunk, which small chunks would
+    repeat many times (2.5x slower for 8 items sharing one 256x10-channel template). It takes
+    whole items whose spectra (search, output, their gradients and its share of the templates)
+    fit :data:`UPCHANNEL_CHUNK_BYTES`.
     """
     C = spec.channels
     (nh, _, Lh), (nw, _, Lw) = (axis_plan(p, s) for p, s in zip(spec.padded_search, spec.dilated_template))
     per_map = nh * nw * Lh * (Lw // 2 + 1) * 2 * spec.dtype.itemsize
+    if spec.mode == "upchannel":
+        Cz, k, K = spec.z_shape[1], spec.k, spec.out_channels
+        shared = spec.templates == 1
+        per_item = per_map * (2 * (C + K) + (0 if shared else Cz / max(k, 1)))
+        budget = UPCHANNEL_CHUNK_BYTES - (per_map * Cz if shared else 0)
+        return max(1, int(budget // per_item)), C
     maps = max(1, CHUNK_BYTES // per_map)
     if maps >= C:
         return maps // C, C
