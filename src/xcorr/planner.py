@@ -31,7 +31,7 @@ from ._spec import Spec
 from ._tracing import compiling as _compiling
 from ._tracing import exporting, tracing
 from .backends import BACKENDS
-from .backends.fft import axis_plan
+from .backends.fft import axis_plan, chunk_count
 
 #: float32 direct convolution accumulates each depthwise output in one running sum; from about
 #: this many template taps its error exceeds 2e-6 of the largest output (measured on uniform
@@ -52,20 +52,31 @@ EXPORT_METHOD = "gather"
 GATHER_MAX_BYTES = 1 << 30
 
 
+#: Output channels a dense convolution kernel computes at once (AVX-512: 16 float32 lanes).
+DENSE_LANES = 16
+
+
 @dataclass(frozen=True)
 class Constants:
     """Per-device costs of the cost model, in nanoseconds.
 
     Attributes:
         depthwise_mac: one multiply-add of a depthwise convolution (modes naive, depthwise).
-        dense_mac: one multiply-add of a dense grouped convolution (mode upchannel).
+        direct_element: one element of the padded search and of the per-channel output of a
+            depthwise convolution (memory traffic: layout reorders, the channel sum).
+        dense_mac: one multiply-add of a dense grouped convolution (mode upchannel), counting
+            each group's output channels rounded up to :data:`DENSE_LANES`.
         direct_call: fixed cost of a direct call.
-        direct_backward: backward / forward time ratio of the direct method.
+        direct_backward: backward / forward time ratio of the direct method (modes naive,
+            depthwise: the backward made of forward correlations).
+        dense_backward: backward / forward time ratio of the dense grouped convolution
+            (mode upchannel: PyTorch's own backward).
         direct_backward_tap: extra backward cost per multiply-add and per output-gradient
             position (the template gradient's kernel is the output, slow when large).
         fft_point: one point of a real transform, per ``log2`` of its length.
         fft_product: one complex multiply-add of the frequency-domain product.
         fft_call: fixed cost of an FFT call.
+        fft_chunk: fixed cost of each chunk an FFT call is cut into.
         fft_backward: backward / forward time ratio of the FFT method.
         gather_call: fixed cost of a gather call (modes naive, upchannel).
         gather_element: one element of the tap-by-pixel product maps, written then gathered.
@@ -75,13 +86,16 @@ class Constants:
     """
 
     depthwise_mac: float
+    direct_element: float
     dense_mac: float
     direct_call: float
     direct_backward: float
+    dense_backward: float
     direct_backward_tap: float
     fft_point: float
     fft_product: float
     fft_call: float
+    fft_chunk: float
     fft_backward: float
     gather_call: float
     gather_element: float
@@ -93,20 +107,23 @@ class Constants:
 #: Cost constants per device type; a device type without them is measured (see module doc).
 CONSTANTS: dict[str, Constants] = {
     "cpu": Constants(
-        depthwise_mac=0.045,
-        dense_mac=0.057,
-        direct_call=120000.0,
-        direct_backward=3.0,
-        direct_backward_tap=0.00073,
-        fft_point=0.084,
-        fft_product=8.7,
-        fft_call=280000.0,
-        fft_backward=1.8,
-        gather_call=31000.0,
-        gather_element=0.90,
-        gather_search=0.072,
-        gather_mac=0.018,
-        gather_backward=3.2,
+        depthwise_mac=0.0172,
+        direct_element=0.367,
+        dense_mac=0.0127,
+        direct_call=138400.0,
+        direct_backward=4.54,
+        direct_backward_tap=0.0,
+        dense_backward=3.14,
+        fft_point=0.113,
+        fft_product=3.73,
+        fft_call=324900.0,
+        fft_chunk=35800.0,
+        fft_backward=1.79,
+        gather_call=31900.0,
+        gather_element=0.709,
+        gather_search=0.17,
+        gather_mac=0.00799,
+        gather_backward=2.28,
     ),
 }
 
@@ -197,14 +214,21 @@ def estimate(spec: Spec, grad: bool = False, constants: Constants | None = None)
     Ho, Wo = spec.out_size
     out = B * Ho * Wo
     if spec.mode == "upchannel":
-        macs = out * K * C * h * w
-        direct = c.direct_call + c.dense_mac * macs
+        # Dense kernels vectorise over a group's output channels, DENSE_LANES at a time: fewer
+        # channels leave lanes idle, so K is counted rounded up to a multiple of DENSE_LANES.
+        lanes = -(-K // DENSE_LANES) * DENSE_LANES
+        direct = c.direct_call + c.dense_mac * out * lanes * C * h * w
+        if grad:
+            direct *= 1 + c.dense_backward
     else:
         macs = out * C * h * w
-        direct = c.direct_call + c.depthwise_mac * macs
-    if grad:
-        direct *= 1 + c.direct_backward
-        direct += c.direct_backward_tap * macs * (Ho * Wo) ** 0.5
+        # Per element of the search and of the per-channel output: oneDNN reorders both to and
+        # from its blocked layout, which costs more than the arithmetic once they leave cache.
+        elements = B * C * (spec.padded_search[0] * spec.padded_search[1] + Ho * Wo)
+        direct = c.direct_call + c.depthwise_mac * macs + c.direct_element * elements
+        if grad:
+            direct *= 1 + c.direct_backward
+            direct += c.direct_backward_tap * macs * (Ho * Wo) ** 0.5
 
     (nh, _, Lh), (nw, _, Lw) = (axis_plan(p, s) for p, s in zip(spec.padded_search, spec.dilated_template))
     tiles = nh * nw
@@ -213,7 +237,7 @@ def estimate(spec: Spec, grad: bool = False, constants: Constants | None = None)
     bins = L[0] * (L[1] // 2 + 1)
     transforms = (B * tiles * (C + K) + Bz * Cz) * points * math.log2(points)
     products = B * tiles * bins * (C * K if spec.mode == "upchannel" else C)
-    fft = c.fft_call + c.fft_point * transforms + c.fft_product * products
+    fft = c.fft_call + c.fft_chunk * chunk_count(spec) + c.fft_point * transforms + c.fft_product * products
     if grad:
         fft *= 1 + c.fft_backward
 

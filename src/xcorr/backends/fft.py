@@ -221,6 +221,14 @@ def chunk_plan(spec: Spec) -> tuple[int, int]:
     return 1, maps
 
 
+def chunk_count(spec: Spec) -> int:
+    """How many chunks :func:`prepare`'s ``run`` cuts ``spec`` into (for the cost model)."""
+    if spec.batch == 0:
+        return 0
+    items, chans = chunk_plan(spec)
+    return len(_item_chunks(spec, items)) * -(-spec.channels // chans)
+
+
 def _item_chunks(spec: Spec, per: int) -> list[tuple[slice, slice]]:
     """(items, templates) of each chunk: whole templates with all of their ``k`` items, or, when
     one template's items exceed ``per``, runs of one template's items."""
@@ -241,6 +249,13 @@ def _template_channels(z: torch.Tensor, mode: str, C: int, channels: slice) -> t
         return z[:, channels]
     Bz, _, *rest = z.shape
     return z.reshape(Bz, -1, C, *rest)[:, :, channels].reshape(Bz, -1, *rest)
+
+
+def _join(parts: list[torch.Tensor], mode: str) -> torch.Tensor:
+    """One item chunk's channel chunks: side by side in depthwise mode, else partial sums."""
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat(parts, 1) if mode == "depthwise" else sum(parts[1:], parts[0])
 
 
 def _spectrum(zd: torch.Tensor, L: Pair) -> torch.Tensor:
@@ -289,8 +304,7 @@ def prepare(z: torch.Tensor, spec: Spec, precompute: bool = True) -> Callable[[t
             xc = x if chans == C else x[:, cs]
             for row, (i, t) in zip(rows, chunks):
                 row.append(valid(xc[i], zc[t], None if Zc is None else Zc[t]))
-        # Channel chunks: side by side in depthwise mode, partial sums where channels are summed.
-        parts = [torch.cat(row, 1) if mode == "depthwise" else sum(row[1:], row[0]) for row in rows]
+        parts = [_join(row, mode) for row in rows]
         y = parts[0] if len(parts) == 1 else torch.cat(parts)
         return y[..., ::sh, ::sw].contiguous()
 
