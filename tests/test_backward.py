@@ -126,6 +126,30 @@ def test_item_chunks_keep_templates_with_their_items(Bz):
             assert [templates.index(i // spec.k) for i in items] == [j // (len(items) // len(templates)) for j in range(len(items))]
 
 
+@pytest.mark.parametrize("items", [1, 2, 3])
+@pytest.mark.parametrize("Bz", [1, 2])
+@pytest.mark.parametrize("mode", ["naive", "upchannel"])
+def test_gather_chunks_of_items(mode, Bz, items, monkeypatch):
+    from xcorr.backends import gather
+
+    K = 2 if mode == "upchannel" else 1
+    per_item = K * 3 * 3 * 11 * 10 * 8  # float64 maps: K x 3 x 3 taps x the padded 11 x 10 search
+    monkeypatch.setattr(gather, "CHUNK_BYTES", items * per_item)
+    calls = []
+    inner = gather._xcorr
+    monkeypatch.setattr(gather, "_xcorr", lambda x, z, spec: calls.append(x.shape[0]) or inner(x, z, spec))
+    x, z = make(4, Bz, 3, K, 9, 8, 3, 3, mode)
+    out = xcorr.xcorr(x, z, mode, padding=1, method="gather")
+    assert_close_rel(out, xcorr_reference(x, z, mode, 1))
+    # One template: `items` items a chunk. Two templates (k = 2): whole templates with their items.
+    expected = {(1, 1): [1, 1, 1, 1], (1, 2): [2, 2], (1, 3): [3, 1], (2, 1): [2, 2], (2, 2): [2, 2], (2, 3): [2, 2]}
+    assert calls == expected[Bz, items]
+    x.requires_grad_(True)
+    z.requires_grad_(True)
+    f = lambda x, z: xcorr.xcorr(x, z, mode, padding=1, method="gather")  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, z), fast_mode=True)
+
+
 def test_chunk_size_follows_the_budget(monkeypatch):
     spec = xcorr._checks.check_xcorr(torch.empty(64, 8, 100, 100), torch.empty(64, 8, 9, 9), "naive", 0, 1, 1)
     assert fft.chunk_plan(spec) == (12, 8)  # 100 x 51 bins of complex64: 40.8 kB a map, 102 a chunk

@@ -1,4 +1,4 @@
-"""Command line: ``python -m xcorr {demo,bench,match}``."""
+"""Command line: ``python -m xcorr {demo,bench,match,fit}``."""
 from __future__ import annotations
 
 import argparse
@@ -50,6 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--device", default="cpu", help="device to run on, e.g. cpu or cuda (default: cpu)")
     bench.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
+    fit = sub.add_parser(
+        "fit",
+        help="fit the planner's cost-model constants on this machine",
+        description="Time every method on random problems, fit the cost model's constants, and show how "
+        "often the fitted model picks the fastest method on held-out problems.",
+    )
+    fit.add_argument("--problems", type=_positive, default=100, metavar="N", help="problems to fit on (default 100)")
+    fit.add_argument("--held-out", type=_positive, default=40, metavar="N", help="problems to evaluate on (default 40)")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the random problems (default 0)")
+    fit.add_argument("--max-macs", type=float, default=4e8, metavar="M",
+                     help="largest problem, in direct multiply-adds (default 4e8)")
+    fit.add_argument("--device", default="cpu", help="device to time on, e.g. cpu or cuda (default: cpu)")
+    fit.add_argument("--json", metavar="FILE", help="also write the timings, constants and evaluation as JSON")
     return parser
 
 
@@ -72,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "bench":
         return _bench(args)
+    if args.command == "fit":
+        return _fit(args)
     try:
         return _match(args)
     except CliError as error:
@@ -152,6 +167,53 @@ def _bench(args: argparse.Namespace) -> int:
     except runner.Unavailable as error:
         print(f"xcorr bench: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from . import planner
+    from .benchmarks import costmodel
+
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        print(f"xcorr fit: --device must be a torch device such as cpu or cuda, got {args.device!r}", file=sys.stderr)
+        return 2
+    try:
+        import scipy  # noqa: F401
+    except ImportError:
+        print("xcorr fit: fitting needs scipy (pip install -e '.[bench]')", file=sys.stderr)
+        return 2
+    train = costmodel.random_problems(args.problems, args.seed, args.max_macs)
+    held = costmodel.random_problems(args.held_out, args.seed + 1, args.max_macs)
+    total = len(train) + len(held)
+    done = []
+
+    def progress(row: dict) -> None:
+        done.append(row)
+        print(f"  timed {len(done)}/{total}: {row['mode']} x {tuple(row['x'])} z {tuple(row['z'])}", file=sys.stderr, flush=True)
+
+    rows = costmodel.collect(train, device, progress)
+    held_rows = costmodel.collect(held, device, progress)
+    current = planner.CONSTANTS.get(device.type, planner.CONSTANTS["cpu"])
+    fitted = costmodel.fit(rows, current)
+    print(f"fitted on {len(rows)} problems ({device.type}, {torch.get_num_threads()} threads):")
+    print(f'    "{device.type}": {costmodel.constants_source(fitted)},')
+    report = {}
+    for label, constants in (("current", current), ("fitted", fitted)):
+        report[label] = costmodel.evaluate(held_rows, constants)
+        for key, name in (("fwd", "forward"), ("both", "forward+backward")):
+            r = report[label][key]
+            print(f"{label:7s} constants, {name:16s}: fastest method picked on {r['best']}/{r['problems']} "
+                  f"held-out problems; mean loss {r['mean_loss']:.2f}x, worst {r['worst_loss']:.2f}x {r['worst']}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"train": rows, "held_out": held_rows, "fitted": dataclasses.asdict(fitted), "evaluation": report},
+                      f, indent=1)
     return 0
 
 

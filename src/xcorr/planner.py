@@ -71,8 +71,9 @@ class Constants:
             depthwise: the backward made of forward correlations).
         dense_backward: backward / forward time ratio of the dense grouped convolution
             (mode upchannel: PyTorch's own backward).
-        direct_backward_tap: extra backward cost per multiply-add and per output-gradient
-            position (the template gradient's kernel is the output, slow when large).
+        direct_backward_mac: one multiply-add of the search gradient's full convolution
+            (``B*C*Hp*Wp*h*w``), which dwarfs the forward's when the template nearly fills the
+            search.
         fft_point: one point of a real transform, per ``log2`` of its length.
         fft_product: one complex multiply-add of the frequency-domain product.
         fft_call: fixed cost of an FFT call.
@@ -91,7 +92,7 @@ class Constants:
     direct_call: float
     direct_backward: float
     dense_backward: float
-    direct_backward_tap: float
+    direct_backward_mac: float
     fft_point: float
     fft_product: float
     fft_call: float
@@ -112,7 +113,7 @@ CONSTANTS: dict[str, Constants] = {
         dense_mac=0.0127,
         direct_call=138400.0,
         direct_backward=4.54,
-        direct_backward_tap=0.0,
+        direct_backward_mac=0.0,
         dense_backward=3.14,
         fft_point=0.113,
         fft_product=3.73,
@@ -228,7 +229,8 @@ def estimate(spec: Spec, grad: bool = False, constants: Constants | None = None)
         direct = c.direct_call + c.depthwise_mac * macs + c.direct_element * elements
         if grad:
             direct *= 1 + c.direct_backward
-            direct += c.direct_backward_tap * macs * (Ho * Wo) ** 0.5
+            Hp, Wp = spec.padded_search
+            direct += c.direct_backward_mac * B * C * Hp * Wp * h * w
 
     (nh, _, Lh), (nw, _, Lw) = (axis_plan(p, s) for p, s in zip(spec.padded_search, spec.dilated_template))
     tiles = nh * nw

@@ -15,6 +15,7 @@ products one tap at a time (``h·w`` multiply-adds over the output, a few times 
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -90,7 +91,28 @@ def _channel_by_channel(search: torch.Tensor, z: torch.Tensor, spec: Spec) -> to
     return out
 
 
+#: Product maps beyond this many bytes are made a chunk of items at a time (outside tracing, where
+#: the graph must not depend on the batch): glibc maps every temporary of 32 MiB or more fresh from
+#: the kernel, and zeroing its pages cost twice the work itself (32 items of 4x49 maps of 48x48).
+CHUNK_BYTES = 16 << 20
+
+
 def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
+    Bz, k = spec.templates, spec.k
+    Hp, Wp = spec.padded_search
+    per_item = spec.out_channels * spec.z_shape[-2] * spec.z_shape[-1] * Hp * Wp * x.element_size()
+    if per_item * spec.batch <= CHUNK_BYTES or spec.batch == 1 or tracing():
+        return _xcorr(x, z, spec)
+    items = max(1, CHUNK_BYTES // per_item)
+    if Bz == 1:
+        pairs = [(xc, z) for xc in x.split(items)]
+    else:  # whole templates with all of their items
+        t = max(1, items // k)
+        pairs = list(zip(x.split(t * k), z.split(t)))
+    return torch.cat([_xcorr(xc, zc, replace(spec, x_shape=tuple(xc.shape), z_shape=tuple(zc.shape))) for xc, zc in pairs])
+
+
+def _xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
     ph, pw = spec.padding
     search = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
     out = (_channel_by_channel if spec.mode == "depthwise" else _summed_over_channels)(search, z, spec)
