@@ -11,7 +11,8 @@ Layered like scipy's ``choose_conv_method``:
 3. **Measurement** (autotune), when :func:`set_autotune` turned it on, or by default on devices
    without fitted constants (CUDA): every candidate is timed once per key and the winner cached.
 4. **The cost model**: estimated seconds per method from operation counts and per-device
-   constants (:data:`CONSTANTS`), fitted on a 2-core x86 CPU with torch 2.13 and MKL.
+   constants (:data:`CONSTANTS`), fitted by ``python -m xcorr fit`` on a 2-core x86 CPU with
+   torch 2.13, MKL and 2 threads.
 
 Under ``torch.compile`` and while exporting, the planner decides from shapes and the cache alone:
 no timing, no lock, nothing that would break a graph.
@@ -108,23 +109,23 @@ class Constants:
 #: Cost constants per device type; a device type without them is measured (see module doc).
 CONSTANTS: dict[str, Constants] = {
     "cpu": Constants(
-        depthwise_mac=0.0172,
-        direct_element=0.367,
-        dense_mac=0.0127,
-        direct_call=138400.0,
-        direct_backward=4.54,
-        direct_backward_mac=0.0,
-        dense_backward=3.14,
-        fft_point=0.113,
-        fft_product=3.73,
-        fft_call=324900.0,
-        fft_chunk=35800.0,
-        fft_backward=1.79,
-        gather_call=31900.0,
-        gather_element=0.709,
-        gather_search=0.17,
-        gather_mac=0.00799,
-        gather_backward=2.28,
+        depthwise_mac=0.0182,
+        direct_element=0.321,
+        dense_mac=0.0144,
+        direct_call=149000.0,
+        direct_backward=3.23,
+        direct_backward_mac=0.0158,
+        dense_backward=3.95,
+        fft_point=0.133,
+        fft_product=2.78,
+        fft_call=393000.0,
+        fft_chunk=0.0,
+        fft_backward=1.8,
+        gather_call=106000.0,
+        gather_element=0.389,
+        gather_search=0.225,
+        gather_mac=0.00803,
+        gather_backward=2.61,
     ),
 }
 

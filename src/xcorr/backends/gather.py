@@ -98,10 +98,12 @@ CHUNK_BYTES = 16 << 20
 
 
 def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
+    if tracing():  # before any test of the batch size, which may be symbolic here
+        return _xcorr(x, z, spec)
     Bz, k = spec.templates, spec.k
     Hp, Wp = spec.padded_search
     per_item = spec.out_channels * spec.z_shape[-2] * spec.z_shape[-1] * Hp * Wp * x.element_size()
-    if per_item * spec.batch <= CHUNK_BYTES or spec.batch == 1 or tracing():
+    if per_item * spec.batch <= CHUNK_BYTES or spec.batch == 1:
         return _xcorr(x, z, spec)
     items = max(1, CHUNK_BYTES // per_item)
     if Bz == 1:
