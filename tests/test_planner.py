@@ -182,3 +182,47 @@ BAD_INPUTS = [
 def test_bad_inputs(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_repeated_calls_skip_validation_and_planning(monkeypatch):
+    from xcorr import ops
+
+    x, z = torch.rand(2, 3, 9, 9), torch.rand(1, 3, 4, 4)
+    first = xcorr.xcorr(x, z, "depthwise", padding=1)
+    checks, selects = [], []
+    real_check, real_select = ops.check_xcorr, planner.select
+    monkeypatch.setattr(ops, "check_xcorr", lambda *a: checks.append(a) or real_check(*a))
+    monkeypatch.setattr(planner, "select", lambda *a, **k: selects.append(a) or real_select(*a, **k))
+    assert torch.equal(xcorr.xcorr(x.clone(), z.clone(), "depthwise", padding=1), first)  # same signature
+    assert checks == [] and selects == []
+    for _ in range(2):  # another signature each (the pair, another dtype): validated once
+        assert torch.equal(xcorr.xcorr(x, z, "depthwise", padding=(1, 1)), first)
+        xcorr.xcorr(x.double(), z.double(), "depthwise", padding=1)
+    assert len(checks) == 2 and len(selects) == 2
+
+
+def test_repeated_call_signatures_tell_plain_ints_from_look_alikes():
+    x, z = torch.rand(1, 2, 6, 6), torch.rand(1, 2, 3, 3)
+    xcorr.xcorr(x, z, padding=1, stride=1)  # cached with plain ints
+    for bad in (True, 1.0, (1, True), (1.0, 1)):
+        with pytest.raises(TypeError, match="padding must be an int or a pair of ints"):
+            xcorr.xcorr(x, z, padding=bad)
+    # a list is not cached, and means what the tuple means
+    assert torch.equal(xcorr.xcorr(x, z, padding=[1, 1]), xcorr.xcorr(x, z, padding=(1, 1)))
+
+
+def test_repeated_calls_are_planned_again_after_a_setting_changes(monkeypatch):
+    x, z = torch.rand(2, 3, 9, 9), torch.rand(1, 3, 4, 4)
+    xcorr.xcorr(x, z)
+    selects = []
+    real_select = planner.select
+    monkeypatch.setattr(planner, "select", lambda *a, **k: selects.append(a) or real_select(*a, **k))
+    xcorr.xcorr(x, z)
+    assert selects == []
+    for change in (lambda: xcorr.set_autotune(False), planner.clear_cache,
+                   lambda: xcorr.choose_method(x, z, measure=True)):
+        change()
+        xcorr.xcorr(x, z)
+        xcorr.xcorr(x, z)
+        assert len(selects) == 1  # once per change
+        selects.clear()

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from ._spec import Pair, Spec
-from ._tracing import tracing
 
 MODES = ("naive", "depthwise", "upchannel")
 
@@ -83,37 +82,14 @@ def _check_templates(xs: tuple[int, ...], zs: tuple[int, ...]) -> None:
         raise ValueError(f"z must have a non-empty template, got shape {zs}")
 
 
-#: Validated problems by their raw arguments. Validation depends only on the tensors' types,
-#: shapes, dtypes and devices and on the other arguments' values when these are plain ints (or
-#: pairs of them), so a repeated call (a tracker's every frame) is looked up, not re-checked.
-_SPECS: dict[tuple, Spec] = {}
-_SPECS_ENTRIES = 1024
-
-
-def _plain(value: Any) -> bool:
-    """An int or a pair of ints, by exact type: ``True`` and ``1.0`` hash like ``1`` but are refused."""
+def plain(value: Any) -> bool:
+    """An int or a pair of ints, by exact type: ``True`` and ``1.0`` hash like ``1`` but are refused,
+    so only plain values may key a cache of validated calls."""
     kind = type(value)
     return kind is int or (kind is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int)
 
 
 def check_xcorr(x: Any, z: Any, mode: Any, padding: Any, stride: Any, dilation: Any) -> Spec:
-    """Validate the arguments of :func:`xcorr.xcorr` and describe the problem."""
-    if not (
-        isinstance(x, torch.Tensor) and isinstance(z, torch.Tensor) and type(mode) is str
-        and _plain(padding) and _plain(stride) and _plain(dilation) and not tracing()
-    ):
-        return _check_xcorr(x, z, mode, padding, stride, dilation)
-    key = (type(x), type(z), x.shape, z.shape, x.dtype, z.dtype, x.device, z.device, mode, padding, stride, dilation)
-    spec = _SPECS.get(key)
-    if spec is None:
-        spec = _check_xcorr(x, z, mode, padding, stride, dilation)
-        if len(_SPECS) >= _SPECS_ENTRIES:
-            _SPECS.clear()
-        _SPECS[key] = spec
-    return spec
-
-
-def _check_xcorr(x: Any, z: Any, mode: Any, padding: Any, stride: Any, dilation: Any) -> Spec:
     check_tensor(x, "x", "B C H W")
     check_tensor(z, "z", "Bz Cz h w")
     check_same_kind(x, z)

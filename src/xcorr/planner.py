@@ -30,7 +30,7 @@ import torch
 
 from ._spec import Spec
 from ._tracing import compiling as _compiling
-from ._tracing import exporting, tracing
+from ._tracing import exporting
 from .backends import BACKENDS
 from .backends.fft import axis_plan, chunk_count
 
@@ -133,11 +133,9 @@ _autotune: bool | None = None
 _cache: dict[tuple, str] = {}
 _timings: dict[tuple, dict[str, float]] = {}
 _modelled: dict[tuple, str] = {}  # the cost model's answers, which depend on the key alone
-#: Every answer of :func:`select` outside tracing, by (spec, grad): the first thing it looks at,
-#: so that a tracker's repeated small call costs one dict lookup here. Emptied whenever a setting
-#: or the cache of measured winners changes.
-_decided: dict[tuple[Spec, bool], str] = {}
-_DECIDED_ENTRIES = 1024
+#: Bumped whenever a setting or the cache of measured winners changes: callers that remember
+#: :func:`select`'s answers (``xcorr.xcorr`` does, per call signature) drop those of older ones.
+_generation = 0
 _lock = threading.Lock()
 
 
@@ -157,7 +155,7 @@ def set_autotune(enabled: bool | None) -> None:
     if enabled is not None and not isinstance(enabled, bool):
         raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
     _autotune = enabled
-    _decided.clear()
+    _bump()
 
 
 def clear_cache() -> None:
@@ -166,7 +164,7 @@ def clear_cache() -> None:
         _cache.clear()
         _timings.clear()
         _modelled.clear()
-        _decided.clear()
+        _bump()
 
 
 def _key(spec: Spec, grad: bool) -> tuple:
@@ -310,6 +308,16 @@ def _measuring(spec: Spec) -> bool:
     return _autotune
 
 
+def generation() -> int:
+    """Changes whenever an answer of :func:`select` may change (settings, measured winners)."""
+    return _generation
+
+
+def _bump() -> None:
+    global _generation
+    _generation += 1
+
+
 def select(spec: Spec, grad: bool = False) -> str:
     """Pick the method for a validated problem.
 
@@ -317,19 +325,6 @@ def select(spec: Spec, grad: bool = False) -> str:
         spec: the validated problem.
         grad: whether a backward pass will follow (it changes which method is fastest).
     """
-    if tracing():
-        return _select(spec, grad)
-    key = (spec, grad)
-    method = _decided.get(key)
-    if method is None:
-        method = _select(spec, grad)
-        if len(_decided) >= _DECIDED_ENTRIES:
-            _decided.clear()
-        _decided[key] = method
-    return method
-
-
-def _select(spec: Spec, grad: bool) -> str:
     allowed = candidates(spec)
     if len(allowed) == 1:
         return allowed[0]
@@ -364,5 +359,5 @@ def choose(spec: Spec, grad: bool, measure_it: bool, x=None, z=None) -> tuple[st
     with _lock:
         _cache[_key(spec, grad)] = best
         _timings[_key(spec, grad)] = timings
-        _decided.clear()
+        _bump()
     return best, timings

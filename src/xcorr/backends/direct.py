@@ -153,4 +153,11 @@ def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor, Spec], torch
 
 
 def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
+    if spec.mode == "depthwise" and spec.templates == 1 and not (
+        torch.is_grad_enabled() and (x.requires_grad or z.requires_grad)
+    ):
+        # A tracker's every frame: one template, no backward pass. The one depthwise convolution,
+        # without a plan's bookkeeping (it is a 0.3 ms call, where 20 us show).
+        C, (h, w) = spec.channels, spec.z_shape[-2:]
+        return _conv(x, z.reshape(C, 1, h, w), spec.stride, spec.padding, spec.dilation, C)
     return prepare(z, spec)(x, spec)
