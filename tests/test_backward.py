@@ -81,8 +81,9 @@ def test_overlap_save_tiles(mode, monkeypatch):
     assert torch.autograd.gradcheck(f, (x, z), fast_mode=True)
 
 
-# Chunk budgets in search maps (one map: 10 x 6 bins of complex128): one channel of one item,
-# two channels, one item, three items (a template's k = 2 items are then split for Bz = 2).
+# Chunk budgets in search maps (one map: 12 x 6 bins of complex128): one channel of one item,
+# two channels, one item (a template's k = 2 items are then split for Bz = 2), three items
+# (balanced: the 4 items go in two chunks of 2, one template each for Bz = 2).
 CHUNK_MAPS = [1, 2, 3, 9]
 
 
@@ -99,7 +100,7 @@ def test_chunks_of_items_and_channels(mode, Bz, maps, monkeypatch):
         items, channels = fft.chunk_plan(spec)
         assert channels == 3 and (items == 1 if maps < 9 else items >= 4)
     else:
-        assert fft.chunk_plan(spec) == ((1, 1), (1, 2), (1, 3), (3, 3))[CHUNK_MAPS.index(maps)]
+        assert fft.chunk_plan(spec) == ((1, 1), (1, 2), (1, 3), (2, 3))[CHUNK_MAPS.index(maps)]
     out = xcorr.xcorr(x, z, mode, padding=1, method="fft")
     assert_close_rel(out, xcorr_reference(x, z, mode, 1))
     p = xcorr.plan(z, x.shape, mode, padding=1, method="fft")
@@ -108,6 +109,11 @@ def test_chunks_of_items_and_channels(mode, Bz, maps, monkeypatch):
     z.requires_grad_(True)
     f = lambda x, z: xcorr.xcorr(x, z, mode, padding=1, method="fft")  # noqa: E731
     assert torch.autograd.gradcheck(f, (x, z), fast_mode=True)
+
+
+def test_chunks_are_even():
+    assert [fft._even(n, most) for n, most in [(64, 63), (64, 64), (64, 65), (10, 3), (8, 12), (0, 5)]] == [
+        32, 64, 64, 3, 8, 1]
 
 
 @pytest.mark.parametrize("Bz", [1, 2, 4])
@@ -152,7 +158,8 @@ def test_gather_chunks_of_items(mode, Bz, items, monkeypatch):
 
 def test_chunk_size_follows_the_budget(monkeypatch):
     spec = xcorr._checks.check_xcorr(torch.empty(64, 8, 100, 100), torch.empty(64, 8, 9, 9), "naive", 0, 1, 1)
-    assert fft.chunk_plan(spec) == (12, 8)  # 100 x 51 bins of complex64: 40.8 kB a map, 102 a chunk
+    # 100 x 51 bins of complex64: 40.8 kB a map, 102 maps (12 items) a chunk at most: 6 chunks of 11
+    assert fft.chunk_plan(spec) == (11, 8)
     monkeypatch.setattr(fft, "CHUNK_BYTES", 1 << 30)
     assert fft.chunk_plan(spec)[0] >= 64
 

@@ -217,8 +217,15 @@ def chunk_plan(spec: Spec) -> tuple[int, int]:
         return max(1, int(budget // per_item)), C
     maps = max(1, CHUNK_BYTES // per_map)
     if maps >= C:
-        return maps // C, C
-    return 1, maps
+        return _even(spec.batch, maps // C), C
+    return 1, _even(C, maps)
+
+
+def _even(n: int, most: int) -> int:
+    """The size of ``ceil(n / most)`` near-equal parts of ``n``: no tiny leftover part (63 + 1
+    channels cost two chunks' fixed costs for 64 channels' work)."""
+    parts = max(1, -(-n // most))
+    return max(1, -(-n // parts))
 
 
 def chunk_count(spec: Spec) -> int:
@@ -277,6 +284,8 @@ def prepare(z: torch.Tensor, spec: Spec, precompute: bool = True) -> Callable[[t
     L, T, n = (Lh, Lw), (Th, Tw), (nh, nw)
     step = (Th - hd + 1, Tw - wd + 1)
     mode, C = spec.mode, spec.channels
+    Hp, Wp = spec.padded_search
+    valid_size = (Hp - hd + 1, Wp - wd + 1)
     zd = _spread(z, spec.dilation)
     Zc_all = _spectrum(zd, L) if precompute else None
 
@@ -294,6 +303,10 @@ def prepare(z: torch.Tensor, spec: Spec, precompute: bool = True) -> Callable[[t
     def run(x: torch.Tensor, spec: Spec) -> torch.Tensor:
         items, chans = chunk_plan(spec)
         chunks = _item_chunks(spec, items)
+        # Without a backward pass, chunks are written straight into the output: one copy instead
+        # of a concatenation by channels and another by items.
+        grad = torch.is_grad_enabled() and (x.requires_grad or zd.requires_grad)
+        out = None if grad or len(chunks) * -(-C // chans) == 1 else x.new_empty(spec.batch, spec.out_channels, *valid_size)
         rows: list[list[torch.Tensor]] = [[] for _ in chunks]
         for c0 in range(0, C, chans):
             cs = slice(c0, min(C, c0 + chans))
@@ -303,10 +316,19 @@ def prepare(z: torch.Tensor, spec: Spec, precompute: bool = True) -> Callable[[t
                 Zc = _spectrum(zc, L)  # one template serves every chunk: transform it once
             xc = x if chans == C else x[:, cs]
             for row, (i, t) in zip(rows, chunks):
-                row.append(valid(xc[i], zc[t], None if Zc is None else Zc[t]))
-        parts = [_join(row, mode) for row in rows]
-        y = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return y[..., ::sh, ::sw].contiguous()
+                y = valid(xc[i], zc[t], None if Zc is None else Zc[t])
+                if out is None:
+                    row.append(y)
+                elif mode == "depthwise":
+                    out[i, cs] = y
+                elif c0 == 0:
+                    out[i] = y
+                else:
+                    out[i] += y  # partial sums over channel chunks
+        if out is None:
+            parts = [_join(row, mode) for row in rows]
+            out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return out[..., ::sh, ::sw].contiguous()
 
     return run
 
