@@ -174,3 +174,17 @@ def test_fast_lengths(n):
             r //= p
     assert r == 1
     assert all(fft.next_fast_len(k) != k for k in range(n, m))
+
+
+@pytest.mark.parametrize("mode", ["naive", "upchannel", "depthwise"])
+@pytest.mark.parametrize("Bz", [1, 3])
+def test_gather_bound_to_a_signature_equals_its_plain_form(mode, Bz, monkeypatch):
+    from xcorr.backends import gather
+
+    x, z = make(3, Bz, 2, 2, 9, 8, 3, 2, mode)
+    for padding, chunk in ((0, gather.CHUNK_BYTES), (1, gather.CHUNK_BYTES), (1, 1)):  # 1 byte: chunks
+        monkeypatch.setattr(gather, "CHUNK_BYTES", chunk)
+        spec = xcorr._checks.check_xcorr(x, z, mode, padding, 1, 1)
+        run = gather.bind(spec)
+        assert torch.equal(run(x, z), gather.xcorr(x, z, spec))
+        assert_close_rel(run(x, z), xcorr_reference(x, z, mode, padding))

@@ -1,7 +1,7 @@
 """Public functionals: normalise the arguments, ask the planner, call a backend."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -9,7 +9,7 @@ from . import planner
 from ._checks import check_choice, check_pixelwise, check_xcorr, plain
 from ._spec import Spec
 from ._tracing import tracing
-from .backends import BACKENDS
+from .backends import BACKENDS, BIND
 
 METHODS = ("auto", *BACKENDS)
 
@@ -28,11 +28,12 @@ def _needs_grad(x: torch.Tensor, z: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or z.requires_grad)
 
 
-#: Validated calls of :func:`xcorr` by signature -> (spec, method, planner generation). Validation
-#: depends only on the tensors' types, shapes, dtypes and devices and on the other arguments'
-#: values when these are plain ints (or pairs) and strings, so a repeated call (a tracker's every
-#: frame) skips validation and planning: about 25 us, more once other work has evicted the caches.
-_CALLS: dict[tuple, tuple[Spec, str, int]] = {}
+#: Validated calls of :func:`xcorr` by signature -> (run, planner generation), ``run(x, z)`` being
+#: the chosen backend bound to the validated problem. Validation depends only on the tensors'
+#: types, shapes, dtypes and devices and on the other arguments' values when these are plain
+#: ints (or pairs) and strings, so a repeated call (a tracker's every frame) skips validation,
+#: planning and the backend's shape work: 25-60 us, the more once other work has evicted the caches.
+_CALLS: dict[tuple, tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], int]] = {}
 _CALLS_ENTRIES = 1024
 
 
@@ -94,23 +95,33 @@ def xcorr(
     """
     call = _signature(x, z, mode, padding, stride, dilation, method)
     known = _CALLS.get(call) if call is not None else None
-    if known is not None and known[2] == planner.generation():
-        spec, method = known[0], known[1]
-    else:
-        spec = check_xcorr(x, z, mode, padding, stride, dilation)
-        method = check_choice(method, "method", METHODS)
-        if method == "auto":
-            method = planner.select(spec, grad=_needs_grad(x, z))
-        if call is not None:
-            if len(_CALLS) >= _CALLS_ENTRIES:
-                _CALLS.clear()
-            _CALLS[call] = (spec, method, planner.generation())
-    backend = BACKENDS[method]
+    if known is not None and known[1] == planner.generation():
+        return known[0](x, z)
+    spec = check_xcorr(x, z, mode, padding, stride, dilation)
+    method = check_choice(method, "method", METHODS)
+    if method == "auto":
+        method = planner.select(spec, grad=_needs_grad(x, z))
+    run = _runner(spec, method, bound=call is not None)
+    if call is not None:
+        if len(_CALLS) >= _CALLS_ENTRIES:
+            _CALLS.clear()
+        _CALLS[call] = (run, planner.generation())
+    return run(x, z)
+
+
+def _runner(spec: Spec, method: str, bound: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``run(x, z)`` for ``spec`` with ``method``: the backend's bound form for a cached eager call
+    signature (``bound``), its plain form otherwise (tracing: shapes may be symbolic)."""
     if spec.batch == 0:
-        return empty_result(x, z, spec.out_shape)
-    if x.dtype in HALF:
-        return backend(x.float(), z.float(), spec).to(x.dtype)
-    return backend(x, z, spec)
+        return lambda x, z: empty_result(x, z, spec.out_shape)
+    if bound:
+        run = BIND[method](spec)
+    else:
+        backend = BACKENDS[method]
+        run = lambda x, z: backend(x, z, spec)  # noqa: E731
+    if spec.dtype in HALF:
+        return lambda x, z: run(x.float(), z.float()).to(x.dtype)
+    return run
 
 
 def pixelwise(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
