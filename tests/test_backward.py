@@ -111,6 +111,14 @@ def test_chunks_of_items_and_channels(mode, Bz, maps, monkeypatch):
     assert torch.autograd.gradcheck(f, (x, z), fast_mode=True)
 
 
+@pytest.mark.parametrize("n, most", [(256, 15), (64, 63), (64, 64), (10, 3), (3, 5), (7, 1)])
+def test_channel_chunks_are_even(n, most):
+    parts = fft._even_slices(n, most)
+    sizes = [p.stop - p.start for p in parts]
+    assert [i for p in parts for i in range(n)[p]] == list(range(n))  # every channel once, in order
+    assert len(parts) == -(-n // most) and max(sizes) <= most and max(sizes) - min(sizes) <= 1
+
+
 def test_chunks_are_even():
     assert [fft._even(n, most) for n, most in [(64, 63), (64, 64), (64, 65), (10, 3), (8, 12), (0, 5)]] == [
         32, 64, 64, 3, 8, 1]

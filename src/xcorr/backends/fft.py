@@ -221,6 +221,14 @@ def chunk_plan(spec: Spec) -> tuple[int, int]:
     return 1, _even(C, maps)
 
 
+def _even_slices(n: int, most: int) -> list[slice]:
+    """``n`` split into the fewest parts of at most ``most``, their sizes differing by one at most
+    (256 channels in parts of at most 15: 18 parts of 14 or 15, not 17 of 15 and one of 1)."""
+    parts = max(1, -(-n // most))
+    bounds = [i * n // parts for i in range(parts + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
 def _even(n: int, most: int) -> int:
     """The size of ``ceil(n / most)`` near-equal parts of ``n``: no tiny leftover part (63 + 1
     channels cost two chunks' fixed costs for 64 channels' work)."""
@@ -308,8 +316,7 @@ def prepare(z: torch.Tensor, spec: Spec, precompute: bool = True) -> Callable[[t
         grad = torch.is_grad_enabled() and (x.requires_grad or zd.requires_grad)
         out = None if grad or len(chunks) * -(-C // chans) == 1 else x.new_empty(spec.batch, spec.out_channels, *valid_size)
         rows: list[list[torch.Tensor]] = [[] for _ in chunks]
-        for c0 in range(0, C, chans):
-            cs = slice(c0, min(C, c0 + chans))
+        for cs in _even_slices(C, chans):
             zc = zd if chans == C else _template_channels(zd, mode, C, cs)
             Zc = Zc_all if chans == C or Zc_all is None else _template_channels(Zc_all, mode, C, cs)
             if Zc is None and spec.templates == 1 and len(chunks) > 1:
@@ -321,7 +328,7 @@ def prepare(z: torch.Tensor, spec: Spec, precompute: bool = True) -> Callable[[t
                     row.append(y)
                 elif mode == "depthwise":
                     out[i, cs] = y
-                elif c0 == 0:
+                elif cs.start == 0:
                     out[i] = y
                 else:
                     out[i] += y  # partial sums over channel chunks
