@@ -221,19 +221,23 @@ def chunk_plan(spec: Spec) -> tuple[int, int]:
     return 1, _even(C, maps)
 
 
+def _parts(n: int, most: int) -> int:
+    """The fewest parts of at most ``most`` that ``n`` splits into (at least one)."""
+    return max(1, -(-n // most))
+
+
 def _even_slices(n: int, most: int) -> list[slice]:
-    """``n`` split into the fewest parts of at most ``most``, their sizes differing by one at most
+    """``n`` split into :func:`_parts` parts whose sizes differ by one at most
     (256 channels in parts of at most 15: 18 parts of 14 or 15, not 17 of 15 and one of 1)."""
-    parts = max(1, -(-n // most))
+    parts = _parts(n, most)
     bounds = [i * n // parts for i in range(parts + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def _even(n: int, most: int) -> int:
-    """The size of ``ceil(n / most)`` near-equal parts of ``n``: no tiny leftover part (63 + 1
-    channels cost two chunks' fixed costs for 64 channels' work)."""
-    parts = max(1, -(-n // most))
-    return max(1, -(-n // parts))
+    """The size of :func:`_parts` near-equal parts of ``n`` when all but the last are equal: no
+    tiny leftover part (63 + 1 channels cost two chunks' fixed costs for 64 channels' work)."""
+    return max(1, -(-n // _parts(n, most)))
 
 
 def chunk_count(spec: Spec) -> int:
@@ -241,7 +245,7 @@ def chunk_count(spec: Spec) -> int:
     if spec.batch == 0:
         return 0
     items, chans = chunk_plan(spec)
-    return len(_item_chunks(spec, items)) * -(-spec.channels // chans)
+    return len(_item_chunks(spec, items)) * _parts(spec.channels, chans)
 
 
 def _item_chunks(spec: Spec, per: int) -> list[tuple[slice, slice]]:
@@ -301,22 +305,23 @@ def prepare(z: torch.Tensor, spec: Spec, precompute: bool = True) -> Callable[[t
         if n == (1, 1):
             return _Valid.apply(x, zd, Zc, mode, L, spec.padding)
         xp = F.pad(x, (pw, pw, ph, ph))
-        B, (Hp, Wp) = xp.shape[0], xp.shape[-2:]
+        B = xp.shape[0]
         # Tiles of one item are consecutive, so they keep sharing that item's template.
         y = _Valid.apply(_tiles(xp, T, step, n), zd, Zc, mode, L, (0, 0))
         K = y.shape[1]
         y = y.reshape(B, nh, nw, K, *step).permute(0, 3, 1, 4, 2, 5).reshape(B, K, nh * step[0], nw * step[1])
-        return y[..., : Hp - hd + 1, : Wp - wd + 1]
+        return y[..., : valid_size[0], : valid_size[1]]
 
     def run(x: torch.Tensor, spec: Spec) -> torch.Tensor:
         items, chans = chunk_plan(spec)
-        chunks = _item_chunks(spec, items)
+        chunks, channel_chunks = _item_chunks(spec, items), _even_slices(C, chans)
         # Without a backward pass, chunks are written straight into the output: one copy instead
         # of a concatenation by channels and another by items.
         grad = torch.is_grad_enabled() and (x.requires_grad or zd.requires_grad)
-        out = None if grad or len(chunks) * -(-C // chans) == 1 else x.new_empty(spec.batch, spec.out_channels, *valid_size)
+        one = len(chunks) * len(channel_chunks) == 1
+        out = None if grad or one else x.new_empty(spec.batch, spec.out_channels, *valid_size)
         rows: list[list[torch.Tensor]] = [[] for _ in chunks]
-        for cs in _even_slices(C, chans):
+        for cs in channel_chunks:
             zc = zd if chans == C else _template_channels(zd, mode, C, cs)
             Zc = Zc_all if chans == C or Zc_all is None else _template_channels(Zc_all, mode, C, cs)
             if Zc is None and spec.templates == 1 and len(chunks) > 1:
