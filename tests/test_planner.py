@@ -73,7 +73,7 @@ def test_gather_competes_only_in_channel_summing_modes_within_memory():
     assert "gather" not in planner.candidates(spec_of((8, 256, 20, 20), (8, 256, 4, 4), "depthwise"))
     # The seed's full size: 127*127 maps of 255*255 floats, far past the budget.
     big = spec_of((1, 256, 255, 255), (1, 256, 127, 127))
-    assert planner._gather_bytes(big) > planner.GATHER_MAX_BYTES
+    assert big.batch * planner.maps_bytes(big) > planner.GATHER_MAX_BYTES
     assert "gather" not in planner.candidates(big)
 
 

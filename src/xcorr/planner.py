@@ -33,6 +33,7 @@ from ._tracing import compiling as _compiling
 from ._tracing import exporting
 from .backends import BACKENDS
 from .backends.fft import axis_plan, chunk_count
+from .backends.gather import maps_bytes
 
 #: float32 direct convolution accumulates each depthwise output in one running sum; from about
 #: this many template taps its error exceeds 2e-6 of the largest output (measured on uniform
@@ -179,18 +180,11 @@ def candidates(spec: Spec) -> list[str]:
     allowed = list(BACKENDS)
     if spec.device.type not in FFT_DEVICES:
         allowed.remove("fft")
-    if spec.mode == "depthwise" or _gather_bytes(spec) > GATHER_MAX_BYTES:
+    if spec.mode == "depthwise" or spec.batch * maps_bytes(spec) > GATHER_MAX_BYTES:
         allowed.remove("gather")
     if "fft" in allowed and len(allowed) > 1 and _loses_precision(spec):
         allowed.remove("direct")
     return allowed
-
-
-def _gather_bytes(spec: Spec) -> int:
-    h, w = spec.z_shape[-2:]
-    Hp, Wp = spec.padded_search
-    itemsize = 8 if spec.dtype == torch.float64 else 4  # half precision is computed in float32
-    return spec.batch * spec.out_channels * h * w * Hp * Wp * itemsize
 
 
 def _loses_precision(spec: Spec) -> bool:

@@ -107,19 +107,26 @@ def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
     return torch.cat([_xcorr(xc, zc, replace(spec, x_shape=tuple(xc.shape), z_shape=tuple(zc.shape))) for xc, zc in pairs])
 
 
-def _chunks(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """(search items, their templates) of each chunk, or None for one chunk of everything."""
-    per_item = _maps_bytes(spec)
+def _items_per_chunk(spec: Spec) -> int | None:
+    """Search items per chunk, or None where everything is one chunk."""
+    per_item = maps_bytes(spec)
     if per_item * spec.batch <= CHUNK_BYTES or spec.batch == 1:
         return None
-    items = max(1, CHUNK_BYTES // per_item)
+    return max(1, CHUNK_BYTES // per_item)
+
+
+def _chunks(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """(search items, their templates) of each chunk, or None for one chunk of everything."""
+    items = _items_per_chunk(spec)
+    if items is None:
+        return None
     if spec.templates == 1:
         return [(xc, z) for xc in x.split(items)]
     t = max(1, items // spec.k)  # whole templates with all of their items
     return list(zip(x.split(t * spec.k), z.split(t)))
 
 
-def _maps_bytes(spec: Spec) -> int:
+def maps_bytes(spec: Spec) -> int:
     """Bytes of one search item's tap-by-pixel product maps (half precision runs in float32)."""
     Hp, Wp = spec.padded_search
     itemsize = 8 if spec.dtype == torch.float64 else 4
@@ -139,7 +146,7 @@ def _xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec, index: torch.Tensor | N
 def bind(spec: Spec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``xcorr(x, z, spec)`` for eager calls of one signature, with the tap index and the chunking
     worked out once: a tracker's repeated call is then its few tensor operations."""
-    if spec.mode == "depthwise" or spec.batch * _maps_bytes(spec) > CHUNK_BYTES:
+    if spec.mode == "depthwise" or _items_per_chunk(spec) is not None:
         return lambda x, z: xcorr(x, z, spec)
     index = _build_tap_index(spec, spec.device)
     return lambda x, z: _xcorr(x, z, spec, index)
