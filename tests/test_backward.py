@@ -196,3 +196,19 @@ def test_gather_bound_to_a_signature_equals_its_plain_form(mode, Bz, monkeypatch
         run = gather.bind(spec)
         assert torch.equal(run(x, z), gather.xcorr(x, z, spec))
         assert_close_rel(run(x, z), xcorr_reference(x, z, mode, padding))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("Bz", [1, 3])
+def test_direct_bound_to_a_signature_equals_its_plain_form(mode, Bz):
+    from xcorr.backends import direct
+
+    x, z = make(3, Bz, 2, 2, 9, 8, 3, 2, mode)
+    spec = xcorr._checks.check_xcorr(x, z, mode, (1, 0), (2, 1), (1, 2))
+    run = direct.bind(spec)
+    assert torch.equal(run(x, z), direct.xcorr(x, z, spec))
+    assert_close_rel(run(x, z), xcorr_reference(x, z, mode, (1, 0), (2, 1), (1, 2)))
+    # With a backward pass it takes the plain form, custom backward included.
+    x.requires_grad_(True)
+    z.requires_grad_(True)
+    assert torch.autograd.gradcheck(run, (x, z), fast_mode=True)

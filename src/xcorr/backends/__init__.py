@@ -37,7 +37,7 @@ PREPARE: dict[str, Prepare] = {
 #: ``bind(spec) -> run(x, z)``: a backend for eager calls of one signature, with what depends on
 #: the shapes alone worked out once (``xcorr.xcorr`` keeps one per call signature).
 BIND: dict[str, Bind] = {
-    "direct": lambda spec: lambda x, z: direct.xcorr(x, z, spec),
+    "direct": direct.bind,
     "fft": lambda spec: lambda x, z: fft.xcorr(x, z, spec),
     "gather": gather.bind,
 }
