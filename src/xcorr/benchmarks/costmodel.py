@@ -27,13 +27,14 @@ from .._spec import Spec
 
 Row = dict[str, Any]
 
-#: Forward constants per method, and which problems fit them. ``direct_call`` is fitted with the
-#: depthwise kernels (most problems); the dense kernels' own fit only supplies ``dense_mac``.
-FORWARD: list[tuple[str, tuple[str, ...], Callable[[str], bool]]] = [
-    ("direct", ("direct_call", "depthwise_mac", "direct_element"), lambda mode: mode != "upchannel"),
-    ("direct", ("dense_mac",), lambda mode: mode == "upchannel"),
-    ("fft", ("fft_call", "fft_chunk", "fft_point", "fft_product"), lambda mode: True),
-    ("gather", ("gather_call", "gather_element", "gather_search", "gather_mac"), lambda mode: mode != "depthwise"),
+#: Forward fits, in order: (method, constants fitted, constants taken from an earlier fit, which
+#: problems). ``direct_call`` is fitted with the depthwise kernels (most problems); the dense
+#: kernels' own fit only supplies ``dense_mac``.
+FORWARD: list[tuple[str, tuple[str, ...], tuple[str, ...], Callable[[str], bool]]] = [
+    ("direct", ("direct_call", "depthwise_mac", "direct_element"), (), lambda mode: mode != "upchannel"),
+    ("direct", ("dense_mac",), ("direct_call",), lambda mode: mode == "upchannel"),
+    ("fft", ("fft_call", "fft_chunk", "fft_point", "fft_product"), (), lambda mode: True),
+    ("gather", ("gather_call", "gather_element", "gather_search", "gather_mac"), (), lambda mode: mode != "depthwise"),
 ]
 
 #: Backward constants: (method, ratio constant, extra backward term or None, problems).
@@ -111,12 +112,11 @@ def _nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
 def fit(rows: Sequence[Row], base: planner.Constants | None = None) -> planner.Constants:
     """Constants fitted to ``rows`` (from :func:`collect`); those no row informs keep ``base``'s."""
     values = dataclasses.asdict(base or planner.CONSTANTS["cpu"])
-    for method, names, picks in FORWARD:
+    for method, names, fixed, picks in FORWARD:
         used = [r for r in rows if method in r["fwd"] and picks(r["mode"])]
         if not used:
             continue
         specs = [_spec(r) for r in used]
-        fixed = [n for n in ("direct_call",) if method == "direct" and n not in names]
         A = np.array([[_feature(s, method, n) for n in names] for s in specs])
         offset = np.array([sum(values[n] * _feature(s, method, n) for n in fixed) for s in specs])
         t = np.array([r["fwd"][method] * 1e9 for r in used])
