@@ -1,6 +1,7 @@
 """Public functionals: normalise the arguments, ask the planner, call a backend."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
@@ -114,14 +115,13 @@ def _runner(spec: Spec, method: str, bound: bool) -> Callable[[torch.Tensor, tor
     signature (``bound``), its plain form otherwise (tracing: shapes may be symbolic)."""
     if spec.batch == 0:
         return lambda x, z: empty_result(x, z, spec.out_shape)
-    if bound:
-        run = BIND[method](spec)
-    else:
-        backend = BACKENDS[method]
-        run = lambda x, z: backend(x, z, spec)  # noqa: E731
-    if spec.dtype in HALF:
+    if spec.dtype in HALF:  # computed in float32, as template plans do: the backend sees float32
+        run = _runner(replace(spec, dtype=torch.float32), method, bound)
         return lambda x, z: run(x.float(), z.float()).to(x.dtype)
-    return run
+    if bound:
+        return BIND[method](spec)
+    backend = BACKENDS[method]
+    return lambda x, z: backend(x, z, spec)
 
 
 def pixelwise(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
