@@ -157,10 +157,7 @@ def _bench(args: argparse.Namespace) -> int:
             print(f"xcorr bench: --threads must be at least 1, got {args.threads}", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
-    try:
-        torch.device(args.device)
-    except RuntimeError:
-        print(f"xcorr bench: --device must be a torch device such as cpu or cuda, got {args.device!r}", file=sys.stderr)
+    if _torch_device("bench", args.device) is None:
         return 2
     try:
         runner.run(suites, repeats=args.repeats, json_path=args.json, plot_path=args.plot, device=args.device)
@@ -168,6 +165,17 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"xcorr bench: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _torch_device(command: str, text: str):
+    """``torch.device(text)``, or None after saying on stderr why ``text`` is not one."""
+    import torch
+
+    try:
+        return torch.device(text)
+    except RuntimeError:
+        print(f"xcorr {command}: --device must be a torch device such as cpu or cuda, got {text!r}", file=sys.stderr)
+        return None
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -178,10 +186,8 @@ def _fit(args: argparse.Namespace) -> int:
     from . import planner
     from .benchmarks import costmodel
 
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        print(f"xcorr fit: --device must be a torch device such as cpu or cuda, got {args.device!r}", file=sys.stderr)
+    device = _torch_device("fit", args.device)
+    if device is None:
         return 2
     try:
         import scipy  # noqa: F401
