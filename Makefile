@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv install install-dev demo test bench clean
+.PHONY: venv install install-dev demo lint docs test bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,21 @@ demo: venv
 	$(PY) -m pip install --quiet -e ".[match]"
 	$(PY) -m xcorr demo
 
-test: install-dev
+# Lint and formatting rules and the type checker's settings live in pyproject.toml.
+LINT_PATHS := src tests examples conftest.py docs/conf.py
+
+lint: install-dev
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(PY) -m mypy
+
+# The API reference and the pages of docs/; any warning fails the build. -E rereads every page, so
+# a warning is reported again on a rebuild where nothing changed.
+docs: install-dev
+	$(PY) -m sphinx -E -W --keep-going -q -b html docs docs/_build/html
+
+# Lint and types, then the docs build, then the tests (the docstring examples of src/xcorr among them).
+test: lint docs
 	$(PY) -m pytest -q
 
 bench: venv
@@ -32,4 +46,4 @@ bench: venv
 	$(PY) -m xcorr bench
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache docs/_build

@@ -18,6 +18,7 @@ distance in pixels between the response's peak and the target, on held-out pairs
 CUDA use NCCL, on CPU gloo; set ``GLOO_SOCKET_IFNAME`` (e.g. ``lo`` on one machine) if gloo picks
 the wrong network interface.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,12 @@ class SiamFC(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.backbone = nn.Sequential(
-            nn.Conv2d(3, 32, 5, stride=2), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 64, 3, stride=2), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+            nn.Conv2d(3, 32, 5, stride=2),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 3, stride=2),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
             nn.Conv2d(64, 64, 3),
         )
         self.head = xcorr.SiamFCHead(out_scale=0.01)
@@ -160,8 +165,10 @@ def main(argv: list[str] | None = None) -> float:
         print(f"{world} process(es) on {device}, {args.batch_size * world} pairs per step")
         centre = val_shift.norm(dim=1).mean().item()
         best = (val_shift - (val_shift / STRIDE).round() * STRIDE).norm(dim=1).mean().item()
-        print(f"step 0: peak error {evaluate():.2f} px (answering the centre: {centre:.2f} px, "
-              f"the best answer on {STRIDE}-px cells: {best:.2f} px)")
+        print(
+            f"step 0: peak error {evaluate():.2f} px (answering the centre: {centre:.2f} px, "
+            f"the best answer on {STRIDE}-px cells: {best:.2f} px)"
+        )
     step, epoch, start = 0, 0, time.perf_counter()
     while step < args.steps:
         if sampler is not None:
@@ -176,8 +183,10 @@ def main(argv: list[str] | None = None) -> float:
             schedule.step()
             step += 1
             if rank == 0 and (step % args.log_every == 0 or step == args.steps):
-                print(f"step {step}: loss {loss.item():.4f}, peak error {evaluate():.2f} px, "
-                      f"{time.perf_counter() - start:.1f} s")
+                print(
+                    f"step {step}: loss {loss.item():.4f}, peak error {evaluate():.2f} px, "
+                    f"{time.perf_counter() - start:.1f} s"
+                )
             if step == args.steps:
                 break
         epoch += 1

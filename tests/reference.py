@@ -1,4 +1,8 @@
-"""The definition of correctness: a slow, obvious float64 loop over output positions."""
+"""The definition of correctness: a slow, obvious float64 loop over output positions.
+
+Both references are differentiable: autograd through the loop gives the reference gradients.
+"""
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +19,7 @@ def xcorr_reference(x, z, mode="naive", padding=0, stride=1, dilation=1, positio
     With ``positions`` (a list of (i, j)), returns only those outputs, shape (B, K, len(positions)).
     """
     (ph, pw), (sh, sw), (dh, dw) = _pair(padding), _pair(stride), _pair(dilation)
-    x, z = x.detach().double(), z.detach().double()
+    x, z = x.double(), z.double()
     B, C, H, W = x.shape
     Bz, Cz, h, w = z.shape
     k = B // Bz if Bz else 0
@@ -37,9 +41,18 @@ def xcorr_reference(x, z, mode="naive", padding=0, stride=1, dilation=1, positio
     return out if positions is not None else out.reshape(B, K, Ho, Wo)
 
 
+def xcorr_reference_grads(x, z, mode, weight, **kwargs):
+    """Gradients of ``(xcorr(x, z, mode, **kwargs) * weight).sum()`` wrt ``x`` and ``z``, in float64.
+
+    A random ``weight`` makes every output's gradient differ, so that a misplaced one shows.
+    """
+    x, z = x.detach().double().requires_grad_(True), z.detach().double().requires_grad_(True)
+    return torch.autograd.grad((xcorr_reference(x, z, mode, **kwargs) * weight.double()).sum(), (x, z))
+
+
 def pixelwise_reference(x, z):
     """``pixelwise(x, z)`` in float64, one template pixel at a time."""
-    x, z = x.detach().double(), z.detach().double()
+    x, z = x.double(), z.double()
     B, C, H, W = x.shape
     Bz, _, h, w = z.shape
     k = B // Bz if Bz else 0

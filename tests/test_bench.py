@@ -1,4 +1,5 @@
 """The benchmark runner on a tiny fake suite (speed itself is never asserted)."""
+
 import json
 import sys
 import types
@@ -73,7 +74,9 @@ def test_result_meets_its_target():
 
 def test_missing_suite_module_is_reported(monkeypatch):
     monkeypatch.setitem(runner.SUITES, "gone", "xcorr.benchmarks.no_such_suite")
-    with pytest.raises(runner.Unavailable, match=r"suite 'gone' is unavailable: its module xcorr\.benchmarks\.no_such_suite"):
+    with pytest.raises(
+        runner.Unavailable, match=r"suite 'gone' is unavailable: its module xcorr\.benchmarks\.no_such_suite"
+    ):
         runner.load("gone")
 
 

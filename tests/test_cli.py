@@ -41,8 +41,18 @@ def run(*args):
 
 def test_subprocess_json_top_k_heatmap_and_mask(files, tmp_path):
     out_png = tmp_path / "heat.png"
-    done = run("match", files["image"], files["template"], "--top-k", "3", "--json",
-               "--mask", files["mask"], "--heatmap", str(out_png))
+    done = run(
+        "match",
+        files["image"],
+        files["template"],
+        "--top-k",
+        "3",
+        "--json",
+        "--mask",
+        files["mask"],
+        "--heatmap",
+        str(out_png),
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert (result["x"], result["y"], result["method"]) == (30, 20, "ccoeff_normed")
@@ -79,7 +89,10 @@ def test_grey_template_in_colour_image(files, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("match", "{image}", "{template}", "--method", "tm_ccoeff"), "unknown method 'tm_ccoeff'; valid values are 'sqdiff',"),
+        (
+            ("match", "{image}", "{template}", "--method", "tm_ccoeff"),
+            "unknown method 'tm_ccoeff'; valid values are 'sqdiff',",
+        ),
         (("match", "{image}", "{corrupt}"), "cannot read template"),
         (("match", "nowhere.png", "{template}"), "image file not found: nowhere.png"),
         (("match", "{image}", "{template}", "--mask", "{rgb_template}"), "mask must have the template's size"),

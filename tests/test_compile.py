@@ -1,11 +1,11 @@
 """torch.compile(fullgraph=True) over xcorr: no graph break, and the same results as eager."""
+
 import pytest
 import torch
-from conftest import assert_close_rel
+from helpers import METHODS, MODES, assert_close_rel
 
 import xcorr
 
-MODES = ["naive", "depthwise", "upchannel"]
 GEOMETRY = dict(padding=(1, 2), stride=(2, 1), dilation=(1, 2))
 
 
@@ -23,6 +23,34 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
+def method_in(graph):
+    """The method a Dynamo graph runs, told by its calls: FFTs, a convolution, or neither (gather).
+
+    A custom autograd function (the direct and FFT backward passes) is a subgraph of its own.
+    """
+    targets = [
+        str(node.target)
+        for module in graph.modules()
+        if isinstance(module, torch.fx.GraphModule)
+        for node in module.graph.nodes
+        if node.op == "call_function"
+    ]
+    if any("fft" in t for t in targets):
+        return "fft"
+    return "direct" if any("conv" in t for t in targets) else "gather"
+
+
+class Recording:
+    """A ``torch.compile`` backend that keeps each graph Dynamo captures, then runs it with ``then``."""
+
+    def __init__(self, then="aot_eager"):
+        self.graphs, self.then = [], then
+
+    def __call__(self, graph, example_inputs):
+        self.graphs.append(graph)
+        return torch._dynamo.lookup_backend(self.then)(graph, example_inputs)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_inductor_fullgraph_matches_eager(mode):
     def f(x, z):
@@ -34,18 +62,21 @@ def test_inductor_fullgraph_matches_eager(mode):
         assert_close_rel(compiled(x, z), f(x, z))
 
 
-@pytest.mark.parametrize("method", ["auto", "direct", "fft", "gather"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("mode", MODES)
 def test_every_method_traces_without_graph_break_forward_and_backward(mode, method):
     def f(x, z):
         return xcorr.xcorr(x, z, mode, method=method, **GEOMETRY).square().sum()
 
-    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    backend = Recording()
+    compiled = torch.compile(f, fullgraph=True, backend=backend)
     x, z = make(mode, dtype=torch.float64)
     xc, zc = x.clone().requires_grad_(True), z.clone().requires_grad_(True)
     xe, ze = x.clone().requires_grad_(True), z.clone().requires_grad_(True)
     compiled(xc, zc).backward()
     f(xe, ze).backward()
+    (graph,) = backend.graphs
+    assert method_in(graph) == (xcorr.choose_method(xe, ze, mode, **GEOMETRY) if method == "auto" else method)
     assert_close_rel(xc.grad, xe.grad)
     assert_close_rel(zc.grad, ze.grad)
 
@@ -54,11 +85,16 @@ def test_dynamic_shapes_follow_the_planner():
     def f(x, z):
         return xcorr.xcorr(x, z, "depthwise")
 
-    compiled = torch.compile(f, fullgraph=True, dynamic=True, backend="aot_eager")
-    # A small template (direct) and one past the FFT threshold: the planner's choice is a guard.
-    for h in (3, 16):
-        x, z = torch.randn(2, 3, 20, 20), torch.randn(2, 3, h, 16)
+    backend = Recording(then="eager")
+    compiled = torch.compile(f, fullgraph=True, dynamic=True, backend=backend)
+    # A small template (direct) and one past DIRECT_MAX_TAPS_FLOAT32 (FFT): the planner's choice
+    # is a guard, so the larger template compiles a graph of its own, with the planner's method.
+    for h, method in ((3, "direct"), (33, "fft")):
+        x, z = torch.randn(2, 3, 40, 40), torch.randn(2, 3, h, h)
+        assert xcorr.choose_method(x, z, "depthwise") == method
         assert_close_rel(compiled(x, z), f(x, z))
+        assert method_in(backend.graphs[-1]) == method
+    assert len(backend.graphs) == 2
 
 
 def test_pixelwise_and_heads_compile_without_graph_break():

@@ -1,4 +1,5 @@
 """Fitting the planner's cost-model constants (``python -m xcorr fit``); timings are never asserted."""
+
 import dataclasses
 import json
 
@@ -27,15 +28,23 @@ def test_random_problems_respect_the_size_limit_and_repeat():
     problems = costmodel.random_problems(30, seed=3, max_macs=1e7)
     assert problems == costmodel.random_problems(30, seed=3, max_macs=1e7)
     assert {mode for mode, _, _ in problems} == {"naive", "depthwise", "upchannel"}
-    for mode, (B, C, H, W), (Bz, Cz, h, w) in problems:
+    for _mode, (B, C, H, _W), (Bz, Cz, h, w) in problems:
         assert B % Bz == 0 and Cz % C == 0 and h < H
         assert B * (H - h + 1) ** 2 * Cz * h * w <= 1e7
 
 
 def test_fit_recovers_the_constants_that_made_the_times():
     truth = dataclasses.replace(
-        planner.CONSTANTS["cpu"], depthwise_mac=0.03, direct_call=90000.0, fft_point=0.2, gather_mac=0.01,
-        dense_mac=0.02, direct_backward=2.5, fft_backward=1.5, gather_backward=3.0, dense_backward=4.0,
+        planner.CONSTANTS["cpu"],
+        depthwise_mac=0.03,
+        direct_call=90000.0,
+        fft_point=0.2,
+        gather_mac=0.01,
+        dense_mac=0.02,
+        direct_backward=2.5,
+        fft_backward=1.5,
+        gather_backward=3.0,
+        dense_backward=4.0,
     )
     rows = synthetic_rows(truth, costmodel.random_problems(60, seed=1))
     fitted = costmodel.fit(rows, planner.CONSTANTS["cpu"])
@@ -75,7 +84,8 @@ def test_collect_times_every_allowed_method():
 def test_constants_source_is_the_planners_syntax():
     source = costmodel.constants_source(planner.CONSTANTS["cpu"])
     assert eval(source, {"Constants": planner.Constants}) == dataclasses.replace(
-        planner.CONSTANTS["cpu"], **{k: float(f"{v:.3g}") for k, v in dataclasses.asdict(planner.CONSTANTS["cpu"]).items()}
+        planner.CONSTANTS["cpu"],
+        **{k: float(f"{v:.3g}") for k, v in dataclasses.asdict(planner.CONSTANTS["cpu"]).items()},
     )
 
 

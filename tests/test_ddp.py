@@ -1,4 +1,5 @@
 """DistributedDataParallel over gloo: two processes on halves of a batch train like one on all of it."""
+
 import os
 import socket
 

@@ -25,7 +25,9 @@ def test_pairs_put_the_target_at_the_labelled_place():
     # The template's centre reappears in the search at +shift from its centre.
     r, c, s = example.TARGET // 2, example.TEMPLATE // 2, example.SEARCH // 2
     dy, dx = int(shift[0]), int(shift[1])
-    torch.testing.assert_close(x[:, s + dy - r : s + dy + r + 1, s + dx - r : s + dx + r + 1], z[:, c - r : c + r + 1, c - r : c + r + 1])
+    torch.testing.assert_close(
+        x[:, s + dy - r : s + dy + r + 1, s + dx - r : s + dx + r + 1], z[:, c - r : c + r + 1, c - r : c + r + 1]
+    )
     label = example.labels(shift[None], 9)
     assert label[0, 0, round(4 + dy / 4), round(4 + dx / 4)] == 1 and 1 <= label.sum() <= 9
 
@@ -44,8 +46,17 @@ def test_torchrun_two_processes(tmp_path):
         port = s.getsockname()[1]
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={port}", str(EXAMPLE), *TINY, "--save", str(tmp_path / "w.pt"),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=1",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        str(EXAMPLE),
+        *TINY,
+        "--save",
+        str(tmp_path / "w.pt"),
     ]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -3,6 +3,7 @@
 Both exporters of torch.onnx are covered: the torch.export-based one (``dynamo=True``, the
 default since PyTorch 2.9, needs onnxscript) and the TorchScript-based one (``dynamo=False``).
 """
+
 import copy
 import io
 import warnings
@@ -57,8 +58,12 @@ def export(module, args, shared, dynamo):
         if dynamo:
             batch = torch.export.Dim("batch")
             program = torch.onnx.export(
-                module, args, dynamo=True, verbose=False,
-                input_names=["x", "z"], dynamic_shapes=({0: batch}, None if shared else {0: batch}),
+                module,
+                args,
+                dynamo=True,
+                verbose=False,
+                input_names=["x", "z"],
+                dynamic_shapes=({0: batch}, None if shared else {0: batch}),
             )
             return program.model_proto
         f = io.BytesIO()

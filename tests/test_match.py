@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import LAYOUTS, relayout
+from helpers import LAYOUTS, relayout
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -108,11 +108,11 @@ def assert_like_opencv(out, expected, method):
         assert err <= 2e-5, f"relative error {err:.3g}"
 
 
-@pytest.fixture(params=["fft", "planner"])
+@pytest.fixture(params=["fft", "direct", "planner"])
 def route(request, monkeypatch):
-    """Run a test with the numerator from match's own FFT, then as the planner chooses."""
-    monkeypatch.setattr(xcorr.match, "_DIRECT_TAPS", 0 if request.param == "fft" else 10**9)
-    monkeypatch.setattr(xcorr.match, "_FFT_PIXELS", 0 if request.param == "fft" else 10**9)
+    """Run a test with the numerator by FFT, by direct summation, then as the planner chooses."""
+    if request.param != "planner":
+        monkeypatch.setattr(xcorr.match, "choose_method", lambda *args, **kwargs: request.param)
     return request.param
 
 
@@ -274,7 +274,9 @@ def test_masked_normed_scores_stay_bounded_where_opencv_does_not(method):
     # OpenCV divides by zero on the flat windows (nan or inf); we give the worst score there.
     cv_out = cv2.matchTemplate(image, template, CV[method], mask=mask)
     assert not np.isfinite(cv_out[:5, :5]).all() or np.abs(cv_out).max() > 1
-    assert (xcorr.match_template(image, template, method, mask=mask)[:5, :5] == (1 if method == "sqdiff_normed" else 0)).all()
+    assert (
+        xcorr.match_template(image, template, method, mask=mask)[:5, :5] == (1 if method == "sqdiff_normed" else 0)
+    ).all()
 
 
 @settings(max_examples=30, deadline=None)
@@ -425,7 +427,11 @@ def test_gradcheck(method, masked, route):
     x, z = torch_pair(4, 2, 2, 7, 8, 3, 4, seed=7)
     x.requires_grad_(True)
     z.requires_grad_(True)
-    mask = torch.rand(1, 2, 3, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.2 if masked else None
+    mask = (
+        torch.rand(1, 2, 3, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) + 0.2
+        if masked
+        else None
+    )
     assert torch.autograd.gradcheck(lambda a, b: xcorr.match_template(a, b, method, mask=mask), (x, z), fast_mode=True)
 
 
@@ -435,7 +441,9 @@ def test_large_image_pieces_match_one_piece(monkeypatch):
     whole = {m: xcorr.match_template(x, z, m) for m in METHODS}
     monkeypatch.setattr(xcorr.match, "_PIECE", 200)
     for m in METHODS:
-        torch.testing.assert_close(xcorr.match_template(x, z, m), whole[m], rtol=0, atol=1e-5 * whole[m].abs().max().item())
+        torch.testing.assert_close(
+            xcorr.match_template(x, z, m), whole[m], rtol=0, atol=1e-5 * whole[m].abs().max().item()
+        )
 
 
 def test_variance_survives_a_large_mean():
@@ -450,16 +458,14 @@ def test_variance_survives_a_large_mean():
     assert out[10, 12] == pytest.approx(1, abs=1e-5)
 
 
-def test_fft_numerator_from_64_taps_or_256_squared_pixels(monkeypatch):
+@pytest.mark.parametrize("shape, tshape", [((30, 31), (3, 3)), ((300, 310), (40, 40))])
+def test_numerator_is_the_planners_correlation(monkeypatch, shape, tshape):
     calls = []
-    monkeypatch.setattr(xcorr.match, "xcorr", lambda *a, **k: calls.append(a) or xcorr.xcorr(*a, **k))
-    image, template = image_pair(np.float32, 1, shape=(30, 31), tshape=(8, 8))
+    monkeypatch.setattr(xcorr.match, "xcorr", lambda *a, **k: calls.append((a, k)) or xcorr.xcorr(*a, **k))
+    image, template = image_pair(np.float32, 1, shape=shape, tshape=tshape)
     xcorr.match_template(image, template, "ccorr")
-    assert not calls  # 64 taps: match's own FFT
-    xcorr.match_template(image, template[:7], "ccorr")
-    assert len(calls) == 1  # 56 taps: the planner
-    xcorr.match_template(np.zeros((256, 256), np.float32), template[:3, :3], "ccorr")
-    assert len(calls) == 1  # 256 x 256 pixels: FFT whatever the template
+    (((x, z, mode), kwargs),) = calls
+    assert mode == "naive" and kwargs == {"method": xcorr.choose_method(x, z, "naive")}
 
 
 @pytest.fixture
@@ -514,9 +520,9 @@ def test_find_peaks_agrees_with_minmaxloc():
     rng = np.random.default_rng(10)
     scores = rng.random((30, 40)).astype(np.float32)
     _, best, low, high = cv2.minMaxLoc(scores)
-    (x, y, s), = xcorr.find_peaks(scores)
+    ((x, y, s),) = xcorr.find_peaks(scores)
     assert (x, y) == high and s == pytest.approx(best)
-    (x, y, s), = xcorr.find_peaks(torch.from_numpy(scores), largest=False)
+    ((x, y, s),) = xcorr.find_peaks(torch.from_numpy(scores), largest=False)
     assert (x, y) == low
 
 
@@ -548,46 +554,152 @@ def test_docstring_examples():
 IMG, TPL = np.zeros((10, 12), np.float32), np.zeros((3, 4), np.float32)
 X, Z = torch.zeros(2, 3, 10, 12), torch.zeros(1, 3, 3, 4)
 BAD_INPUTS = [
-    (lambda: xcorr.match_template(IMG, TPL, "tm_ccoeff"), ValueError,
-     r"unknown method 'tm_ccoeff'; valid values are 'sqdiff', 'sqdiff_normed', 'ccorr', 'ccorr_normed', 'ccoeff', 'ccoeff_normed'"),
+    (
+        lambda: xcorr.match_template(IMG, TPL, "tm_ccoeff"),
+        ValueError,
+        r"unknown method 'tm_ccoeff'; valid values are 'sqdiff', 'sqdiff_normed', 'ccorr', 'ccorr_normed', 'ccoeff', 'ccoeff_normed'",
+    ),
     (lambda: xcorr.match_template(IMG, TPL, 5), TypeError, r"method must be a string"),
-    (lambda: xcorr.match_template(IMG, torch.zeros(3, 4)), TypeError, r"both be numpy arrays .* or both torch tensors.*got image numpy\.ndarray and template torch\.Tensor"),
+    (
+        lambda: xcorr.match_template(IMG, torch.zeros(3, 4)),
+        TypeError,
+        r"both be numpy arrays .* or both torch tensors.*got image numpy\.ndarray and template torch\.Tensor",
+    ),
     (lambda: xcorr.match_template([[1]], TPL), TypeError, r"got image list"),
-    (lambda: xcorr.match_template(IMG, np.zeros((11, 4), np.float32)), ValueError, r"template \(11x4\) must not be larger than the image \(10x12\)"),
-    (lambda: xcorr.match_template(IMG, np.zeros((3, 13), np.float32)), ValueError, r"must not be larger than the image"),
+    (
+        lambda: xcorr.match_template(IMG, np.zeros((11, 4), np.float32)),
+        ValueError,
+        r"template \(11x4\) must not be larger than the image \(10x12\)",
+    ),
+    (
+        lambda: xcorr.match_template(IMG, np.zeros((3, 13), np.float32)),
+        ValueError,
+        r"must not be larger than the image",
+    ),
     (lambda: xcorr.match_template(IMG, np.zeros((0, 4), np.float32)), ValueError, r"template must not be empty"),
-    (lambda: xcorr.match_template(IMG, np.zeros((3, 4, 3), np.float32)), ValueError, r"same \(non-zero\) number of channels.*1 channels\) and template \(3, 4, 3\) \(3 channels"),
-    (lambda: xcorr.match_template(IMG[None], TPL[None]), ValueError, r"same \(non-zero\) number of channels|must not be larger"),
-    (lambda: xcorr.match_template(np.zeros((2, 3, 4, 5), np.float32), TPL), ValueError, r"image must be 2-D \(H, W\) or 3-D \(H, W, C\), got shape \(2, 3, 4, 5\)"),
-    (lambda: xcorr.match_template(IMG.astype(np.int32), TPL.astype(np.int32)), TypeError, r"image must have dtype uint8, float32, float64; got int32"),
-    (lambda: xcorr.match_template(IMG, TPL.astype(np.uint8)), TypeError, r"same dtype, got image float32 and template uint8"),
-    (lambda: xcorr.match_template(IMG, TPL, mask=np.ones((3, 5), np.uint8)), ValueError, r"mask must have the template's size.*got mask \(3, 5\) for template \(3, 4\)"),
-    (lambda: xcorr.match_template(IMG, TPL, mask=np.ones((3, 4, 2), np.uint8)), ValueError, r"mask must have the template's size with 1 or 1 channels"),
-    (lambda: xcorr.match_template(IMG, TPL, mask=np.ones((3, 4), np.int16)), TypeError, r"mask must have dtype bool, uint8, float32, float64; got int16"),
+    (
+        lambda: xcorr.match_template(IMG, np.zeros((3, 4, 3), np.float32)),
+        ValueError,
+        r"same \(non-zero\) number of channels.*1 channels\) and template \(3, 4, 3\) \(3 channels",
+    ),
+    (
+        lambda: xcorr.match_template(IMG[None], TPL[None]),
+        ValueError,
+        r"same \(non-zero\) number of channels|must not be larger",
+    ),
+    (
+        lambda: xcorr.match_template(np.zeros((2, 3, 4, 5), np.float32), TPL),
+        ValueError,
+        r"image must be 2-D \(H, W\) or 3-D \(H, W, C\), got shape \(2, 3, 4, 5\)",
+    ),
+    (
+        lambda: xcorr.match_template(IMG.astype(np.int32), TPL.astype(np.int32)),
+        TypeError,
+        r"image must have dtype uint8, float32, float64; got int32",
+    ),
+    (
+        lambda: xcorr.match_template(IMG, TPL.astype(np.uint8)),
+        TypeError,
+        r"same dtype, got image float32 and template uint8",
+    ),
+    (
+        lambda: xcorr.match_template(IMG, TPL, mask=np.ones((3, 5), np.uint8)),
+        ValueError,
+        r"mask must have the template's size.*got mask \(3, 5\) for template \(3, 4\)",
+    ),
+    (
+        lambda: xcorr.match_template(IMG, TPL, mask=np.ones((3, 4, 2), np.uint8)),
+        ValueError,
+        r"mask must have the template's size with 1 or 1 channels",
+    ),
+    (
+        lambda: xcorr.match_template(IMG, TPL, mask=np.ones((3, 4), np.int16)),
+        TypeError,
+        r"mask must have dtype bool, uint8, float32, float64; got int16",
+    ),
     (lambda: xcorr.match_template(IMG, TPL, mask=torch.ones(3, 4)), TypeError, r"mask must be a numpy array"),
-    (lambda: xcorr.match_template(IMG, TPL, mask=np.zeros((3, 4), np.uint8)), ValueError, r"mask must have a non-zero weight"),
-    (lambda: xcorr.match_template(IMG, TPL, mask=-np.ones((3, 4), np.float32)), ValueError, r"mask must be non-negative, got a minimum of -1"),
-    (lambda: xcorr.match_template(np.zeros((10, 12, 2), np.float32), np.zeros((3, 4, 2), np.float32), "ccoeff",
-                                  mask=np.stack([np.ones((3, 4)), np.zeros((3, 4))], 2).astype(np.float32)), ValueError,
-     r"non-zero weight in every channel"),
+    (
+        lambda: xcorr.match_template(IMG, TPL, mask=np.zeros((3, 4), np.uint8)),
+        ValueError,
+        r"mask must have a non-zero weight",
+    ),
+    (
+        lambda: xcorr.match_template(IMG, TPL, mask=-np.ones((3, 4), np.float32)),
+        ValueError,
+        r"mask must be non-negative, got a minimum of -1",
+    ),
+    (
+        lambda: xcorr.match_template(
+            np.zeros((10, 12, 2), np.float32),
+            np.zeros((3, 4, 2), np.float32),
+            "ccoeff",
+            mask=np.stack([np.ones((3, 4)), np.zeros((3, 4))], 2).astype(np.float32),
+        ),
+        ValueError,
+        r"non-zero weight in every channel",
+    ),
     (lambda: xcorr.match_template(X[0], Z), ValueError, r"image must be 4-D \(N, C, H, W\), got shape \(3, 10, 12\)"),
     (lambda: xcorr.match_template(X, Z[0]), ValueError, r"template must be 4-D \(Nt, C, h, w\)"),
-    (lambda: xcorr.match_template(X.long(), Z.long()), TypeError, r"image must have a floating-point dtype, got torch\.int64"),
-    (lambda: xcorr.match_template(X, Z.double()), TypeError, r"same dtype, got image torch\.float32 and template torch\.float64"),
+    (
+        lambda: xcorr.match_template(X.long(), Z.long()),
+        TypeError,
+        r"image must have a floating-point dtype, got torch\.int64",
+    ),
+    (
+        lambda: xcorr.match_template(X, Z.double()),
+        TypeError,
+        r"same dtype, got image torch\.float32 and template torch\.float64",
+    ),
     (lambda: xcorr.match_template(X, Z.to("meta")), ValueError, r"same device, got image on cpu and template on meta"),
-    (lambda: xcorr.match_template(X, torch.zeros(1, 2, 3, 4)), ValueError, r"same \(non-zero\) number of channels; got image \(2, 3, 10, 12\) and template \(1, 2, 3, 4\)"),
-    (lambda: xcorr.match_template(torch.zeros(3, 3, 10, 12), torch.zeros(2, 3, 3, 4)), ValueError, r"multiple of the number of templates"),
-    (lambda: xcorr.match_template(X, torch.zeros(0, 3, 3, 4)), ValueError, r"multiple of the number of templates Nt >= 1"),
-    (lambda: xcorr.match_template(X, torch.zeros(1, 3, 11, 4)), ValueError, r"template \(11x4\) must not be larger than the image \(10x12\)"),
+    (
+        lambda: xcorr.match_template(X, torch.zeros(1, 2, 3, 4)),
+        ValueError,
+        r"same \(non-zero\) number of channels; got image \(2, 3, 10, 12\) and template \(1, 2, 3, 4\)",
+    ),
+    (
+        lambda: xcorr.match_template(torch.zeros(3, 3, 10, 12), torch.zeros(2, 3, 3, 4)),
+        ValueError,
+        r"multiple of the number of templates",
+    ),
+    (
+        lambda: xcorr.match_template(X, torch.zeros(0, 3, 3, 4)),
+        ValueError,
+        r"multiple of the number of templates Nt >= 1",
+    ),
+    (
+        lambda: xcorr.match_template(X, torch.zeros(1, 3, 11, 4)),
+        ValueError,
+        r"template \(11x4\) must not be larger than the image \(10x12\)",
+    ),
     (lambda: xcorr.match_template(X, torch.zeros(1, 3, 3, 0)), ValueError, r"template must not be empty"),
-    (lambda: xcorr.match_template(X, Z, mask=torch.ones(2, 3, 3, 4)), ValueError, r"mask must be \(h, w\), \(1 or C, h, w\) or \(1 or Nt, 1 or C, h, w\).*got mask \(2, 3, 3, 4\)"),
-    (lambda: xcorr.match_template(X, Z, mask=torch.ones(2, 3, 4)), ValueError, r"got mask \(2, 3, 4\) for template \(1, 3, 3, 4\)"),
+    (
+        lambda: xcorr.match_template(X, Z, mask=torch.ones(2, 3, 3, 4)),
+        ValueError,
+        r"mask must be \(h, w\), \(1 or C, h, w\) or \(1 or Nt, 1 or C, h, w\).*got mask \(2, 3, 3, 4\)",
+    ),
+    (
+        lambda: xcorr.match_template(X, Z, mask=torch.ones(2, 3, 4)),
+        ValueError,
+        r"got mask \(2, 3, 4\) for template \(1, 3, 3, 4\)",
+    ),
     (lambda: xcorr.match_template(X, Z, mask=torch.ones(3, 5)), ValueError, r"got mask \(3, 5\)"),
-    (lambda: xcorr.match_template(X, Z, mask=torch.ones(3, 4, dtype=torch.int32)), TypeError, r"mask must be floating-point, bool or uint8, got torch\.int32"),
+    (
+        lambda: xcorr.match_template(X, Z, mask=torch.ones(3, 4, dtype=torch.int32)),
+        TypeError,
+        r"mask must be floating-point, bool or uint8, got torch\.int32",
+    ),
     (lambda: xcorr.match_template(X, Z, mask=np.ones((3, 4))), TypeError, r"mask must be a torch\.Tensor"),
-    (lambda: xcorr.match_template(X, Z, mask=torch.ones(3, 4, device="meta")), ValueError, r"mask must be on the template's device cpu, got meta"),
+    (
+        lambda: xcorr.match_template(X, Z, mask=torch.ones(3, 4, device="meta")),
+        ValueError,
+        r"mask must be on the template's device cpu, got meta",
+    ),
     (lambda: xcorr.find_peaks([1, 2]), TypeError, r"scores must be a numpy array or torch tensor, got list"),
-    (lambda: xcorr.find_peaks(np.zeros(5)), ValueError, r"scores must be 2-D \(H', W'\) or 4-D \(N, 1, H', W'\), got shape \(5,\)"),
+    (
+        lambda: xcorr.find_peaks(np.zeros(5)),
+        ValueError,
+        r"scores must be 2-D \(H', W'\) or 4-D \(N, 1, H', W'\), got shape \(5,\)",
+    ),
     (lambda: xcorr.find_peaks(torch.zeros(2, 2, 3, 3)), ValueError, r"got shape \(2, 2, 3, 3\)"),
     (lambda: xcorr.find_peaks(IMG, 0), ValueError, r"k must be at least 1, got 0"),
     (lambda: xcorr.find_peaks(IMG, 1.5), TypeError, r"k must be an int, got float"),
@@ -601,3 +713,74 @@ BAD_INPUTS = [
 def test_bad_inputs(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+# --- dark and flat windows of real photographs -------------------------------------------------
+
+
+def dark_photos():
+    """Real photographs with dark and flat regions: astronaut's black sky as it is; coffee (colour)
+    and camera (grey) with a region darkened to a few grey levels and a flat one."""
+    from skimage import data
+
+    coffee = data.coffee()[::2, ::2].copy()
+    coffee[20:90, 150:260] //= 64
+    coffee[120:180, 20:90] = 37
+    camera = data.camera()[::2, ::2].copy()
+    camera[10:80, 160:250] //= 50
+    camera[150:200, 30:100] = 0
+    camera[170, 60] = 1  # one non-zero pixel in the black: windows of energy 1
+    return {"astronaut": data.astronaut()[::2, ::2].copy(), "coffee": coffee, "camera": camera}
+
+
+@pytest.fixture(scope="module")
+def darkened():
+    return dark_photos()
+
+
+@pytest.mark.parametrize("side", [16, 64, 128])
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "camera"])
+def test_scores_exact_on_dark_windows_of_photos(darkened, name, side):
+    # A float32 numerator's error is about the same everywhere; dark and flat windows divide it
+    # by a tiny spread. Every normed score must stay within 2e-4 of float64. OpenCV is the
+    # reference for the others only: its normed scores are off float64 by up to 9e-4 here.
+    image = darkened[name]
+    rng = np.random.default_rng(side)
+    r, c = rng.integers(0, image.shape[0] - side), rng.integers(0, image.shape[1] - side)
+    template = image[r : r + side, c : c + side].copy()
+    for method in METHODS:
+        out = xcorr.match_template(image, template, method)
+        exact = xcorr.match_template(image.astype(np.float64), template.astype(np.float64), method)
+        assert_like_opencv(out, exact.astype(np.float64), method)
+        if method not in BOUNDS:
+            assert_like_opencv(out, cv2.matchTemplate(image, template, CV[method]), method)
+
+
+@pytest.mark.parametrize("method", ["sqdiff_normed", "ccorr_normed", "ccoeff_normed"])
+def test_masked_scores_exact_on_dark_windows_of_photos(darkened, method):
+    image = darkened["coffee"]
+    template = image[60:124, 200:264].copy()  # half dark, half not
+    mask = make_mask("binary1", template.shape[:2], 3, np.uint8)
+    out = xcorr.match_template(image, template, method, mask=mask)
+    exact = xcorr.match_template(image.astype(np.float64), template.astype(np.float64), method, mask=mask)
+    np.testing.assert_allclose(out, exact, rtol=0, atol=2e-4)
+
+
+@pytest.mark.parametrize("route", ["fft", "direct"])
+def test_recomputed_windows_are_few_and_exact(darkened, monkeypatch, route):
+    monkeypatch.setattr(xcorr.match, "choose_method", lambda *args, **kwargs: route)
+    calls = []
+    real = xcorr.match._Problem._recomputed
+    monkeypatch.setattr(
+        xcorr.match._Problem,
+        "_recomputed",
+        lambda self, num, inexact, *a: calls.append(int(inexact.sum())) or real(self, num, inexact, *a),
+    )
+    image = darkened["camera"].astype(np.float32) / 255
+    template = image[100:132, 100:132].copy()
+    out = xcorr.match_template(image, template, "ccorr_normed")
+    exact = xcorr.match_template(image.astype(np.float64), template.astype(np.float64), "ccorr_normed")
+    np.testing.assert_allclose(out, exact, rtol=0, atol=2e-4)
+    assert sum(calls) < 0.1 * out.size  # the darkened region: 6.7% of the windows
+    if route == "fft":
+        assert calls  # the black region with one grey pixel needs float64

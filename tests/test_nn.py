@@ -1,16 +1,10 @@
-import doctest
-
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_close_rel
+from helpers import METHODS, MODES, assert_close_rel
 from reference import xcorr_reference
 
 import xcorr
-from xcorr import nn as xnn
-
-MODES = ["naive", "depthwise", "upchannel"]
-METHODS = ["auto", "direct", "fft", "gather"]
 
 
 def randn(*shape, dtype=torch.float64, seed=0):
@@ -45,9 +39,7 @@ def test_upchannel_head_matches_its_definition(device):
     x, z = randn(4, 3, 12, 11).to(device), randn(2, 3, 6, 5, seed=1).to(device)
     cls, loc = head(x, z)
     expected_cls = xcorr_reference(head.search_cls(x), head.template_cls(z), "upchannel")
-    expected_loc = head.loc_adjust(
-        xcorr_reference(head.search_loc(x), head.template_loc(z), "upchannel").to(device)
-    )
+    expected_loc = head.loc_adjust(xcorr_reference(head.search_loc(x), head.template_loc(z), "upchannel").to(device))
     assert cls.shape == (4, 4, 7, 7) and loc.shape == (4, 8, 7, 7)
     assert_close_rel(cls, expected_cls)
     assert_close_rel(loc, expected_loc)
@@ -102,11 +94,78 @@ def test_heads_half_precision(case, dtype):
         assert ((got.float() - want).abs().max() / want.abs().max()).item() < 10 * torch.finfo(dtype).eps
 
 
+class Tracker(torch.nn.Module):
+    """A Siamese tracker's shape: one backbone for search and template, then a correlation head."""
+
+    def __init__(self, head, channels):
+        super().__init__()
+        self.backbone = torch.nn.Conv2d(channels, channels, kernel_size=1)
+        self.head = head
+
+    def forward(self, x, z):
+        return self.head(self.backbone(x), self.backbone(z))
+
+
+FX_CASES = [*_heads(), (xcorr.XCorr("depthwise", padding=1, stride=2), 2, 7, 3)]
+
+
+@pytest.mark.parametrize("case", range(len(FX_CASES)))
+def test_heads_trace_with_fx(case):
+    # torch.fx.symbolic_trace (torchvision's feature extraction) keeps xcorr as one leaf call per
+    # correlation, and the input checks of the heads as calls that still run in the traced model.
+    head, C, H, h = FX_CASES[case]
+    model = Tracker(head, C).double().eval()
+    traced = torch.fx.symbolic_trace(model)
+    calls = [node.target for node in traced.graph.nodes if node.op == "call_function"]
+    assert calls.count(xcorr.xcorr) == (2 if isinstance(head, xcorr.UpChannelHead) else 1)
+    for B in (2, 3):  # the graph holds no shapes: any batch runs
+        x, z = randn(B, C, H, H), randn(B, C, h, h, seed=1)
+        for got, want in zip(*(o if isinstance(o, tuple) else (o,) for o in (traced(x, z), model(x, z)))):
+            assert_close_rel(got, want)
+    if isinstance(head, (xcorr.UpChannelHead, xcorr.DepthwiseXCorrHead)):
+        with pytest.raises(ValueError, match=f"x must have {C} channels"):
+            torch.fx.symbolic_trace(head.double())(randn(2, C + 1, H, H), randn(2, C, h, h))
+
+
+class Functional(torch.nn.Module):
+    """A model that calls the functionals itself, as ``xcorr.xcorr`` / ``xcorr.pixelwise``."""
+
+    def forward(self, x, z):
+        return xcorr.xcorr(x, z, "depthwise", padding=1), xcorr.pixelwise(x, z)
+
+
+def test_functionals_called_by_a_model_trace_with_fx_as_leaves():
+    traced = torch.fx.symbolic_trace(Functional())
+    calls = [node.target for node in traced.graph.nodes if node.op == "call_function"]
+    assert calls == [xcorr.xcorr, xcorr.pixelwise]
+    x, z = randn(3, 2, 7, 7), randn(3, 2, 3, 3, seed=1)
+    for got, want in zip(traced(x, z), Functional()(x, z)):
+        assert_close_rel(got, want)
+
+
+def test_torchvision_feature_extraction():
+    feature_extraction = pytest.importorskip("torchvision.models.feature_extraction")
+    model = Tracker(xcorr.DepthwiseXCorrHead(2, 3, 2, kernel_size=1), 2).double().eval()
+    train_nodes, eval_nodes = feature_extraction.get_graph_node_names(model)
+    assert "head.xcorr" in eval_nodes and "head.xcorr" in train_nodes
+    extractor = feature_extraction.create_feature_extractor(
+        model, {"head.xcorr": "correlation", "head.head": "response"}
+    )
+    x, z = randn(2, 2, 9, 9), randn(2, 2, 4, 4, seed=1)
+    features = extractor(x, z)
+    assert_close_rel(features["response"], model(x, z))
+    correlation = xcorr.xcorr(model.head.search(model.backbone(x)), model.head.template(model.backbone(z)), "depthwise")
+    assert_close_rel(features["correlation"], correlation)
+
+
 @pytest.mark.parametrize(
     "module, text",
     [
         (xcorr.XCorr(), "XCorr()"),
-        (xcorr.XCorr("upchannel", stride=2, method="gather"), "XCorr(mode='upchannel', stride=(2, 2), method='gather')"),
+        (
+            xcorr.XCorr("upchannel", stride=2, method="gather"),
+            "XCorr(mode='upchannel', stride=(2, 2), method='gather')",
+        ),
         (xcorr.XCorr(padding=(1, 0), dilation=(1, 3)), "XCorr(padding=(1, 0), dilation=(1, 3))"),
         (xcorr.SiamFCHead(), "SiamFCHead()"),
         (xcorr.SiamFCHead(out_scale=1), "SiamFCHead(out_scale=1.0)"),
@@ -136,16 +195,9 @@ def test_public_names():
     assert xcorr.nn.XCorr is xcorr.XCorr and xcorr.nn.__all__ == sorted(xcorr.nn.__all__)
 
 
-def test_docstring_examples():
-    finder = doctest.DocTestFinder()
-    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    for test in finder.find(xnn, globs={"torch": torch, **{name: getattr(xnn, name) for name in xnn.__all__}}):
-        runner.run(test)
-    failed, attempted = runner.summarize(verbose=False)
-    assert failed == 0 and attempted >= 10
-
-
 X8, Z8 = torch.zeros(2, 8, 22, 22), torch.zeros(2, 8, 6, 6)
+# One row a case: (call, error, message regex).
+# fmt: off
 BAD_SETTINGS = [
     (lambda: xcorr.XCorr("pixel"), ValueError, r"unknown mode 'pixel'; valid values are 'naive', 'depthwise', 'upchannel'"),
     (lambda: xcorr.XCorr(padding=-1), ValueError, r"padding must be non-negative, got -1"),
@@ -167,6 +219,7 @@ BAD_SETTINGS = [
     (lambda: xcorr.SiamFCHead()(X8, Z8[:, :4]), ValueError, r"mode 'naive' needs z to have as many channels as x"),
     (lambda: xcorr.XCorr("depthwise")(X8[:1], Z8), ValueError, r"x's batch must be a multiple of z's batch"),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("call, error, message", BAD_SETTINGS)

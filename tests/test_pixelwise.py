@@ -1,15 +1,12 @@
-import doctest
-
 import numpy as np
 import pytest
 import torch
-from conftest import LAYOUTS, assert_close_rel, relayout
+from helpers import LAYOUTS, assert_close_rel, relayout
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import pixelwise_reference
 
 import xcorr
-from xcorr import ops
 
 
 def make(B, Bz, C, H, W, h, w, dtype=torch.float64, device="cpu", seed=0):
@@ -98,16 +95,9 @@ def test_property_random_shapes(data):
     assert_close_rel(xcorr.pixelwise(x, z), pixelwise_reference(x, z), dtype)
 
 
-def test_docstring_example():
-    finder = doctest.DocTestFinder()
-    runner = doctest.DocTestRunner()
-    for test in finder.find(ops.pixelwise, "pixelwise", globs={"torch": torch, "pixelwise": xcorr.pixelwise}):
-        runner.run(test)
-    failed, attempted = runner.summarize(verbose=False)
-    assert failed == 0 and attempted == 3
-
-
 X, Z = torch.zeros(2, 3, 8, 8), torch.zeros(1, 3, 3, 3)
+# One row a case: (call, error, message regex).
+# fmt: off
 BAD_INPUTS = [
     (lambda: xcorr.pixelwise(np.zeros((2, 3, 8, 8)), Z), TypeError, r"x must be a torch\.Tensor.*numpy\.ndarray"),
     (lambda: xcorr.pixelwise(X, (1, 2)), TypeError, r"z must be a torch\.Tensor of shape \(Bz, C, h, w\).*tuple"),
@@ -121,6 +111,7 @@ BAD_INPUTS = [
     (lambda: xcorr.pixelwise(X, torch.zeros(0, 3, 3, 3)), ValueError, r"z has no templates.*x has 2 search items"),
     (lambda: xcorr.pixelwise(X, torch.zeros(1, 3, 3, 0)), ValueError, r"non-empty template, got shape \(1, 3, 3, 0\)"),
 ]
+# fmt: on
 
 
 @pytest.mark.parametrize("call, error, message", BAD_INPUTS)

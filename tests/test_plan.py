@@ -1,8 +1,7 @@
 import pytest
 import torch
-from conftest import assert_close_rel
+from helpers import GEOMETRIES, MODES, assert_close_rel, make
 from reference import xcorr_reference
-from test_ops import GEOMETRIES, MODES, make
 
 import xcorr
 
@@ -63,13 +62,25 @@ def test_plan_repr_shows_the_choice():
 Z = torch.zeros(1, 3, 3, 3)
 P = xcorr.plan(Z, (2, 3, 8, 8))
 BAD_INPUTS = [
-    (lambda: xcorr.plan(Z, (2, 3, 8)), TypeError, r"search_shape must be 4 non-negative ints \(B, C, H, W\), got \(2, 3, 8\)"),
+    (
+        lambda: xcorr.plan(Z, (2, 3, 8)),
+        TypeError,
+        r"search_shape must be 4 non-negative ints \(B, C, H, W\), got \(2, 3, 8\)",
+    ),
     (lambda: xcorr.plan(Z, "2x3x8x8"), TypeError, r"search_shape must be 4 non-negative ints"),
     (lambda: xcorr.plan([1], (2, 3, 8, 8)), TypeError, r"z must be a torch\.Tensor"),
     (lambda: xcorr.plan(Z, (2, 4, 8, 8)), ValueError, r"mode 'naive' needs z to have as many channels as x"),
     (lambda: xcorr.plan(Z, (2, 3, 2, 8)), ValueError, r"template must fit in the padded search"),
-    (lambda: xcorr.plan(Z, (2, 3, 8, 8), method="winograd"), ValueError, r"unknown method 'winograd'; valid values are 'auto', 'direct', 'fft'"),
-    (lambda: P(torch.zeros(2, 3, 9, 8)), ValueError, r"x must have the planned \(C, H, W\) = \(3, 8, 8\), got shape \(2, 3, 9, 8\)"),
+    (
+        lambda: xcorr.plan(Z, (2, 3, 8, 8), method="winograd"),
+        ValueError,
+        r"unknown method 'winograd'; valid values are 'auto', 'direct', 'fft'",
+    ),
+    (
+        lambda: P(torch.zeros(2, 3, 9, 8)),
+        ValueError,
+        r"x must have the planned \(C, H, W\) = \(3, 8, 8\), got shape \(2, 3, 9, 8\)",
+    ),
     (lambda: P(torch.zeros(3, 8, 8)), ValueError, r"x must be 4-D"),
     (lambda: P(torch.zeros(2, 3, 8, 8, dtype=torch.float64)), TypeError, r"same dtype"),
 ]
@@ -79,3 +90,41 @@ BAD_INPUTS = [
 def test_bad_inputs(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_a_plan_validates_each_kind_of_search_once(monkeypatch):
+    from xcorr import plans
+
+    z = torch.randn(1, 3, 3, 3)
+    p = xcorr.plan(z, (2, 3, 8, 8), method="gather")
+    checks = []
+    real = plans.check_xcorr
+    monkeypatch.setattr(plans, "check_xcorr", lambda *a: checks.append(a[0].shape) or real(*a))
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(3):
+        assert_close_rel(p(x), xcorr_reference(x, z))
+    p(torch.randn(4, 3, 8, 8))  # a new batch: validated once more
+    p(torch.randn(4, 3, 8, 8))
+    assert checks == [(2, 3, 8, 8), (4, 3, 8, 8)]
+    with pytest.raises(TypeError, match="same dtype"):  # a new dtype is a new kind of search
+        p(x.double())
+
+
+def test_a_plan_keeps_its_method_when_the_planner_changes():
+    p = xcorr.plan(torch.randn(1, 3, 3, 3), (2, 3, 8, 8), method="auto")
+    method = p.method
+    xcorr.clear_cache()
+    xcorr.set_autotune(False)
+    try:
+        assert p.method == method and p(torch.randn(2, 3, 8, 8)).shape == (2, 1, 6, 6)
+    finally:
+        xcorr.set_autotune(None)
+
+
+def test_empty_batch_through_a_plan_keeps_the_template_in_the_graph():
+    z = torch.randn(1, 3, 3, 3, requires_grad=True)
+    p = xcorr.plan(z, (0, 3, 8, 8), method="fft")
+    out = p(torch.randn(0, 3, 8, 8))
+    assert out.shape == (0, 1, 6, 6)
+    out.sum().backward()
+    assert torch.equal(z.grad, torch.zeros_like(z))

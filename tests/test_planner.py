@@ -3,12 +3,14 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import assert_close_rel
+from helpers import assert_close_rel
 from reference import xcorr_reference
 
 import xcorr
 from xcorr import planner
 from xcorr._checks import check_xcorr
+
+PLANNER = planner.PLANNER
 
 
 @pytest.fixture(autouse=True)
@@ -16,6 +18,7 @@ def fresh_planner():
     planner.clear_cache()
     yield
     planner.set_autotune(None)
+    PLANNER.reset_constants()
     planner.clear_cache()
 
 
@@ -34,20 +37,26 @@ def test_device_without_fft_kernels_gets_direct():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_large_float32_depthwise_templates_avoid_direct(dtype):
+@pytest.mark.parametrize("mode, Cz", [("depthwise", 2), ("naive", 2), ("upchannel", 4)])
+def test_large_float32_templates_avoid_direct_in_every_mode(dtype, mode, Cz):
     side = int(planner.DIRECT_MAX_TAPS_FLOAT32**0.5) + 1
-    spec = spec_of((1, 2, side + 4, side + 4), (1, 2, side, side), "depthwise", dtype)
-    assert planner.candidates(spec) == ["fft"]
+    spec = spec_of((1, 2, side + 4, side + 4), (1, Cz, side, side), mode, dtype)
+    assert "direct" not in planner.candidates(spec)
+    smaller = spec_of((1, 2, side + 4, side + 4), (1, Cz, side - 1, side - 1), mode, dtype)
+    assert "direct" in planner.candidates(smaller)
 
 
 def test_float64_and_small_templates_keep_both_methods():
     side = int(planner.DIRECT_MAX_TAPS_FLOAT32**0.5) + 1
-    assert planner.candidates(spec_of((1, 2, 50, 50), (1, 2, side, side), "depthwise", torch.float64)) == ["direct", "fft"]
+    assert planner.candidates(spec_of((1, 2, 50, 50), (1, 2, side, side), "depthwise", torch.float64)) == [
+        "direct",
+        "fft",
+    ]
     assert planner.candidates(spec_of((1, 2, 50, 50), (1, 2, 7, 7), "depthwise")) == ["direct", "fft"]
 
 
 def test_export_keeps_only_the_exportable_method(monkeypatch):
-    spec = spec_of((2, 3, 64, 64), (1, 3, 40, 40))
+    spec = spec_of((2, 3, 64, 64), (1, 3, 20, 20))
     assert planner.candidates(spec) == ["direct", "fft", "gather"]  # not exporting: all of them
     monkeypatch.setattr(planner, "exporting", lambda: True)
     assert planner.candidates(spec) == [planner.EXPORT_METHOD]
@@ -73,8 +82,20 @@ def test_gather_competes_only_in_channel_summing_modes_within_memory():
     assert "gather" not in planner.candidates(spec_of((8, 256, 20, 20), (8, 256, 4, 4), "depthwise"))
     # The seed's full size: 127*127 maps of 255*255 floats, far past the budget.
     big = spec_of((1, 256, 255, 255), (1, 256, 127, 127))
-    assert big.batch * planner.maps_bytes(big) > planner.GATHER_MAX_BYTES
+    assert planner.maps_bytes(big) > planner.GATHER_MAX_BYTES
     assert "gather" not in planner.candidates(big)
+
+
+def test_gather_memory_rule_is_per_item_since_gather_works_in_chunks_of_items():
+    # 512 items of 16*16 maps of 64x64 floats: 4 MiB each, 2 GiB in all, made a chunk at a time.
+    many = spec_of((512, 8, 64, 64), (1, 8, 16, 16))
+    assert planner.GATHER_MAX_BYTES < many.batch * planner.maps_bytes(many)
+    assert planner.maps_bytes(many) < planner.GATHER_MAX_BYTES
+    assert "gather" in planner.candidates(many)
+
+
+def test_estimate_has_no_gather_where_gather_does_not_compete():
+    assert set(planner.estimate(spec_of((1, 8, 32, 32), (1, 8, 5, 5), "depthwise"))) == {"direct", "fft"}
 
 
 def test_estimate_grows_with_the_work():
@@ -84,9 +105,23 @@ def test_estimate_grows_with_the_work():
     assert planner.estimate(spec_of((1, 8, 32, 32), (1, 8, 5, 5)), grad=True)["direct"] > small["direct"]
 
 
-def test_choose_method_returns_a_candidate():
+@pytest.mark.parametrize("mode", ["naive", "depthwise", "upchannel"])
+def test_choose_method_is_the_cheapest_candidate_of_the_model(mode):
+    x, z = torch.rand(2, 3, 20, 20), torch.rand(1, 6 if mode == "upchannel" else 3, 5, 5)
+    spec = check_xcorr(x, z, mode, 0, 1, 1)
+    costs = planner.estimate(spec)
+    allowed = planner.candidates(spec)
+    assert xcorr.choose_method(x, z, mode) == min(allowed, key=costs.get)
+    assert xcorr.choose_method(x, z.requires_grad_(), mode) == min(allowed, key=planner.estimate(spec, True).get)
+
+
+def test_measure_says_which_constants_are_in_force():
     x, z = torch.rand(2, 3, 20, 20), torch.rand(1, 3, 5, 5)
-    assert xcorr.choose_method(x, z) in ("direct", "fft", "gather")
+    result = xcorr.choose_method(x, z, measure=True)
+    assert result.constants == planner.BUILTIN_SOURCE
+    assert result.method == result[0] and result.timings == result[1]
+    PLANNER.set_constants("cpu", replace(planner.CONSTANTS["cpu"], fft_call=0.0), source="a test")
+    assert xcorr.choose_method(x, z, measure=True).constants == "a test"
 
 
 def test_measure_returns_timings_and_fills_the_cache(monkeypatch):
@@ -95,19 +130,19 @@ def test_measure_returns_timings_and_fills_the_cache(monkeypatch):
     assert set(timings) == {"direct", "fft"}
     assert all(t > 0 for t in timings.values())
     assert method == min(timings, key=timings.get)
-    monkeypatch.setattr(planner, "estimate", lambda *a, **k: pytest.fail("cost model used despite a cached winner"))
+    monkeypatch.setattr(PLANNER, "estimate", lambda *a, **k: pytest.fail("cost model used despite a cached winner"))
     assert xcorr.choose_method(x, z, "depthwise", padding=1) == method
 
 
 def test_autotune_measures_once_per_key(monkeypatch):
     calls = []
-    real = planner.measure
+    real = PLANNER.measure
 
     def counting(spec, grad, allowed, x=None, z=None):
         calls.append((spec.x_shape, grad))
         return real(spec, grad, allowed, x, z)
 
-    monkeypatch.setattr(planner, "measure", counting)
+    monkeypatch.setattr(PLANNER, "measure", counting)
     xcorr.set_autotune(True)
     x, z = torch.rand(3, 2, 12, 12), torch.rand(3, 2, 3, 3)
     first = xcorr.xcorr(x, z)
@@ -121,13 +156,13 @@ def test_autotune_measures_once_per_key(monkeypatch):
 
 def test_autotune_is_thread_safe(monkeypatch):
     calls = []
-    real = planner.measure
+    real = PLANNER.measure
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(planner, "measure", counting)
+    monkeypatch.setattr(PLANNER, "measure", counting)
     xcorr.set_autotune(True)
     x, z = torch.rand(2, 2, 10, 10), torch.rand(1, 2, 3, 3)
     outs = [None] * 4
@@ -146,22 +181,50 @@ def test_autotune_is_thread_safe(monkeypatch):
 
 
 def test_autotune_off_never_measures(monkeypatch):
-    monkeypatch.setattr(planner, "measure", lambda *a, **k: pytest.fail("measured"))
+    monkeypatch.setattr(PLANNER, "measure", lambda *a, **k: pytest.fail("measured"))
     xcorr.set_autotune(False)
     xcorr.xcorr(torch.rand(2, 2, 10, 10), torch.rand(1, 2, 3, 3))
 
 
-def test_devices_without_constants_measure_by_default(monkeypatch):
+def test_devices_without_constants_measure_by_default():
     spec = spec_of((2, 2, 10, 10), (1, 2, 3, 3))
-    assert planner._measuring(spec) is False
-    monkeypatch.delitem(planner.CONSTANTS, "cpu")
-    assert planner._measuring(spec) is True
+    meta = replace(spec, device=torch.device("meta"))
+    assert PLANNER._measuring(spec) is False
+    assert PLANNER._measuring(meta) is True
     xcorr.set_autotune(False)
-    assert planner._measuring(spec) is False
+    assert PLANNER._measuring(meta) is False
+
+
+def test_builtin_constants_are_read_only():
+    with pytest.raises(TypeError):
+        planner.CONSTANTS["cpu"] = planner.CONSTANTS["cpu"]  # type: ignore[index]
+
+
+def test_new_constants_apply_to_shapes_already_seen(monkeypatch):
+    # 9x9 templates on 40x40: direct by the built-in model; with a free FFT, fft must win at once.
+    x, z = torch.rand(1, 4, 40, 40), torch.rand(1, 4, 9, 9)
+    xcorr.xcorr(x, z, "depthwise")  # the bound call of this signature is cached
+    assert xcorr.choose_method(x, z, "depthwise") == "direct"
+    picks = []
+    real_select = PLANNER.select
+    monkeypatch.setattr(PLANNER, "select", lambda *a, **k: picks.append(real_select(*a, **k)) or picks[-1])
+    free = replace(planner.CONSTANTS["cpu"], fft_call=0.0, fft_chunk=0.0, fft_point=0.0, fft_product=0.0)
+    PLANNER.set_constants("cpu", free)
+    assert_close_rel(xcorr.xcorr(x, z, "depthwise"), xcorr_reference(x, z, "depthwise"))
+    assert picks == ["fft"]
+
+
+def test_invalidate_drops_every_derived_answer():
+    x, z = torch.rand(2, 3, 9, 9), torch.rand(1, 3, 4, 4)
+    xcorr.xcorr(x, z)
+    before = PLANNER.generation
+    assert PLANNER.derived
+    PLANNER.invalidate()
+    assert PLANNER.generation == before + 1 and not PLANNER.derived and not PLANNER._modelled
 
 
 def test_compiled_call_decides_without_measuring(monkeypatch):
-    monkeypatch.setattr(planner, "measure", lambda *a, **k: pytest.fail("measured while compiling"))
+    monkeypatch.setattr(PLANNER, "measure", lambda *a, **k: pytest.fail("measured while compiling"))
     xcorr.set_autotune(True)
     f = torch.compile(lambda x, z: xcorr.xcorr(x, z, "depthwise", padding=1), fullgraph=True, backend="eager")
     x, z = torch.rand(2, 3, 12, 12), torch.rand(2, 3, 4, 4)
@@ -190,9 +253,9 @@ def test_repeated_calls_skip_validation_and_planning(monkeypatch):
     x, z = torch.rand(2, 3, 9, 9), torch.rand(1, 3, 4, 4)
     first = xcorr.xcorr(x, z, "depthwise", padding=1)
     checks, selects = [], []
-    real_check, real_select = ops.check_xcorr, planner.select
+    real_check, real_select = ops.check_xcorr, PLANNER.select
     monkeypatch.setattr(ops, "check_xcorr", lambda *a: checks.append(a) or real_check(*a))
-    monkeypatch.setattr(planner, "select", lambda *a, **k: selects.append(a) or real_select(*a, **k))
+    monkeypatch.setattr(PLANNER, "select", lambda *a, **k: selects.append(a) or real_select(*a, **k))
     assert torch.equal(xcorr.xcorr(x.clone(), z.clone(), "depthwise", padding=1), first)  # same signature
     assert checks == [] and selects == []
     for _ in range(2):  # another signature each (the pair, another dtype): validated once
@@ -215,12 +278,16 @@ def test_repeated_calls_are_planned_again_after_a_setting_changes(monkeypatch):
     x, z = torch.rand(2, 3, 9, 9), torch.rand(1, 3, 4, 4)
     xcorr.xcorr(x, z)
     selects = []
-    real_select = planner.select
-    monkeypatch.setattr(planner, "select", lambda *a, **k: selects.append(a) or real_select(*a, **k))
+    real_select = PLANNER.select
+    monkeypatch.setattr(PLANNER, "select", lambda *a, **k: selects.append(a) or real_select(*a, **k))
     xcorr.xcorr(x, z)
     assert selects == []
-    for change in (lambda: xcorr.set_autotune(False), planner.clear_cache,
-                   lambda: xcorr.choose_method(x, z, measure=True)):
+    for change in (
+        lambda: xcorr.set_autotune(False),
+        xcorr.clear_cache,
+        lambda: xcorr.choose_method(x, z, measure=True),
+        lambda: PLANNER.set_constants("cpu", planner.CONSTANTS["cpu"]),
+    ):
         change()
         xcorr.xcorr(x, z)
         xcorr.xcorr(x, z)

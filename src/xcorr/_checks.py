@@ -3,10 +3,12 @@
 Every message names the argument, what it got and the rule it broke, so that a mistake is
 reported in the caller's terms rather than as an error from deep inside PyTorch.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,9 +53,7 @@ def check_tensor(t: Any, name: str, dims: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a torch.Tensor of shape ({', '.join(dims.split())}), got {_type_name(t)}")
     expected = dims.split()
     if t.dim() != len(expected):
-        raise ValueError(
-            f"{name} must be {len(expected)}-D ({', '.join(expected)}), got shape {tuple(t.shape)}"
-        )
+        raise ValueError(f"{name} must be {len(expected)}-D ({', '.join(expected)}), got shape {tuple(t.shape)}")
     if not t.dtype.is_floating_point:
         raise TypeError(f"{name} must have a floating-point dtype, got {t.dtype}")
     return t
@@ -298,15 +298,17 @@ def check_features(t: Any, name: str, channels: int) -> torch.Tensor:
 def check_search_shape(value: Any) -> tuple[int, int, int, int]:
     """A search shape ``(B, C, H, W)`` of non-negative ints, as planned for by :func:`xcorr.plan`."""
     items = tuple(value) if isinstance(value, (tuple, list, torch.Size)) else None
-    if items is None or len(items) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in items):
+    if (
+        items is None
+        or len(items) != 4
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in items)
+    ):
         raise TypeError(f"search_shape must be 4 non-negative ints (B, C, H, W), got {value!r}")
-    return items  # type: ignore[return-value]
+    return items[0], items[1], items[2], items[3]
 
 
 def check_planned_search(x: Any, search_shape: tuple[int, int, int, int]) -> None:
     """``x`` must match the planned search shape in channels and size (its batch may differ)."""
     check_tensor(x, "x", "B C H W")
     if tuple(x.shape[1:]) != tuple(search_shape[1:]):
-        raise ValueError(
-            f"x must have the planned (C, H, W) = {tuple(search_shape[1:])}, got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"x must have the planned (C, H, W) = {tuple(search_shape[1:])}, got shape {tuple(x.shape)}")

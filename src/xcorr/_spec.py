@@ -1,7 +1,8 @@
 """The validated description of one correlation problem, shared by the planner and the backends."""
+
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -68,3 +69,12 @@ class Spec:
     @property
     def out_shape(self) -> tuple[int, int, int, int]:
         return (self.batch, self.out_channels, *self.out_size)
+
+    def with_batch(self, batch: int, templates: int | None = None) -> Spec:
+        """This problem with ``batch`` search items (a template plan meets searches of any such
+        batch) and, if given, ``templates`` templates (a chunk of the batch)."""
+        (B, C, H, W), (Bz, Cz, h, w) = self.x_shape, self.z_shape
+        templates = Bz if templates is None else templates
+        if batch == B and templates == Bz:
+            return self
+        return replace(self, x_shape=(batch, C, H, W), z_shape=(templates, Cz, h, w))

@@ -7,6 +7,7 @@ and tensors fake. :func:`tracing` costs well under a microsecond, so the eager p
 on every call; the ONNX flags behind :func:`exporting` cost a few microseconds and are only
 asked while tracing.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,10 +1,12 @@
 """Command line: ``python -m xcorr {demo,bench,match,fit}``."""
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,12 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--heatmap", metavar="OUT.png", help="write the image with its match boxes beside the score map")
     match.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     bench = sub.add_parser("bench", help="time xcorr against its peers and print a table")
-    bench.add_argument("--suite", default="siamese", choices=["siamese", "match", "all"],
-                       help="which suite to run (default: siamese)")
+    bench.add_argument(
+        "--suite", default="siamese", choices=["siamese", "match", "all"], help="which suite to run (default: siamese)"
+    )
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--plot", metavar="FILE", help="also draw the ratios as a PNG chart")
     bench.add_argument(
-        "--repeats", type=int, default=7,
+        "--repeats",
+        type=int,
+        default=7,
         help="timed calls per contender, at least (default: 7; fast contenders are timed for 0.5 s)",
     )
     bench.add_argument("--device", default="cpu", help="device to run on, e.g. cpu or cuda (default: cpu)")
@@ -59,10 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--problems", type=_positive, default=100, metavar="N", help="problems to fit on (default 100)")
     fit.add_argument("--held-out", type=_positive, default=40, metavar="N", help="problems to evaluate on (default 40)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the random problems (default 0)")
-    fit.add_argument("--max-macs", type=float, default=4e8, metavar="M",
-                     help="largest problem, in direct multiply-adds (default 4e8)")
+    fit.add_argument(
+        "--max-macs",
+        type=float,
+        default=4e8,
+        metavar="M",
+        help="largest problem, in direct multiply-adds (default 4e8)",
+    )
     fit.add_argument("--device", default="cpu", help="device to time on, e.g. cpu or cuda (default: cpu)")
     fit.add_argument("--json", metavar="FILE", help="also write the timings, constants and evaluation as JSON")
+    fit.add_argument(
+        "--save",
+        action="store_true",
+        help="save the fitted constants in the profile the planner reads ($XCORR_PROFILE, by default "
+        "xcorr/profile.json in the user's cache directory), for this device kind, thread count and "
+        "torch version",
+    )
     return parser
 
 
@@ -201,11 +218,17 @@ def _fit(args: argparse.Namespace) -> int:
 
     def progress(row: dict) -> None:
         done.append(row)
-        print(f"  timed {len(done)}/{total}: {row['mode']} x {tuple(row['x'])} z {tuple(row['z'])}", file=sys.stderr, flush=True)
+        print(
+            f"  timed {len(done)}/{total}: {row['mode']} x {tuple(row['x'])} z {tuple(row['z'])}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     rows = costmodel.collect(train, device, progress)
     held_rows = costmodel.collect(held, device, progress)
-    current = planner.CONSTANTS.get(device.type, planner.CONSTANTS["cpu"])
+    current = planner.PLANNER.constants(device.type) or planner.PLANNER.constants("cpu")
+    source = planner.PLANNER.constants_source(device.type)
+    assert current is not None
     fitted = costmodel.fit(rows, current)
     print(f"fitted on {len(rows)} problems ({device.type}, {torch.get_num_threads()} threads):")
     print(f'    "{device.type}": {costmodel.constants_source(fitted)},')
@@ -214,12 +237,36 @@ def _fit(args: argparse.Namespace) -> int:
         report[label] = costmodel.evaluate(held_rows, constants)
         for key, name in (("fwd", "forward"), ("both", "forward+backward")):
             r = report[label][key]
-            print(f"{label:7s} constants, {name:16s}: fastest method picked on {r['best']}/{r['problems']} "
-                  f"held-out problems; mean loss {r['mean_loss']:.2f}x, worst {r['worst_loss']:.2f}x {r['worst']}")
+            print(
+                f"{label:7s} constants, {name:16s}: fastest method picked on {r['best']}/{r['problems']} "
+                f"held-out problems; mean loss {r['mean_loss']:.2f}x, worst {r['worst_loss']:.2f}x {r['worst']}"
+            )
+    print(f"current constants: {source}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"train": rows, "held_out": held_rows, "fitted": dataclasses.asdict(fitted), "evaluation": report},
-                      f, indent=1)
+            json.dump(
+                {"train": rows, "held_out": held_rows, "fitted": dataclasses.asdict(fitted), "evaluation": report},
+                f,
+                indent=1,
+            )
+    if args.save:
+        from . import _profile
+
+        try:
+            path = _profile.save_constants(
+                device.type,
+                dataclasses.asdict(fitted),
+                {
+                    "problems": len(rows),
+                    "held_out": len(held_rows),
+                    "seed": args.seed,
+                    "evaluation": report["fitted"],
+                },
+            )
+        except OSError as error:
+            print(f"xcorr fit: cannot save the profile: {error}", file=sys.stderr)
+            return 1
+        print(f"saved to {path}: the planner uses these constants from the next process on")
     return 0
 
 

@@ -1,10 +1,12 @@
 """``python -m xcorr demo``: the four correlations of Siamese trackers at their real sizes, then template matching."""
+
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -71,16 +73,18 @@ def run_seed_cases(channels: int = 256, search: int = 255, template: int = 127) 
         method = planner.select(check_xcorr(x, z, case.mode, 0, 1, 1))
         with torch.no_grad():
             out = xcorr(x, z, case.mode)  # warm-up
-            ours = _seconds(lambda: xcorr(x, z, case.mode), repeats=3 if case.batch == 1 else 1)
+            ours = _seconds(partial(xcorr, x, z, case.mode), repeats=3 if case.batch == 1 else 1)
             if case.mode not in one_item:
-                one_item[case.mode] = _seconds(lambda: case.grouped(x[:1], z[:1]), repeats=1)
+                one_item[case.mode] = _seconds(partial(case.grouped, x[:1], z[:1]), repeats=1)
             peer = one_item[case.mode] * case.batch
         mark = ""
         if case.batch > 1:
             mark = "*"
             notes.append(f"* {case.title[:16].strip()}: the grouped conv's time on one item, x{case.batch}")
-        print(f"{case.title:<32} {str(tuple(out.shape)):<22} {method:<7} {ours * 1e3:>7.0f}ms "
-              f"{peer * 1e3:>10.0f}ms{mark:1} {peer / ours:>8.1f}x")
+        print(
+            f"{case.title:<32} {str(tuple(out.shape)):<22} {method:<7} {ours * 1e3:>7.0f}ms "
+            f"{peer * 1e3:>10.0f}ms{mark:1} {peer / ours:>8.1f}x"
+        )
     print()
     for note in notes:
         print(note)
@@ -125,6 +129,7 @@ def run_matching(out_png: str = MATCH_PNG, size: int = 40, seed: int = 0) -> dic
     seen = np.clip(0.6 * grey + 40 + rng.normal(0, 6, grey.shape), 0, 255).astype(np.uint8)
     print(f"\ntemplate matching: {len(templates)} templates of {size}x{size} cut from {source};")
     print("the image searched has 0.6x contrast, +40 brightness and noise (sigma 6)\n")
+    cv2: Any
     try:
         import cv2
     except ImportError:
@@ -142,7 +147,7 @@ def run_matching(out_png: str = MATCH_PNG, size: int = 40, seed: int = 0) -> dic
             start = time.perf_counter()
             scores = match_template(seen, tpl, method)
             seconds += time.perf_counter() - start
-            (px, py, score), = find_peaks(scores, largest=largest)
+            ((px, py, score),) = find_peaks(scores, largest=largest)
             found += (px, py) == (x, y)
             best.append(score)
             if cv2 is not None:

@@ -1,13 +1,12 @@
 """Template matching: OpenCV's six ``TM_*`` scores on the correlation backends, batched and differentiable.
 
-Each score is one correlation plus window statistics. Unmasked, the correlation is this
-module's own real FFT (one transform of the image shared by its channels; the planner's choice
-through :func:`xcorr.xcorr` for small templates on small images), and the window sums and sums
-of squares come from box filters accumulated in float64, so the variance of a window survives
-even where it is tiny next to its mean. For float32 ``ccoeff`` the box filters run in float32
-wherever a rounding bound shows the scores keep their precision, and in float64 elsewhere.
-Masked windows are weighted by the mask, so their sums are correlations with the mask,
-computed in float64.
+Each score is one correlation plus window statistics. The correlation goes through
+:func:`xcorr.xcorr` (the planner chooses the method; channels summed, memory bounded by the
+backends' chunking), and the window sums and sums of squares come from box filters accumulated in
+float64, so the variance of a window survives even where it is tiny next to its mean. For float32
+``ccoeff`` the box filters run in float32 wherever a rounding bound shows the scores keep their
+precision, and in float64 elsewhere. Masked windows are weighted by the mask, so their sums are
+correlations with the mask, computed in float64.
 
 Precision tricks, each exact in arithmetic:
 
@@ -16,18 +15,30 @@ Precision tricks, each exact in arithmetic:
   ``sum T' == 0``).
 * ``sqdiff``: image and template are shifted by the template's mean before the expansion
   ``sum T^2 - 2 sum I*T + sum I^2``, which leaves ``I - T`` unchanged.
+
+**Normed scores are exact on dark and flat windows.** A float32 FFT numerator's rounding error is
+about the same at every window (it scales with the energy of the whole transform), and a normed
+score divides it by the window's own spread, which is tiny on a dark or flat window. Each
+window's error gets a bound (:class:`_Rounding`: calibrated on photographs for FFT, the classic
+summation bound for the other methods); where the bound over the denominator may pass
+:data:`NUMERATOR_ERROR`, the numerator is correlated again in float64 (the bounding box of those
+windows, piece by piece). Every normed score is then within 2e-4 of its float64 value; on
+photographs few windows, often none, need it.
 """
+
 from __future__ import annotations
 
-from typing import Union
+import math
+from dataclasses import dataclass
+from typing import Optional, Union, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ._checks import check_find_peaks, check_mask_weights, check_match
-from .backends.fft import next_fast_len
-from .ops import HALF, xcorr
+from ._compute import HALF, computed
+from .ops import choose_method, xcorr
 
 Array = Union[np.ndarray, torch.Tensor]
 Peak = tuple[int, int, float]
@@ -39,19 +50,30 @@ FLAT_RELATIVE = 10 * float(np.finfo(np.float32).eps)
 FLAT_ABSOLUTE = 0.5
 #: OpenCV's flat-template rule for ``ccoeff_normed``: summed channel variance below float64 epsilon.
 FLAT_TEMPLATE = float(np.finfo(np.float64).eps)
+#: Largest change of a normed score that the float32 numerator's rounding may cause; windows where
+#: it could be more are correlated again in float64. With :data:`_FAST_ERROR` (float32 window
+#: sums) and the float32 result's rounding, every normed score stays within 2e-4 of float64.
+NUMERATOR_ERROR = 5e-5
 
 # Box filters run on pieces of about this many elements: float64 temporaries then stay in cache
 # and below the size from which every allocation maps fresh, zero-filled pages.
 _PIECE = 1 << 19
 
-# Templates with fewer taps than this, on images of fewer pixels than _FFT_PIXELS, are correlated
-# as the planner decides: direct convolution beats an FFT there (measured on CPU, float32).
-_DIRECT_TAPS = 64
-_FFT_PIXELS = 1 << 16
 # Largest change of a ``ccoeff_normed`` score that float32 window sums may cause (half the
 # tolerance against OpenCV); see _centred_energy_fast.
 _FAST_ERROR = 1e-4
 _FLOAT32_UNIT = 2.0**-24
+# A float32 FFT correlation's error at a window is about u * sqrt(log2 N) * (rms of the output +
+# sqrt(sum over channels of ||x_c||^2 ||z_c||^2 / N)) (N points; the inverse transform's rounding,
+# then the forward transforms'): on six skimage photographs, with dark and zeroed regions, raw,
+# centred and sqdiff-shifted, templates 16 to 128, the rms error is 0.3 to 0.8 of that and the
+# largest of a map at most 6.2 times it. The bound takes 20 times it.
+_FFT_MARGIN = 20.0
+# Direct and gather sum each window in float32: the error is at most gamma_n = n*u/(1 - n*u) of
+# sum |x*z| <= ||window|| * ||template|| for n products (Higham, Accuracy and Stability, 3.1);
+# measured, it stays below 5.3 u sqrt(n) of that, so the bound takes the smaller of gamma_n and
+# 20 u sqrt(n).
+_SUM_MARGIN = 20.0
 
 
 def match_template(image: Array, template: Array, method: str = "ccoeff_normed", *, mask: Array | None = None) -> Array:
@@ -102,9 +124,11 @@ def match_template(image: Array, template: Array, method: str = "ccoeff_normed",
         torch.Size([8, 1, 28, 28])
     """
     if check_match(image, template, method, mask):
-        x, z, m = _from_arrays(image, template, mask)
+        x, z, m = _from_arrays(cast(np.ndarray, image), cast(np.ndarray, template), cast(Optional[np.ndarray], mask))
         return _scores(x, z, method, m)[0, 0].to(torch.float32).numpy()
-    return _scores(image, template, method, None if mask is None else _mask_tensor(mask, template.dtype))
+    image, template = cast(torch.Tensor, image), cast(torch.Tensor, template)
+    weights = None if mask is None else _mask_tensor(cast(torch.Tensor, mask), template.dtype)
+    return _scores(image, template, method, weights)
 
 
 def find_peaks(scores: Array, k: int = 1, *, min_distance: int | None = None, largest: bool = True):
@@ -177,98 +201,198 @@ def _mask_tensor(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _scores(x: torch.Tensor, z: torch.Tensor, method: str, mask: torch.Tensor | None) -> torch.Tensor:
     N, C, H, W = x.shape
     Nt, _, h, w = z.shape
-    if mask is not None:
-        check_mask_weights(mask, method.startswith("ccoeff"))
-    if N == 0:
-        # Keep the empty result attached to both inputs, so autograd sees the dependency.
-        return x.new_zeros(0, 1, H - h + 1, W - w + 1) + (x.sum() + z.sum()) * 0
-    if x.dtype in HALF:
-        return _scores(x.float(), z.float(), method, mask).to(x.dtype)
-    if mask is not None:
-        return _masked(x, z, mask.expand(Nt, C, h, w), method, N // Nt)
-    return _dense(x, z, method, N // Nt)
+    shape, k = (N, 1, H - h + 1, W - w + 1), N // Nt
+    if mask is None:
+        return computed(lambda a, b: _dense(a, b, method, k), shape, x, z)
+    check_mask_weights(mask, method.startswith("ccoeff"))
+    return computed(lambda a, b, m: _masked(a, b, m.expand(Nt, C, h, w), method, k), shape, x, z, mask)
+
+
+@dataclass(frozen=True)
+class _Rounding:
+    """A bound on the float32 numerator's error at every window of each image:
+    ``spread + local * sqrt(s2)``, ``s2`` being the window's sum of squares of the correlated image.
+
+    Attributes:
+        spread: (N, 1, 1, 1) the part shared by every window (FFT: the whole transform's rounding).
+        local: (N, 1, 1, 1) the part that grows with the window (summation in place).
+    """
+
+    spread: torch.Tensor
+    local: torch.Tensor
+
+    @staticmethod
+    def of(xs: torch.Tensor, zs: torch.Tensor, num: torch.Tensor, method: str, k: int) -> _Rounding:
+        """The bound for ``num``, the correlation of ``xs`` with ``zs`` by ``method``."""
+        # Norms in one pass each, without float64 copies: a bound needs no more precision.
+        N, C, H, W = xs.shape
+        u = _FLOAT32_UNIT
+        y = num.detach()
+        norm = torch.linalg.vector_norm
+        largest = norm(y, float("inf"), dim=(1, 2, 3)).double().view(N, 1, 1, 1)
+        if method != "fft":
+            n = zs[0].numel()
+            gamma = min(n * u / (1 - n * u), _SUM_MARGIN * u * math.sqrt(n))
+            tnorm = norm(zs.detach(), dim=(1, 2, 3)).double().repeat_interleave(k)
+            return _Rounding(spread=torch.zeros_like(largest), local=((gamma + u) * tnorm).view(N, 1, 1, 1))
+        x2 = norm(xs.detach(), dim=(2, 3)).double() ** 2
+        z2 = (norm(zs.detach(), dim=(2, 3)).double() ** 2).repeat_interleave(k, 0)
+        forward = ((x2 * z2).sum(1) / (H * W)).sqrt()
+        rms = norm(y, dim=(1, 2, 3)).double() / math.sqrt(y[0].numel())
+        # log2 of at least the transform's points: fast lengths are below twice the image's.
+        spread = _FFT_MARGIN * u * math.sqrt(math.log2(4 * H * W)) * (rms + forward)
+        return _Rounding(spread=spread.view(N, 1, 1, 1) + u * largest, local=torch.zeros_like(largest))
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """What the pieces of one unmasked call share.
+
+    Attributes:
+        x: the images (N, C, H, W); ``xs``, ``zs``: image and template as correlated (shifted).
+        num: the correlation of ``xs`` with ``zs`` (N, 1, H', W').
+        method: the score; ``k``: images per template.
+        tz2: (N,) float64 ``sum zs^2`` of each image's template.
+        tnorm: (N,) float64 the template's norm in the denominator (``zs``'s for ``ccoeff``).
+        flat: (N,) whether each image's template is flat (``ccoeff_normed``; else None).
+        rounding: the numerator's error bound, or None where it needs none (float64, unnormed).
+    """
+
+    x: torch.Tensor
+    xs: torch.Tensor
+    zs: torch.Tensor
+    num: torch.Tensor
+    method: str
+    k: int
+    tz2: torch.Tensor
+    tnorm: torch.Tensor
+    flat: torch.Tensor | None
+    rounding: _Rounding | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.zs.shape[-2], self.zs.shape[-1]
+
+    def scale(self, images: slice) -> torch.Tensor:
+        return self.tnorm[images].view(-1, 1, 1, 1)
+
+    def numerator(
+        self, rows: slice, images: slice, den2: torch.Tensor, s2: torch.Tensor, factor: float = 1
+    ) -> torch.Tensor:
+        """The piece's numerators, correlated again in float64 at the windows where ``factor``
+        times the rounding bound may pass :data:`NUMERATOR_ERROR` of the denominator
+        ``tnorm * sqrt(den2)``; ``s2`` is the window's sum of squares of ``xs``."""
+        h, _ = self.size
+        num = self.num[images, :, rows.start : rows.stop - h + 1]
+        if self.rounding is None:
+            return num
+        limit = NUMERATOR_ERROR / factor * self.scale(images)
+        spread, local = self.rounding.spread[images] / limit, self.rounding.local[images] / limit
+        # Flat windows (den2 = 0) score the worst score whatever their numerator.
+        if bool((local == 0).all()):
+            inexact = (den2 < spread * spread) & (den2 > 0)
+        else:
+            inexact = (den2 < (spread + local * s2.sqrt()) ** 2) & (den2 > 0)
+        if not bool(inexact.any()):
+            return num
+        return self._recomputed(num, inexact, rows, images)
+
+    def _recomputed(self, num: torch.Tensor, inexact: torch.Tensor, rows: slice, images: slice) -> torch.Tensor:
+        """``num`` in float64, exact over the bounding box of each image's ``inexact`` windows."""
+        h, w = self.size
+        out = num.double()
+        for j in torch.nonzero(inexact.flatten(1).any(1)).flatten().tolist():
+            r, c = torch.nonzero(inexact[j, 0], as_tuple=True)
+            r0, r1, c0, c1 = int(r.min()), int(r.max()) + 1, int(c.min()), int(c.max()) + 1
+            n = images.start + j
+            top = rows.start + r0
+            crop = self.xs[n : n + 1, :, top : top + r1 - r0 + h - 1, c0 : c1 + w - 1].double()
+            out[j : j + 1, :, r0:r1, c0:c1] = xcorr(crop, self.zs[n // self.k : n // self.k + 1].double())
+        return out
+
+
+def _correlated(x: torch.Tensor, z: torch.Tensor, family: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image and template as ``family`` correlates them: shifted so that no large mean enters the
+    rounding (see the module's precision tricks)."""
+    if family == "ccoeff":
+        return x - x.detach().mean((2, 3), keepdim=True), z - z.mean((2, 3), keepdim=True)
+    if family == "sqdiff":
+        shift = z.detach().mean((2, 3), keepdim=True)
+        return x - shift.repeat_interleave(k, 0), z - shift
+    return x, z
 
 
 def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tensor:
     family, normed = method.split("_")[0], method.endswith("_normed")
     N, C, H, W = x.shape
-    _, _, h, w = z.shape
-    if family == "ccoeff":
-        zs = z - z.mean((2, 3), keepdim=True)
-        shift = x.detach().mean((2, 3), keepdim=True)
-    elif family == "sqdiff":
-        shift = z.detach().mean((2, 3), keepdim=True)
-        zs = z - shift
-        shift = shift.repeat_interleave(k, 0)
-    else:
-        zs, shift = z, None
-    xs = x if shift is None else x - shift
-    num = _correlate(xs, zs, k)
+    h = z.shape[2]
+    xs, zs = _correlated(x, z, family, k)
+    # The planner's choice, asked first because the numerator's error bound depends on it.
+    chosen = choose_method(xs, zs, "naive")
+    num = xcorr(xs, zs, "naive", method=chosen)
     if method in ("ccorr", "ccoeff"):
         return num
-
-    # Per-template constants, one entry per image.
     tz2 = (zs.double() ** 2).sum((1, 2, 3)).repeat_interleave(k)
     tnorm = tz2.sqrt() if family == "ccoeff" else (z.double() ** 2).sum((1, 2, 3)).sqrt().repeat_interleave(k)
-    flat_template = None
-    if method == "ccoeff_normed":
-        # Centred in float64, as OpenCV does: a constant float32 template centred in float32 keeps
-        # rounding residues (a variance near 1e-16) and would pass for a non-flat one.
-        z64 = z.detach().double()
-        variance = ((z64 - z64.mean((2, 3), keepdim=True)) ** 2).sum((1, 2, 3)) / (h * w)
-        flat_template = (variance < FLAT_TEMPLATE).repeat_interleave(k)
-    pieces = []
+    flat = _flat_templates(z).repeat_interleave(k) if method == "ccoeff_normed" else None
+    rounding = _Rounding.of(xs, zs, num, chosen, k) if normed and num.dtype == torch.float32 else None
+    problem = _Problem(x, xs, zs, num, method, k, tz2, tnorm, flat, rounding)
+    score = {"ccorr": _ccorr_piece, "ccoeff": _ccoeff_piece, "sqdiff": _sqdiff_piece}[family]
     # Float32 window sums (ccoeff) take pieces of as many bytes, so twice the elements.
     piece = 2 * _PIECE if family == "ccoeff" and x.dtype == torch.float32 else _PIECE
-    for rows, images in _pieces(N, C, H, W, h, piece):
-        out_rows = slice(rows.start, rows.stop - h + 1)
-        num_i = num[images, :, out_rows]
-        if family == "ccoeff":
-            diff2 = _centred_energy_fast(xs[images, :, rows], h, w) if x.dtype == torch.float32 else None
-            if diff2 is None:
-                band = xs[images, :, rows].double()
-                diff2 = _centred_energy(_box(band, h, w), _box(_squares(band), h, w), h * w)
-        elif family == "sqdiff":
-            sq = _box(_squares(xs[images, :, rows].double()), h, w)
-            num_i = (tz2[images].view(-1, 1, 1, 1) - 2 * num_i + sq).clamp_min(0)
-            if not normed:
-                pieces.append((images, num_i))
-                continue
-            raw = x[images, :, rows].double()
-            diff2 = _box(_squares(raw), h, w)
-        else:
-            diff2 = _box(_squares(xs[images, :, rows].double()), h, w)
-        energy = (lambda: _energy(x, images, rows, h, w)) if family == "ccoeff" else None
-        score = _normalise(num_i, diff2, tnorm[images].view(-1, 1, 1, 1), method, energy)
-        if flat_template is not None and bool(flat_template[images].any()):
-            score = torch.where(flat_template[images].view(-1, 1, 1, 1), torch.ones_like(score), score)
-        pieces.append((images, score))
+    pieces = [(images, score(problem, rows, images)) for rows, images in _pieces(N, C, H, W, h, piece)]
     return _assemble(pieces, x.dtype)
 
 
-def _correlate(x: torch.Tensor, z: torch.Tensor, k: int) -> torch.Tensor:
-    """Valid correlation of each image with its template, channels summed: ``(N, 1, H', W')``.
+def _ccorr_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
+    """``ccorr_normed`` on one piece: the window's energy is the denominator's."""
+    energy = _box(_squares(p.x[images, :, rows].double()), *p.size)
+    num = p.numerator(rows, images, energy, energy)
+    return _normalise(num, energy, p.scale(images), p.method)
 
-    Real FFTs of the image's own size rounded up to a 2·3·5·7-smooth length (wrap-around never
-    reaches a valid output), channels summed before the one inverse transform. Direct
-    convolution loses to this from templates of about 8 x 8 on, and on images of 256 x 256
-    and more whatever the template; below both, the planner decides.
-    """
-    N, C, H, W = x.shape
-    Nt, _, h, w = z.shape
-    if h * w < _DIRECT_TAPS and H * W < _FFT_PIXELS:
-        return xcorr(x, z, "naive")
-    size = (next_fast_len(H), next_fast_len(W))
-    spectrum = torch.fft.rfft2(x, s=size).view(Nt, k, C, size[0], -1)
-    template = torch.fft.rfft2(z, s=size).conj().unsqueeze(1)
-    if torch.is_grad_enabled() and (spectrum.requires_grad or template.requires_grad):
-        product = spectrum * template
-    else:
-        product = spectrum.mul_(template)  # the spectrum is ours: no fresh pages for the product
-    product = product.sum(2) if C > 1 else product.squeeze(2)
-    # Inverse along the columns first, so the last, real inverse runs on the valid rows only.
-    rows = torch.fft.ifft(product.reshape(N, 1, size[0], -1), dim=-2)[..., : H - h + 1, :]
-    return torch.fft.irfft(rows, n=size[1], dim=-1)[..., : W - w + 1]
+
+def _ccoeff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
+    """``ccoeff_normed`` on one piece, OpenCV's flat-template rule included."""
+    h, w = p.size
+    band = p.xs[images, :, rows]
+    sums: tuple[torch.Tensor, torch.Tensor] | None = None
+    if band.dtype == torch.float32:
+        sums = _centred_energy_fast(band, h, w)
+    if sums is None:
+        band = band.double()
+        s2 = _box(_squares(band), h, w)
+        sums = _centred_energy(_box(band, h, w), s2, h * w), s2
+    diff2, s2 = sums
+    num = p.numerator(rows, images, diff2, s2)
+    score = _normalise(
+        num, diff2, p.scale(images), p.method, lambda: _box(_squares(p.x[images, :, rows].double()), h, w)
+    )
+    assert p.flat is not None  # ccoeff_normed's problems have the flat-template rule
+    flat = p.flat[images]
+    if bool(flat.any()):
+        score = torch.where(flat.view(-1, 1, 1, 1), torch.ones_like(score), score)
+    return score
+
+
+def _flat_templates(z: torch.Tensor) -> torch.Tensor:
+    """OpenCV's flat templates, centred in float64 as OpenCV does: a constant float32 template
+    centred in float32 keeps rounding residues (a variance near 1e-16) and would pass for a
+    non-flat one."""
+    z64 = z.detach().double()
+    h, w = z.shape[-2:]
+    return ((z64 - z64.mean((2, 3), keepdim=True)) ** 2).sum((1, 2, 3)) / (h * w) < FLAT_TEMPLATE
+
+
+def _sqdiff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
+    """``sqdiff`` or ``sqdiff_normed`` on one piece, from ``sum T^2 - 2 sum I*T + sum I^2``."""
+    h, w = p.size
+    sq = _box(_squares(p.xs[images, :, rows].double()), h, w)
+    tz2 = p.tz2[images].view(-1, 1, 1, 1)
+    if p.method == "sqdiff":
+        return (tz2 - 2 * p.numerator(rows, images, sq, sq) + sq).clamp_min(0)
+    energy = _box(_squares(p.x[images, :, rows].double()), h, w)
+    num = p.numerator(rows, images, energy, sq, factor=2)
+    return _normalise((tz2 - 2 * num + sq).clamp_min(0), energy, p.scale(images), p.method)
 
 
 def _centred_energy(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
@@ -278,8 +402,9 @@ def _centred_energy(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
     return s2 - (s1 * s1).sum(1, keepdim=True) / n
 
 
-def _centred_energy_fast(band: torch.Tensor, h: int, w: int) -> torch.Tensor | None:
-    """:func:`_centred_energy` of a float32 ``band`` with float32 window sums, or None.
+def _centred_energy_fast(band: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`_centred_energy` of a float32 ``band`` with float32 window sums, and the window
+    sums of squares ``s2``; or None.
 
     Sums by doubling (:func:`_slide`, down the rows, then along them) round each window sum by
     at most ``gamma = 2 (ceil(log2 h) + ceil(log2 w) + 1)`` float32 units of its sum of
@@ -295,17 +420,12 @@ def _centred_energy_fast(band: torch.Tensor, h: int, w: int) -> torch.Tensor | N
     diff2 = _centred_energy(s1, s2, h * w)
     if bool(torch.add(diff2, s2, alpha=-3 * gamma / (2 * _FAST_ERROR)).amin() < 0):
         return None
-    return diff2
+    return diff2, s2
 
 
 def _slide_columns(x: torch.Tensor, n: int) -> torch.Tensor:
     """Sums of ``n`` consecutive columns, by doubling as :func:`_slide` does for rows."""
     return _slide(x.transpose(-1, -2), n).transpose(-1, -2)
-
-
-def _energy(x: torch.Tensor, images: slice, rows: slice, h: int, w: int) -> torch.Tensor:
-    raw = x[images, :, rows].double()
-    return _box(_squares(raw), h, w)
 
 
 def _squares(x: torch.Tensor) -> torch.Tensor:
@@ -349,7 +469,8 @@ def _box(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 def _slide(x: torch.Tensor, n: int) -> torch.Tensor:
     """Sums of ``n`` consecutive rows, by doubling: pairwise rounding, contiguous vector adds."""
     length = x.shape[-2] - n + 1
-    out, span, pos = None, 1, 0
+    out: torch.Tensor | None = None
+    span, pos = 1, 0
     while n:
         if n & 1:
             part = x[..., pos : pos + length, :]
@@ -359,6 +480,7 @@ def _slide(x: torch.Tensor, n: int) -> torch.Tensor:
         if n:
             x = x[..., :-span, :] + x[..., span:, :]
             span *= 2
+    assert out is not None  # n >= 1 sets it
     return out
 
 

@@ -3,8 +3,10 @@
 Every module takes ``(x, z)`` = (search, template), in the order of ``F.conv2d(input, weight)``,
 checks its settings when it is built, and shows the non-default ones in its ``repr``. The heads
 build on ``method="auto"``, so a model that uses them exports to ONNX with a dynamic batch (see
-docs/deploy.md), compiles with ``torch.compile`` and trains under ``DistributedDataParallel``.
+docs/deploy.md), compiles with ``torch.compile``, trains under ``DistributedDataParallel`` and
+traces with ``torch.fx.symbolic_trace`` (where the correlation is one ``call_function`` node).
 """
+
 from __future__ import annotations
 
 import torch
@@ -14,6 +16,12 @@ from ._checks import MODES, check_choice, check_features, check_finite, check_pa
 from .ops import METHODS, xcorr
 
 __all__ = ["DepthwiseXCorrHead", "SiamFCHead", "UpChannelHead", "XCorr"]
+
+# Leaf functions of ``torch.fx.symbolic_trace`` (as torchvision's feature extraction runs it): a
+# traced model keeps one call of each where the modules call it, instead of tracing into the
+# checks and the planner, which branch on shapes that are only symbols while tracing.
+torch.fx.wrap("xcorr")
+torch.fx.wrap("check_features")
 
 
 def _non_default(settings: dict[str, tuple[object, object]]) -> str:

@@ -1,53 +1,66 @@
 """Public functionals: normalise the arguments, ask the planner, call a backend."""
+
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Literal, overload
 
 import torch
 
-from . import planner
 from ._checks import check_choice, check_pixelwise, check_xcorr, plain
+from ._compute import compute_spec, computed
 from ._spec import Spec
 from ._tracing import tracing
-from .backends import BACKENDS, BIND
+from .backends import BACKENDS
+from .planner import PLANNER, Measured
 
 METHODS = ("auto", *BACKENDS)
 
-# Half-precision inputs are computed in float32 and the result rounded back: pocketfft and cuFFT
-# lack most half sizes, CPU convolutions in half are several times slower than in float32, and
-# the depthwise shifted sums of "gather" would otherwise accumulate in half.
-HALF = (torch.float16, torch.bfloat16)
+Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-
-def empty_result(x: torch.Tensor, z: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Zeros of ``shape`` for an empty batch, attached to both inputs so autograd sees the dependency."""
-    return x.new_zeros(shape) + (x.sum() + z.sum()) * 0
+#: Bound calls of :func:`xcorr` by signature, owned by the planner (dropped with its decisions).
+#: Validation depends only on the tensors' types, shapes, dtypes and devices and on the other
+#: arguments' values when these are plain ints (or pairs) and strings, so a repeated call (a
+#: tracker's every frame) skips validation, planning and the backend's shape work.
+_CALLS_ENTRIES = 1024
 
 
 def _needs_grad(x: torch.Tensor, z: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or z.requires_grad)
 
 
-#: Validated calls of :func:`xcorr` by signature -> (run, planner generation), ``run(x, z)`` being
-#: the chosen backend bound to the validated problem. Validation depends only on the tensors'
-#: types, shapes, dtypes and devices and on the other arguments' values when these are plain
-#: ints (or pairs) and strings, so a repeated call (a tracker's every frame) skips validation,
-#: planning and the backend's shape work: 25-60 us, the more once other work has evicted the caches.
-_CALLS: dict[tuple, tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], int]] = {}
-_CALLS_ENTRIES = 1024
-
-
 def _signature(x: Any, z: Any, mode: Any, padding: Any, stride: Any, dilation: Any, method: Any) -> tuple | None:
     """The cache key of an :func:`xcorr` call, or None where the call cannot be cached (arguments
     that are not plain, or a tracer running: shapes may be symbolic there)."""
-    if not (
-        isinstance(x, torch.Tensor) and isinstance(z, torch.Tensor) and type(mode) is str and type(method) is str
-        and plain(padding) and plain(stride) and plain(dilation)
-    ) or tracing():
+    if (
+        not (
+            isinstance(x, torch.Tensor)
+            and isinstance(z, torch.Tensor)
+            and type(mode) is str
+            and type(method) is str
+            and plain(padding)
+            and plain(stride)
+            and plain(dilation)
+        )
+        or tracing()
+    ):
         return None
-    return (type(x), type(z), x.shape, z.shape, x.dtype, z.dtype, x.device, z.device, mode, padding, stride,
-            dilation, method, _needs_grad(x, z))
+    return (
+        "xcorr",
+        type(x),
+        type(z),
+        x.shape,
+        z.shape,
+        x.dtype,
+        z.dtype,
+        x.device,
+        z.device,
+        mode,
+        padding,
+        stride,
+        dilation,
+        method,
+        _needs_grad(x, z),
+    )
 
 
 def xcorr(
@@ -89,39 +102,38 @@ def xcorr(
     Example:
         >>> x = torch.ones(2, 3, 8, 8)
         >>> z = torch.ones(1, 3, 3, 3)
-        >>> xcorr(x, z).shape
+        >>> xcorr.xcorr(x, z).shape
         torch.Size([2, 1, 6, 6])
-        >>> xcorr(x, z, "depthwise")[0, :, 0, 0]
+        >>> xcorr.xcorr(x, z, "depthwise")[0, :, 0, 0]
         tensor([9., 9., 9.])
     """
     call = _signature(x, z, mode, padding, stride, dilation, method)
-    known = _CALLS.get(call) if call is not None else None
-    if known is not None and known[1] == planner.generation():
-        return known[0](x, z)
-    spec = check_xcorr(x, z, mode, padding, stride, dilation)
-    method = check_choice(method, "method", METHODS)
-    if method == "auto":
-        method = planner.select(spec, grad=_needs_grad(x, z))
-    run = _runner(spec, method, bound=call is not None)
-    if call is not None:
-        if len(_CALLS) >= _CALLS_ENTRIES:
-            _CALLS.clear()
-        _CALLS[call] = (run, planner.generation())
+    run = PLANNER.derived.get(call) if call is not None else None
+    if run is None:
+        generation = PLANNER.generation
+        spec = check_xcorr(x, z, mode, padding, stride, dilation)
+        grad = _needs_grad(x, z)
+        run = runner(spec, resolve(spec, method, grad), grad, bound=call is not None)
+        if call is not None and generation == PLANNER.generation:
+            if len(PLANNER.derived) >= _CALLS_ENTRIES:
+                PLANNER.derived.clear()
+            PLANNER.derived[call] = run
     return run(x, z)
 
 
-def _runner(spec: Spec, method: str, bound: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def resolve(spec: Spec, method: Any, grad: bool) -> str:
+    """The checked ``method`` argument, with ``"auto"`` resolved by the planner."""
+    method = check_choice(method, "method", METHODS)
+    return PLANNER.select(spec, grad) if method == "auto" else method
+
+
+def runner(spec: Spec, method: str, grad: bool, bound: bool) -> Run:
     """``run(x, z)`` for ``spec`` with ``method``: the backend's bound form for a cached eager call
     signature (``bound``), its plain form otherwise (tracing: shapes may be symbolic)."""
-    if spec.batch == 0:
-        return lambda x, z: empty_result(x, z, spec.out_shape)
-    if spec.dtype in HALF:  # computed in float32, as template plans do: the backend sees float32
-        run = _runner(replace(spec, dtype=torch.float32), method, bound)
-        return lambda x, z: run(x.float(), z.float()).to(x.dtype)
-    if bound:
-        return BIND[method](spec)
-    backend = BACKENDS[method]
-    return lambda x, z: backend(x, z, spec)
+    backend, inner = BACKENDS[method], compute_spec(spec)
+    run = backend.bound(inner, grad) if bound else (lambda x, z: backend.run(x, z, inner))
+    shape = spec.out_shape
+    return lambda x, z: computed(run, shape, x, z)
 
 
 def pixelwise(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -143,7 +155,7 @@ def pixelwise(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     Example:
         >>> x = torch.arange(4.0).reshape(1, 1, 2, 2)
         >>> z = torch.tensor([[[[1.0, -2.0]]]])
-        >>> pixelwise(x, z)
+        >>> xcorr.pixelwise(x, z)
         tensor([[[[ 0.,  1.],
                   [ 2.,  3.]],
         <BLANKLINE>
@@ -151,15 +163,43 @@ def pixelwise(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
                   [-4., -6.]]]])
     """
     check_pixelwise(x, z)
-    B, C, H, W = x.shape
+    B, _, H, W = x.shape
+    h, w = z.shape[-2:]
+    return computed(_pixelwise, (B, h * w, H, W), x, z)
+
+
+def _pixelwise(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    _, C, H, W = x.shape
     Bz, _, h, w = z.shape
-    if B == 0:
-        return empty_result(x, z, (B, h * w, H, W))
-    if x.dtype in HALF:
-        return pixelwise(x.float(), z.float()).to(x.dtype)
     # -1 rather than B // Bz keeps the batch symbolic when the graph is exported.
     out = torch.matmul(z.reshape(Bz, 1, C, h * w).transpose(2, 3), x.reshape(Bz, -1, C, H * W))
     return out.reshape(-1, h * w, H, W)
+
+
+@overload
+def choose_method(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    mode: str = ...,
+    *,
+    padding: int | tuple[int, int] = ...,
+    stride: int | tuple[int, int] = ...,
+    dilation: int | tuple[int, int] = ...,
+    measure: Literal[False] = ...,
+) -> str: ...
+
+
+@overload
+def choose_method(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    mode: str = ...,
+    *,
+    padding: int | tuple[int, int] = ...,
+    stride: int | tuple[int, int] = ...,
+    dilation: int | tuple[int, int] = ...,
+    measure: Literal[True],
+) -> Measured: ...
 
 
 def choose_method(
@@ -171,7 +211,7 @@ def choose_method(
     stride: int | tuple[int, int] = 1,
     dilation: int | tuple[int, int] = 1,
     measure: bool = False,
-) -> str | tuple[str, dict[str, float]]:
+) -> str | Measured:
     r"""The method ``xcorr.xcorr(x, z, ..., method="auto")`` would use, like scipy's ``choose_conv_method``.
 
     Hard constraints first (device, float32 precision, export), then the autotune cache, then the
@@ -179,14 +219,17 @@ def choose_method(
     grad and grad mode is on.
 
     Args:
-        x (Tensor[B, C, H, W]), z (Tensor[Bz, Cz, h, w]), mode, padding, stride, dilation: as in
-            :func:`xcorr.xcorr`.
+        x (Tensor[B, C, H, W]): search features, as in :func:`xcorr.xcorr`.
+        z (Tensor[Bz, Cz, h, w]): templates, as in :func:`xcorr.xcorr`.
+        mode, padding, stride, dilation: as in :func:`xcorr.xcorr`.
         measure (bool): time every allowed method on ``x`` and ``z`` instead (forward, plus
             backward when a backward pass is assumed), cache the winner for ``method="auto"``,
             and return the timings too.
 
     Returns:
-        str: ``"direct"``, ``"fft"`` or ``"gather"``; with ``measure=True`` a pair ``(method, {method: seconds})``.
+        str: ``"direct"``, ``"fft"`` or ``"gather"``; with ``measure=True`` a
+        :class:`~xcorr.planner.Measured`, which unpacks as ``(method, {method: seconds})`` and
+        says in ``.constants`` which cost-model constants are in force.
 
     Example:
         >>> x, z = torch.rand(1, 8, 64, 64), torch.rand(1, 8, 48, 48)
@@ -196,5 +239,5 @@ def choose_method(
     spec = check_xcorr(x, z, mode, padding, stride, dilation)
     if not isinstance(measure, bool):
         raise TypeError(f"measure must be a bool, got {measure!r}")
-    method, timings = planner.choose(spec, _needs_grad(x, z), measure, x, z)
-    return (method, timings) if measure else method
+    choice = PLANNER.choose(spec, _needs_grad(x, z), measure, x, z)
+    return choice if measure else choice.method

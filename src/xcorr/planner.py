@@ -4,30 +4,45 @@ Layered like scipy's ``choose_conv_method``:
 
 1. **Hard constraints** remove methods that cannot run or cannot be exact here: the device
    (FFT needs ``torch.fft`` kernels: CPU and CUDA), precision (float32 direct convolution
-   summing more than :data:`DIRECT_MAX_TAPS_FLOAT32` products per output channel loses more than
-   2e-6 of the largest output), export (only the exportable ``"gather"`` while exporting) and
+   summing more than :data:`DIRECT_MAX_TAPS_FLOAT32` template taps per output channel loses more
+   than 2e-6 of the largest output), export (only the exportable ``"gather"`` while exporting) and
    memory (``"gather"`` only while its product maps fit :data:`GATHER_MAX_BYTES`).
+   The memory rule is per search item: gather works in chunks of items.
 2. **The cache** of measured winners, keyed by (mode, shapes, geometry, dtype, device, grad).
 3. **Measurement** (autotune), when :func:`set_autotune` turned it on, or by default on devices
    without fitted constants (CUDA): every candidate is timed once per key and the winner cached.
 4. **The cost model**: estimated seconds per method from operation counts and per-device
-   constants (:data:`CONSTANTS`), fitted by ``python -m xcorr fit`` on a 2-core x86 CPU with
-   torch 2.13, MKL and 2 threads.
+   constants. The built-in ones (:data:`CONSTANTS`) were fitted by ``python -m xcorr fit`` on a
+   2-core x86 CPU with torch 2.13, MKL and 2 threads; ``python -m xcorr fit --save`` fits them on
+   the machine at hand and saves them in a profile, which is used from then on (see
+   :mod:`xcorr._profile`).
+
+All of this state (the constants in force, the measured winners, the model's answers, the
+autotune setting) belongs to one :class:`Planner`, :data:`PLANNER`. Every change of it goes
+through :meth:`Planner.invalidate`, which bumps :attr:`Planner.generation` and drops every answer
+derived from the old state, including the bound calls that :func:`xcorr.xcorr` keeps per call
+signature.
 
 Under ``torch.compile`` and while exporting, the planner decides from shapes and the cache alone:
-no timing, no lock, nothing that would break a graph.
+no timing, no lock, no file, nothing that would break a graph.
 """
+
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import threading
 import time
-from dataclasses import dataclass, replace
-from typing import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+from typing import Any, Callable
 
 import torch
 
+from . import _profile
+from ._compute import compute_spec
 from ._spec import Spec
 from ._tracing import compiling as _compiling
 from ._tracing import exporting
@@ -35,9 +50,10 @@ from .backends import BACKENDS
 from .backends.fft import axis_plan, chunk_count
 from .backends.gather import maps_bytes
 
-#: float32 direct convolution accumulates each depthwise output in one running sum; from about
-#: this many template taps its error exceeds 2e-6 of the largest output (measured on uniform
-#: random data: ~5e-8 per tap side), while FFT's stays near 3e-7.
+#: float32 direct convolution accumulates each output channel's taps in one running sum; from
+#: about this many template taps its error exceeds 2e-6 of the largest output in every mode
+#: (measured on uniform random data: ~5e-8 per tap side; naive C=1 96x96: 4.0e-6, up-channel
+#: with one template, C=2 64x64: 3.3e-6), while FFT's stays near 3e-7.
 DIRECT_MAX_TAPS_FLOAT32 = 32 * 32
 
 #: Devices with ``torch.fft`` kernels that the FFT backend may use.
@@ -54,8 +70,16 @@ EXPORT_METHOD = "gather"
 GATHER_MAX_BYTES = 1 << 30
 
 
-#: Output channels a dense convolution kernel computes at once (AVX-512: 16 float32 lanes).
-DENSE_LANES = 16
+#: Channels a convolution kernel computes at once: a dense kernel's output channels, a depthwise
+#: kernel's channels (16 float32 lanes; also on AVX2, where the kernels run two 8-lane vectors).
+#: Fewer leave lanes idle: a one-channel depthwise 16x16 correlation of a 512x512 image takes
+#: 19 ms, what 16 channels would (the model without this said 1.5 ms).
+LANES = 16
+
+
+def _lanes(n: int) -> int:
+    """``n`` channels rounded up to whole kernels' worth of :data:`LANES`."""
+    return -(-n // LANES) * LANES
 
 
 @dataclass(frozen=True)
@@ -67,7 +91,7 @@ class Constants:
         direct_element: one element of the padded search and of the per-channel output of a
             depthwise convolution (memory traffic: layout reorders, the channel sum).
         dense_mac: one multiply-add of a dense grouped convolution (mode upchannel), counting
-            each group's output channels rounded up to :data:`DENSE_LANES`.
+            each group's output channels rounded up to :data:`LANES`.
         direct_call: fixed cost of a direct call.
         direct_backward: backward / forward time ratio of the direct method (modes naive,
             depthwise: the backward made of forward correlations).
@@ -86,6 +110,10 @@ class Constants:
         gather_search: one element of the padded search (padding, reshaping).
         gather_mac: one multiply-add of the tap-by-pixel matrix product.
         gather_backward: backward / forward time ratio of the gather method.
+        float64_depthwise, float64_dense, float64_fft, float64_gather: float64 / float32 time
+            ratios of the depthwise and dense direct kernels, of FFT and of gather (float64 direct
+            convolution leaves oneDNN for a slower path). Not fitted by ``python -m xcorr fit``,
+            whose problems are float32: medians of 5 to 8 problems each, measured side by side.
     """
 
     depthwise_mac: float
@@ -105,146 +133,70 @@ class Constants:
     gather_search: float
     gather_mac: float
     gather_backward: float
+    float64_depthwise: float
+    float64_dense: float
+    float64_fft: float
+    float64_gather: float
 
 
-#: Cost constants per device type; a device type without them is measured (see module doc).
-CONSTANTS: dict[str, Constants] = {
-    "cpu": Constants(
-        depthwise_mac=0.0182,
-        direct_element=0.321,
-        dense_mac=0.0144,
-        direct_call=149000.0,
-        direct_backward=3.23,
-        direct_backward_mac=0.0158,
-        dense_backward=3.95,
-        fft_point=0.133,
-        fft_product=2.78,
-        fft_call=393000.0,
-        fft_chunk=0.0,
-        fft_backward=1.8,
-        gather_call=106000.0,
-        gather_element=0.389,
-        gather_search=0.225,
-        gather_mac=0.00803,
-        gather_backward=2.61,
-    ),
-}
+#: Built-in cost constants per device type; a device type without them is measured (see module
+#: doc). Read-only: :meth:`Planner.set_constants` changes the constants in force.
+CONSTANTS: Mapping[str, Constants] = MappingProxyType(
+    {
+        "cpu": Constants(
+            depthwise_mac=0.0182,
+            direct_element=0.321,
+            dense_mac=0.0144,
+            direct_call=149000.0,
+            direct_backward=3.23,
+            direct_backward_mac=0.0158,
+            dense_backward=3.95,
+            fft_point=0.133,
+            fft_product=2.78,
+            fft_call=393000.0,
+            fft_chunk=0.0,
+            fft_backward=1.8,
+            gather_call=106000.0,
+            gather_element=0.389,
+            gather_search=0.225,
+            gather_mac=0.00803,
+            gather_backward=2.61,
+            float64_depthwise=16.0,
+            float64_dense=2.1,
+            float64_fft=1.7,
+            float64_gather=2.2,
+        ),
+    }
+)
 
-_autotune: bool | None = None
-_cache: dict[tuple, str] = {}
-_timings: dict[tuple, dict[str, float]] = {}
-_modelled: dict[tuple, str] = {}  # the cost model's answers, which depend on the key alone
-#: Bumped whenever a setting or the cache of measured winners changes: callers that remember
-#: :func:`select`'s answers (``xcorr.xcorr`` does, per call signature) drop those of older ones.
-_generation = 0
-_lock = threading.Lock()
+#: Built-in constants' provenance, as :meth:`Planner.constants_source` reports it.
+BUILTIN_SOURCE = "built-in (fitted on a 2-core x86 CPU, AVX512, torch 2.13, 2 threads)"
 
-
-def set_autotune(enabled: bool | None) -> None:
-    """Measure the methods once per problem and cache the winner, like ``torch.backends.cudnn.benchmark``.
-
-    Args:
-        enabled (bool or None): ``True`` times every candidate method the first time a
-            (mode, shapes, geometry, dtype, device, grad) key is seen and reuses the winner;
-            ``False`` always uses the cost model; ``None`` (the default) measures only on devices
-            without fitted constants (CUDA).
-
-    Example:
-        >>> xcorr.set_autotune(True)   # doctest: +SKIP
-    """
-    global _autotune
-    if enabled is not None and not isinstance(enabled, bool):
-        raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
-    _autotune = enabled
-    _bump()
+Key = tuple
 
 
-def clear_cache() -> None:
-    """Forget every measured winner."""
-    with _lock:
-        _cache.clear()
-        _timings.clear()
-        _modelled.clear()
-        _bump()
+def _key(spec: Spec, grad: bool) -> Key:
+    return (
+        spec.mode,
+        spec.x_shape,
+        spec.z_shape,
+        spec.padding,
+        spec.stride,
+        spec.dilation,
+        spec.dtype,
+        spec.device.type,
+        spec.device.index,
+        grad,
+    )
 
 
-def _key(spec: Spec, grad: bool) -> tuple:
-    return (spec.mode, spec.x_shape, spec.z_shape, spec.padding, spec.stride, spec.dilation,
-            spec.dtype, spec.device.type, spec.device.index, grad)
-
-
-def candidates(spec: Spec) -> list[str]:
-    """The methods the hard constraints allow for ``spec``, in registry order."""
-    if exporting():
-        return [EXPORT_METHOD]
-    allowed = list(BACKENDS)
-    if spec.device.type not in FFT_DEVICES:
-        allowed.remove("fft")
-    if spec.mode == "depthwise" or spec.batch * maps_bytes(spec) > GATHER_MAX_BYTES:
-        allowed.remove("gather")
-    if "fft" in allowed and len(allowed) > 1 and _loses_precision(spec):
-        allowed.remove("direct")
-    return allowed
-
-
-def _loses_precision(spec: Spec) -> bool:
-    h, w = spec.z_shape[-2:]
-    low = spec.dtype in (torch.float32, torch.float16, torch.bfloat16)
-    return low and spec.mode == "depthwise" and h * w > DIRECT_MAX_TAPS_FLOAT32
-
-
-def estimate(spec: Spec, grad: bool = False, constants: Constants | None = None) -> dict[str, float]:
-    """The cost model: estimated seconds per method (forward, plus backward when ``grad``).
-
-    Args:
-        spec: the validated problem.
-        grad: whether a backward pass will follow.
-        constants: costs to use; by default those of ``spec``'s device type (CPU's if it has none).
-    """
-    c = constants or CONSTANTS.get(spec.device.type, CONSTANTS["cpu"])
-    B, C = spec.x_shape[:2]
-    Bz, Cz, h, w = spec.z_shape
-    K = spec.out_channels
-    Ho, Wo = spec.out_size
-    out = B * Ho * Wo
-    if spec.mode == "upchannel":
-        # Dense kernels vectorise over a group's output channels, DENSE_LANES at a time: fewer
-        # channels leave lanes idle, so K is counted rounded up to a multiple of DENSE_LANES.
-        lanes = -(-K // DENSE_LANES) * DENSE_LANES
-        direct = c.direct_call + c.dense_mac * out * lanes * C * h * w
-        if grad:
-            direct *= 1 + c.dense_backward
-    else:
-        macs = out * C * h * w
-        # Per element of the search and of the per-channel output: oneDNN reorders both to and
-        # from its blocked layout, which costs more than the arithmetic once they leave cache.
-        elements = B * C * (spec.padded_search[0] * spec.padded_search[1] + Ho * Wo)
-        direct = c.direct_call + c.depthwise_mac * macs + c.direct_element * elements
-        if grad:
-            direct *= 1 + c.direct_backward
-            Hp, Wp = spec.padded_search
-            direct += c.direct_backward_mac * B * C * Hp * Wp * h * w
-
-    (nh, _, Lh), (nw, _, Lw) = (axis_plan(p, s) for p, s in zip(spec.padded_search, spec.dilated_template))
-    tiles = nh * nw
-    L = (Lh, Lw)
-    points = L[0] * L[1]
-    bins = L[0] * (L[1] // 2 + 1)
-    transforms = (B * tiles * (C + K) + Bz * Cz) * points * math.log2(points)
-    products = B * tiles * bins * (C * K if spec.mode == "upchannel" else C)
-    fft = c.fft_call + c.fft_chunk * chunk_count(spec) + c.fft_point * transforms + c.fft_product * products
-    if grad:
-        fft *= 1 + c.fft_backward
-
-    Hp, Wp = spec.padded_search
-    maps = B * K * h * w * (Hp * Wp + Ho * Wo)
-    search = B * C * Hp * Wp
-    gather = c.gather_call + c.gather_element * maps + c.gather_search * search + c.gather_mac * search * K * h * w
-    if spec.mode == "depthwise":  # one shifted multiply-add per tap over the whole output
-        gather = c.gather_call * h * w + c.gather_element * out * C * h * w
-    if grad:
-        gather *= 1 + c.gather_backward
-    return {"direct": direct * 1e-9, "fft": fft * 1e-9, "gather": gather * 1e-9}
+def _argmin(costs: dict[str, float]) -> str:
+    # A plain loop: torch.compile cannot trace min() with a key function.
+    best = ""
+    for method, cost in costs.items():
+        if not best or cost < costs[best]:
+            best = method
+    return best
 
 
 def _bench(fn: Callable[[], object], sync: Callable[[], None], budget: float = 0.2) -> float:
@@ -260,98 +212,352 @@ def _bench(fn: Callable[[], object], sync: Callable[[], None], budget: float = 0
     return statistics.median(times)
 
 
-def measure(spec: Spec, grad: bool, allowed: list[str], x=None, z=None) -> dict[str, float]:
-    """Time each allowed method on ``x`` and ``z`` (random tensors of ``spec``'s shapes if None)."""
-    if x is None or z is None:
-        gen = torch.Generator(device=spec.device).manual_seed(0)
-        x = torch.randn(spec.x_shape, generator=gen, device=spec.device, dtype=spec.dtype)
-        z = torch.randn(spec.z_shape, generator=gen, device=spec.device, dtype=spec.dtype)
-    x, z = x.detach(), z.detach()
-    if x.dtype in (torch.float16, torch.bfloat16):
-        x, z = x.float(), z.float()
-        spec = replace(spec, dtype=torch.float32)
-    if grad:
-        x, z = x.requires_grad_(True), z.requires_grad_(True)
-    sync = torch.cuda.synchronize if spec.device.type == "cuda" else (lambda: None)
-    timings = {}
-    for method in allowed:
-        backend = BACKENDS[method]
+def _loses_precision(spec: Spec) -> bool:
+    """Whether float32 direct convolution would lose the promised precision: every mode sums a
+    template's taps in one running sum per channel (naive then adds the channels; a single
+    up-channel template's dense kernel sums its taps the same way)."""
+    h, w = spec.z_shape[-2:]
+    low = spec.dtype in (torch.float32, torch.float16, torch.bfloat16)
+    return low and h * w > DIRECT_MAX_TAPS_FLOAT32
+
+
+class Measured(tuple):
+    """What :func:`xcorr.choose_method` returns with ``measure=True``.
+
+    It unpacks as ``(method, timings)``; :attr:`constants` says which cost-model constants are in
+    force for the device (built-in, or a saved profile's).
+    """
+
+    constants: str
+
+    def __new__(cls, method: str, timings: dict[str, float], constants: str) -> Measured:
+        self = super().__new__(cls, (method, timings))
+        self.constants = constants
+        return self
+
+    @property
+    def method(self) -> str:
+        """The fastest method (what ``method="auto"`` now uses for this problem)."""
+        return self[0]
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Median seconds per allowed method."""
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"Measured(method={self.method!r}, timings={self.timings!r}, constants={self.constants!r})"
+
+
+class Planner:
+    """The planner's state and its decisions.
+
+    Attributes:
+        generation (int): changes whenever an answer of :meth:`select` may change; callers
+            that remember answers keep them with the generation they were given in.
+    """
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self._autotune: bool | None = None
+        self._constants: dict[str, Constants] = dict(CONSTANTS)
+        self._sources: dict[str, str] = {device: BUILTIN_SOURCE for device in CONSTANTS}
+        self._profile_read = False
+        self._measured: dict[Key, str] = {}
+        self._modelled: dict[Key, str] = {}
+        #: Answers that others derive from the planner's, dropped with them (``xcorr.xcorr``'s bound
+        #: calls by signature).
+        self.derived: dict[Any, Any] = {}
+        self._lock = threading.RLock()
+
+    # State and its one invalidation.
+
+    def invalidate(self) -> None:
+        """Drop every answer derived from the current state: the model's, and everyone's bound calls."""
+        with self._lock:
+            self.generation += 1
+            self._modelled.clear()
+            self.derived.clear()
+
+    def clear(self) -> None:
+        """Forget every measured winner (and with :meth:`invalidate` whatever followed from them)."""
+        with self._lock:
+            self._measured.clear()
+            self.invalidate()
+
+    def set_autotune(self, enabled: bool | None) -> None:
+        if enabled is not None and not isinstance(enabled, bool):
+            raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
+        self._autotune = enabled
+        self.invalidate()
+
+    def set_constants(self, device_type: str, constants: Constants, source: str = "set at run time") -> None:
+        """Use ``constants`` for ``device_type`` from now on (``source`` says where they came from)."""
+        if not isinstance(constants, Constants):
+            raise TypeError(f"constants must be a planner.Constants, got {type(constants).__name__}")
+        self._read_profile()
+        self._constants[device_type] = constants
+        self._sources[device_type] = source
+        self.invalidate()
+
+    def reset_constants(self) -> None:
+        """Back to the built-in constants; the profile is read again on next use."""
+        self._constants = dict(CONSTANTS)
+        self._sources = {device: BUILTIN_SOURCE for device in CONSTANTS}
+        self._profile_read = False
+        self.invalidate()
+
+    def _read_profile(self) -> None:
+        """Take the saved profile's constants for this machine, once (lazily: on first use)."""
+        if self._profile_read or _compiling():
+            return
+        self._profile_read = True
+        for device_type, (values, source) in _profile.load_constants([f.name for f in fields(Constants)]).items():
+            self._constants[device_type] = Constants(**values)
+            self._sources[device_type] = source
+
+    def constants(self, device_type: str) -> Constants | None:
+        """The constants in force for ``device_type``, or None where it has none (it is measured)."""
+        self._read_profile()
+        return self._constants.get(device_type)
+
+    def constants_source(self, device_type: str) -> str:
+        """Where the constants in force for ``device_type`` come from."""
+        self._read_profile()
+        return self._sources.get(device_type, "none: every new problem is measured")
+
+    def measured_winners(self) -> dict[Key, str]:
+        """A copy of the measured winners (for :func:`xcorr.save_tuning`)."""
+        with self._lock:
+            return dict(self._measured)
+
+    def add_winners(self, winners: dict[Key, str]) -> None:
+        """Take measured winners (from :func:`xcorr.load_tuning`); unknown methods are skipped."""
+        with self._lock:
+            self._measured.update({k: m for k, m in winners.items() if m in BACKENDS})
+            self.invalidate()
+
+    # Decisions.
+
+    def candidates(self, spec: Spec) -> list[str]:
+        """The methods the hard constraints allow for ``spec``, in registry order."""
+        if exporting():
+            return [EXPORT_METHOD]
+        allowed = list(BACKENDS)
+        if spec.device.type not in FFT_DEVICES:
+            allowed.remove("fft")
+        if spec.mode == "depthwise" or maps_bytes(spec) > GATHER_MAX_BYTES:
+            allowed.remove("gather")
+        if "fft" in allowed and len(allowed) > 1 and _loses_precision(spec):
+            allowed.remove("direct")
+        return allowed
+
+    def estimate(self, spec: Spec, grad: bool = False, constants: Constants | None = None) -> dict[str, float]:
+        """The cost model: estimated seconds per method (forward, plus backward when ``grad``).
+
+        Args:
+            spec: the validated problem.
+            grad: whether a backward pass will follow.
+            constants: costs to use; by default those in force for ``spec``'s device type (CPU's
+                if it has none).
+
+        Returns:
+            seconds for ``"direct"`` and ``"fft"``, and for ``"gather"`` in the modes where it
+            competes (not depthwise).
+        """
+        c = constants or self.constants(spec.device.type) or self.constants("cpu")
+        assert c is not None
+        return _estimate(spec, grad, c)
+
+    def measure(
+        self, spec: Spec, grad: bool, allowed: list[str], x: torch.Tensor | None = None, z: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """Time each allowed method on ``x`` and ``z`` (random tensors of ``spec``'s shapes if None)."""
+        if x is None or z is None:
+            gen = torch.Generator(device=spec.device).manual_seed(0)
+            x = torch.randn(spec.x_shape, generator=gen, device=spec.device, dtype=spec.dtype)
+            z = torch.randn(spec.z_shape, generator=gen, device=spec.device, dtype=spec.dtype)
+        spec = compute_spec(spec)
+        x, z = x.detach().to(spec.dtype), z.detach().to(spec.dtype)
         if grad:
-            def run(backend=backend):
-                backend(x, z, spec).sum().backward()
-        else:
-            def run(backend=backend):
-                with torch.no_grad():
-                    backend(x, z, spec)
-        timings[method] = _bench(run, sync)
-    return timings
+            x, z = x.requires_grad_(True), z.requires_grad_(True)
+        sync = torch.cuda.synchronize if spec.device.type == "cuda" else (lambda: None)
+        timings = {}
+        for method in allowed:
+            run = BACKENDS[method].run
+            if grad:
+
+                def step(run=run):
+                    run(x, z, spec).sum().backward()
+            else:
+
+                def step(run=run):
+                    with torch.no_grad():
+                        run(x, z, spec)
+
+            timings[method] = _bench(step, sync)
+        return timings
+
+    def _measuring(self, spec: Spec) -> bool:
+        if self._autotune is None:
+            return self.constants(spec.device.type) is None
+        return self._autotune
+
+    def select(self, spec: Spec, grad: bool = False) -> str:
+        """Pick the method for a validated problem.
+
+        Args:
+            spec: the validated problem.
+            grad: whether a backward pass will follow (it changes which method is fastest).
+        """
+        allowed = self.candidates(spec)
+        if len(allowed) == 1:
+            return allowed[0]
+        key = _key(spec, grad)
+        hit = self._measured.get(key)
+        if hit is not None:
+            return hit
+        if spec.batch and not _compiling() and not exporting() and self._measuring(spec):
+            with self._lock:
+                if key not in self._measured:
+                    self._measured[key] = _argmin(self.measure(spec, grad, allowed))
+                return self._measured[key]
+        hit = self._modelled.get(key)
+        if hit is not None:
+            return hit
+        costs = self.estimate(spec, grad)
+        method = _argmin({m: costs[m] for m in allowed})
+        if not _compiling():
+            self._modelled[key] = method  # one dict store: atomic, so no lock
+        return method
+
+    def choose(
+        self, spec: Spec, grad: bool, measure: bool, x: torch.Tensor | None = None, z: torch.Tensor | None = None
+    ) -> Measured:
+        """What :func:`xcorr.choose_method` returns: the method and, when measured, the timings
+        (and the measured winner then serves ``method="auto"``)."""
+        source = self.constants_source(spec.device.type)
+        if not measure:
+            return Measured(self.select(spec, grad), {}, source)
+        allowed = self.candidates(spec)
+        timings = self.measure(spec, grad, allowed, x, z) if spec.batch else {m: 0.0 for m in allowed}
+        best = _argmin(timings)
+        with self._lock:
+            self._measured[_key(spec, grad)] = best
+            self.invalidate()
+        return Measured(best, timings, source)
 
 
-def _argmin(costs: dict[str, float]) -> str:
-    # A plain loop: torch.compile cannot trace min() with a key function.
-    best = None
-    for method, cost in costs.items():
-        if best is None or cost < costs[best]:
-            best = method
-    return best
+def _estimate(spec: Spec, grad: bool, c: Constants) -> dict[str, float]:
+    B, C = spec.x_shape[:2]
+    Bz, Cz, h, w = spec.z_shape
+    K = spec.out_channels
+    Ho, Wo = spec.out_size
+    Hp, Wp = spec.padded_search
+    out = B * Ho * Wo
+    wide = spec.dtype == torch.float64
+    if spec.mode == "upchannel":
+        # Dense kernels vectorise over a group's output channels: K counts as _lanes(K).
+        direct = c.direct_call + c.dense_mac * out * _lanes(K) * C * h * w
+        if grad:
+            direct *= 1 + c.dense_backward
+        if wide:
+            direct *= c.float64_dense
+    else:
+        # Depthwise kernels vectorise over the convolution's Bz*C channels (the k items that
+        # share a template are its batch).
+        channels = spec.k * _lanes(Bz * C)
+        macs = Ho * Wo * channels * h * w
+        # Per element of the search and of the per-channel output: oneDNN reorders both to and
+        # from its blocked layout, which costs more than the arithmetic once they leave cache.
+        elements = B * C * (Hp * Wp + Ho * Wo)
+        direct = c.direct_call + c.depthwise_mac * macs + c.direct_element * elements
+        if grad:
+            direct *= 1 + c.direct_backward
+            direct += c.direct_backward_mac * channels * Hp * Wp * h * w
+        if wide:
+            direct *= c.float64_depthwise
+
+    (nh, _, Lh), (nw, _, Lw) = (axis_plan(p, s) for p, s in zip(spec.padded_search, spec.dilated_template))
+    points = Lh * Lw
+    bins = Lh * (Lw // 2 + 1)
+    transforms = (B * nh * nw * (C + K) + Bz * Cz) * points * math.log2(points)
+    products = B * nh * nw * bins * (C * K if spec.mode == "upchannel" else C)
+    fft = c.fft_call + c.fft_chunk * chunk_count(spec) + c.fft_point * transforms + c.fft_product * products
+    if grad:
+        fft *= 1 + c.fft_backward
+    if wide:
+        fft *= c.float64_fft
+    costs = {"direct": direct * 1e-9, "fft": fft * 1e-9}
+
+    if spec.mode != "depthwise":
+        maps = B * K * h * w * (Hp * Wp + Ho * Wo)
+        search = B * C * Hp * Wp
+        gather = c.gather_call + c.gather_element * maps + c.gather_search * search + c.gather_mac * search * K * h * w
+        if grad:
+            gather *= 1 + c.gather_backward
+        if wide:
+            gather *= c.float64_gather
+        costs["gather"] = gather * 1e-9
+    return costs
 
 
-def _measuring(spec: Spec) -> bool:
-    if _autotune is None:
-        return spec.device.type not in CONSTANTS
-    return _autotune
+#: The planner of this process.
+PLANNER = Planner()
+
+candidates = PLANNER.candidates
+estimate = PLANNER.estimate
+measure = PLANNER.measure
+select = PLANNER.select
 
 
-def generation() -> int:
-    """Changes whenever an answer of :func:`select` may change (settings, measured winners)."""
-    return _generation
-
-
-def _bump() -> None:
-    global _generation
-    _generation += 1
-
-
-def select(spec: Spec, grad: bool = False) -> str:
-    """Pick the method for a validated problem.
+def set_autotune(enabled: bool | None) -> None:
+    """Measure the methods once per problem and cache the winner, like ``torch.backends.cudnn.benchmark``.
 
     Args:
-        spec: the validated problem.
-        grad: whether a backward pass will follow (it changes which method is fastest).
+        enabled (bool or None): ``True`` times every candidate method the first time a
+            (mode, shapes, geometry, dtype, device, grad) key is seen and reuses the winner;
+            ``False`` always uses the cost model; ``None`` (the default) measures only on devices
+            without fitted constants (CUDA).
+
+    Example:
+        >>> xcorr.set_autotune(True)
+        >>> xcorr.set_autotune(None)
     """
-    allowed = candidates(spec)
-    if len(allowed) == 1:
-        return allowed[0]
-    key = _key(spec, grad)
-    hit = _cache.get(key)
-    if hit is not None:
-        return hit
-    if spec.batch and _measuring(spec) and not _compiling() and not exporting():
-        with _lock:
-            if key not in _cache:
-                timings = measure(spec, grad, allowed)
-                _timings[key] = timings
-                _cache[key] = _argmin(timings)
-            return _cache[key]
-    hit = _modelled.get(key)
-    if hit is not None:
-        return hit
-    costs = estimate(spec, grad)
-    method = _argmin({m: costs[m] for m in allowed})
-    if not _compiling():
-        _modelled[key] = method  # one dict store: atomic, so no lock
-    return method
+    PLANNER.set_autotune(enabled)
 
 
-def choose(spec: Spec, grad: bool, measure_it: bool, x=None, z=None) -> tuple[str, dict[str, float]]:
-    """What :func:`xcorr.choose_method` returns: the method and, when measured, the timings."""
-    allowed = candidates(spec)
-    if not measure_it:
-        return select(spec, grad), {}
-    timings = measure(spec, grad, allowed, x, z) if spec.batch else {m: 0.0 for m in allowed}
-    best = _argmin(timings)
-    with _lock:
-        _cache[_key(spec, grad)] = best
-        _timings[_key(spec, grad)] = timings
-        _bump()
-    return best, timings
+def clear_cache() -> None:
+    """Forget every measured winner and every remembered decision (they are made again on next use).
+
+    Example:
+        >>> xcorr.clear_cache()
+    """
+    PLANNER.clear()
+
+
+def save_tuning(path: str | os.PathLike) -> None:
+    """Save the measured winners of this process (autotune, ``choose_method(..., measure=True)``) to ``path``.
+
+    Like FFTW's wisdom: :func:`load_tuning` in a later process skips their measurement. Each
+    winner is saved with the machine it was measured on (device kind, threads, torch version).
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "tuning.json")
+        >>> xcorr.save_tuning(path)
+        >>> xcorr.load_tuning(path)
+        0
+    """
+    _profile.save_tuning(path, PLANNER.measured_winners())
+
+
+def load_tuning(path: str | os.PathLike) -> int:
+    """Take the measured winners saved by :func:`save_tuning`; returns how many were taken.
+
+    Winners measured on another machine are skipped; an unreadable or foreign file is ignored
+    with one warning.
+    """
+    winners = _profile.load_tuning(path)
+    PLANNER.add_winners(winners)
+    return len(winners)

@@ -1,61 +1,73 @@
 """Template plans: one template against a new search region every frame (tracking)."""
+
 from __future__ import annotations
 
-from dataclasses import replace
+from typing import Any
 
 import torch
 
-from . import planner
-from ._checks import check_choice, check_planned_search, check_search_shape, check_tensor, check_xcorr
-from .backends import PREPARE
-from .ops import HALF, METHODS, empty_result
+from ._checks import check_planned_search, check_search_shape, check_tensor, check_xcorr
+from ._compute import compute_dtype, compute_spec, computed
+from ._tracing import tracing
+from .backends import BACKENDS
+from .ops import resolve
 
 
 class Plan:
-    """A correlation with a fixed template, prepared once: what depends on ``z`` alone (its
-    spectrum for ``"fft"``, its convolution weight for ``"direct"``) is computed when the plan
-    is made. Build it with :func:`xcorr.plan`; call it with the search.
+    """A correlation with a fixed template, validated and bound once: what depends on ``z`` alone
+    (its spectrum for ``"fft"``, its convolution weight for ``"direct"``, the tap index for
+    ``"gather"``) is computed when the plan is made. Build it with :func:`xcorr.plan`; call it with
+    the search. A search of a new type, shape, dtype or device is validated on its first call only.
 
     Attributes:
-        method (str): the method the plan runs.
+        method (str): the method the plan runs (chosen once: later planner changes do not move it).
         search_shape (tuple): the planned ``(B, C, H, W)``; calls may change ``B`` (a multiple
             of the number of templates) but not ``(C, H, W)``.
     """
 
-    def __init__(self, z, search_shape, mode, padding, stride, dilation, method):
+    def __init__(
+        self, z: Any, search_shape: Any, mode: Any, padding: Any, stride: Any, dilation: Any, method: Any
+    ) -> None:
         search_shape = check_search_shape(search_shape)
         check_tensor(z, "z", "Bz Cz h w")
         # A zero-stride view has the search's shape without its memory.
-        probe = z.new_empty(()).expand(search_shape)
-        self._spec = check_xcorr(probe, z, mode, padding, stride, dilation)
-        method = check_choice(method, "method", METHODS)
-        if method == "auto":
-            method = planner.select(self._spec, grad=torch.is_grad_enabled() and z.requires_grad)
-        self.method, self.search_shape, self.z = method, search_shape, z
-        self._dtype = z.dtype
-        self._run = PREPARE[method](z.float() if z.dtype in HALF else z, self._spec)
+        self._spec = check_xcorr(z.new_empty(()).expand(search_shape), z, mode, padding, stride, dilation)
+        self.method = resolve(self._spec, method, grad=torch.is_grad_enabled() and z.requires_grad)
+        self.search_shape, self.z = search_shape, z
+        self._run = BACKENDS[self.method].prepare(z.to(compute_dtype(z.dtype)), compute_spec(self._spec))
+        self._shapes: dict[tuple, tuple[int, int, int, int]] = {}  # validated searches -> output shape
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Correlate ``x`` (Tensor[B, C, H, W]) with the planned template; equals ``xcorr.xcorr``."""
+        seen = (type(x), x.shape, x.dtype, x.device) if isinstance(x, torch.Tensor) and not tracing() else None
+        shape = self._shapes.get(seen) if seen is not None else None
+        if shape is None:
+            shape = self._check(x)
+            if seen is not None:
+                self._shapes[seen] = shape
+        return computed(self._run, shape, x, attached=(self.z,))
+
+    def _check(self, x: Any) -> tuple[int, int, int, int]:
+        """The output shape for search ``x``, which must be as planned in (C, H, W)."""
         check_planned_search(x, self.search_shape)
         s = self._spec
-        spec = check_xcorr(x, self.z, s.mode, s.padding, s.stride, s.dilation)
-        if spec.batch == 0:
-            return empty_result(x, self.z, spec.out_shape)
-        if x.dtype in HALF:
-            return self._run(x.float(), replace(spec, dtype=torch.float32)).to(x.dtype)
-        return self._run(x, spec)
+        return check_xcorr(x, self.z, s.mode, s.padding, s.stride, s.dilation).out_shape
 
     def __repr__(self) -> str:
         s = self._spec
         extras = "".join(
             f", {name}={value}"
-            for name, value, default in (("padding", s.padding, (0, 0)), ("stride", s.stride, (1, 1)),
-                                         ("dilation", s.dilation, (1, 1)))
+            for name, value, default in (
+                ("padding", s.padding, (0, 0)),
+                ("stride", s.stride, (1, 1)),
+                ("dilation", s.dilation, (1, 1)),
+            )
             if value != default
         )
-        return (f"Plan(z={tuple(s.z_shape)}, search_shape={self.search_shape}, mode={s.mode!r}"
-                f"{extras}, method={self.method!r})")
+        return (
+            f"Plan(z={tuple(s.z_shape)}, search_shape={self.search_shape}, mode={s.mode!r}"
+            f"{extras}, method={self.method!r})"
+        )
 
 
 def plan(

@@ -20,6 +20,7 @@ search is a full convolution of the output gradient with the template. A trainin
 costs about three forward passes. Dense grouped convolutions (``"upchannel"``) keep PyTorch's
 backward, whose dense kernels measured faster than the same correlations written out.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .._spec import Pair, Spec
-
+from ._base import Backend
 
 #: From this many template taps, padding is applied by hand: conv2d's own padding then takes a
 #: CPU path up to 10x slower than padding a copy (measured for depthwise kernels of 8x8 and up).
@@ -115,58 +116,71 @@ class _Depthwise(torch.autograd.Function):
         return gx, gw, None, None
 
 
-def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor, Spec], torch.Tensor]:
-    """Reshape the template into a convolution weight once; return ``run(x, spec)``."""
-    Bz, Cz, h, w = spec.z_shape
-    C, K = spec.channels, spec.out_channels
+def _items_as_batch(x: torch.Tensor, spec: Spec) -> torch.Tensor:
+    """(B, C, H, W) -> (k, Bz*C, H, W): item i*k + j becomes batch j, channel group i. (With one
+    template, x is that already; a tracker's small call feels every extra reshape.)"""
+    B, C, H, W = spec.x_shape
+    Bz, k = spec.templates, spec.k
+    if Bz == 1:
+        return x
+    if k == 1:
+        return x.reshape(1, Bz * C, H, W)
+    return x.reshape(Bz, k, C, H, W).transpose(0, 1).reshape(k, Bz * C, H, W)
+
+
+def _batch_as_items(out: torch.Tensor, spec: Spec) -> torch.Tensor:
+    """The inverse of :func:`_items_as_batch` on the output: (k, Bz*K, H', W') -> (B, K, H', W')."""
+    Bz, k, K = spec.templates, spec.k, spec.out_channels
+    if Bz == 1:
+        return out
+    Ho, Wo = spec.out_size
+    if k == 1:
+        return out.reshape(spec.batch, K, Ho, Wo)
+    return out.reshape(k, Bz, K, Ho, Wo).transpose(0, 1).reshape(spec.batch, K, Ho, Wo)
+
+
+def _weight(z: torch.Tensor, spec: Spec) -> torch.Tensor:
+    """The template as a convolution weight: (Bz*K, C, h, w) dense, or (Bz*C, 1, h, w) depthwise."""
+    Bz, _, h, w = spec.z_shape
     if spec.mode == "upchannel":
-        weight = z.reshape(Bz * K, C, h, w)
+        return z.reshape(Bz * spec.out_channels, spec.channels, h, w)
+    return z.reshape(Bz * spec.channels, 1, h, w)
+
+
+def _run(x: torch.Tensor, weight: torch.Tensor, spec: Spec, grad: bool) -> torch.Tensor:
+    xk = _items_as_batch(x, spec)
+    if spec.mode == "upchannel":
+        out = _conv(xk, weight, spec.stride, spec.padding, spec.dilation, spec.templates)
+    elif grad:
+        out = _Depthwise.apply(xk, weight, spec, spec.mode == "naive")
     else:
-        weight = z.reshape(Bz * C, 1, h, w)
+        # Without a backward pass, skip the autograd.Function's bookkeeping (~30 us a call).
+        out = _depthwise(xk, weight, spec, spec.mode == "naive")
+    return _batch_as_items(out, spec)
 
-    def run(x: torch.Tensor, spec: Spec) -> torch.Tensor:
-        B, C, H, W = spec.x_shape
-        k = spec.k
-        # (B, C, H, W) -> (k, Bz*C, H, W): item i*k + j becomes batch j, channel group i. (With one
-        # template, x is that already; a tracker's small call feels every extra reshape.)
-        if Bz == 1:
-            xk = x
-        elif k == 1:
-            xk = x.reshape(1, Bz * C, H, W)
-        else:
-            xk = x.reshape(Bz, k, C, H, W).transpose(0, 1).reshape(k, Bz * C, H, W)
-        if spec.mode == "upchannel":
-            out = _conv(xk, weight, spec.stride, spec.padding, spec.dilation, Bz)
-        elif torch.is_grad_enabled() and (xk.requires_grad or weight.requires_grad):
-            out = _Depthwise.apply(xk, weight, spec, spec.mode == "naive")
-        else:
-            # Without a backward pass, skip the autograd.Function's bookkeeping (~30 us a call).
-            out = _depthwise(xk, weight, spec, spec.mode == "naive")
-        if Bz == 1:
-            return out
-        Ho, Wo = spec.out_size
-        if k == 1:
-            return out.reshape(B, K, Ho, Wo)
-        return out.reshape(k, Bz, K, Ho, Wo).transpose(0, 1).reshape(B, K, Ho, Wo)
 
-    return run
+def _grad(x: torch.Tensor, z: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or z.requires_grad)
 
 
 def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
-    return prepare(z, spec)(x, spec)
+    return _run(x, _weight(z, spec), spec, _grad(x, z))
 
 
-def bind(spec: Spec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``xcorr(x, z, spec)`` for eager calls of one signature. With one depthwise template (a
-    tracker's every frame) and no backward pass, that is the one depthwise convolution, without
-    the plan's closure and reshapes (about 10 us of a 0.3 ms call)."""
-    if spec.mode != "depthwise" or spec.templates != 1:
-        return lambda x, z: xcorr(x, z, spec)
-    C, (h, w) = spec.channels, spec.z_shape[-2:]
+def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Template plans: the template is reshaped into a convolution weight once."""
+    weight = _weight(z, spec)
+    return lambda x: _run(x, weight, spec.with_batch(x.shape[0]), _grad(x, weight))
 
-    def run(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and (x.requires_grad or z.requires_grad):
-            return xcorr(x, z, spec)
-        return _conv(x, z.reshape(C, 1, h, w), spec.stride, spec.padding, spec.dilation, C)
 
-    return run
+def bind(spec: Spec, grad: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Eager calls of one signature. With one depthwise template (a tracker's every frame) and no
+    backward pass, that is the one depthwise convolution, without reshapes or branches."""
+    if spec.mode == "depthwise" and spec.templates == 1 and not grad:
+        C, (h, w) = spec.channels, spec.z_shape[-2:]
+        stride, padding, dilation = spec.stride, spec.padding, spec.dilation
+        return lambda x, z: _conv(x, z.reshape(C, 1, h, w), stride, padding, dilation, C)
+    return lambda x, z: _run(x, _weight(z, spec), spec, grad)
+
+
+BACKEND = Backend("direct", run=xcorr, prepare=prepare, bind=bind)

@@ -13,9 +13,9 @@ convolution. ``"depthwise"`` sums nothing over channels, so it adds up the templ
 products one tap at a time (``h·w`` multiply-adds over the output, a few times slower than
 ``"direct"``; the exported graph has a few nodes per tap, fine for tracker templates).
 """
+
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .._spec import Spec
 from .._tracing import tracing
+from ._base import Backend
 
 
 def _window_offsets(spec: Spec, device: torch.device) -> torch.Tensor:
@@ -35,25 +36,8 @@ def _window_offsets(spec: Spec, device: torch.device) -> torch.Tensor:
     return (rows * Wp + cols).reshape(h * w, Ho * Wo)
 
 
-#: Tap indices by geometry and device: building them costs about as much as a small correlation.
-_TAP_INDEX: dict[tuple, torch.Tensor] = {}
-_TAP_INDEX_ENTRIES = 64
-
-
 def _tap_index(spec: Spec, device: torch.device) -> torch.Tensor:
     """(h·w·H'·W',) positions in the flattened (tap, padded pixel) product maps."""
-    if tracing():  # the index becomes a constant of the traced graph: cache nothing from a trace
-        return _build_tap_index(spec, device)
-    key = (spec.z_shape[-2:], spec.padded_search, spec.stride, spec.dilation, device)
-    index = _TAP_INDEX.get(key)
-    if index is None:
-        if len(_TAP_INDEX) >= _TAP_INDEX_ENTRIES:
-            _TAP_INDEX.clear()
-        index = _TAP_INDEX[key] = _build_tap_index(spec, device)
-    return index
-
-
-def _build_tap_index(spec: Spec, device: torch.device) -> torch.Tensor:
     taps = spec.z_shape[-2] * spec.z_shape[-1]
     Hp, Wp = spec.padded_search
     tap_start = torch.arange(taps, device=device).view(taps, 1) * (Hp * Wp)
@@ -83,12 +67,16 @@ def _channel_by_channel(search: torch.Tensor, z: torch.Tensor, spec: Spec) -> to
     Ho, Wo = spec.out_size
     search = search.reshape(Bz, -1, C, *spec.padded_search)
     z = z.reshape(Bz, 1, C, h, w)
-    out = None
+
+    def product(u: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The search window of tap (u, v) at every output, and the tap."""
+        window = search[..., u * dh : u * dh + (Ho - 1) * sh + 1 : sh, v * dw : v * dw + (Wo - 1) * sw + 1 : sw]
+        return window, z[..., u : u + 1, v : v + 1]
+
+    out = torch.mul(*product(0, 0))
     for u in range(h):
-        for v in range(w):
-            window = search[..., u * dh : u * dh + (Ho - 1) * sh + 1 : sh, v * dw : v * dw + (Wo - 1) * sw + 1 : sw]
-            tap = z[..., u : u + 1, v : v + 1]
-            out = window * tap if out is None else out.addcmul(window, tap)
+        for v in range(1 if u == 0 else 0, w):
+            out = out.addcmul(*product(u, v))
     return out
 
 
@@ -96,15 +84,6 @@ def _channel_by_channel(search: torch.Tensor, z: torch.Tensor, spec: Spec) -> to
 #: the graph must not depend on the batch): glibc maps every temporary of 32 MiB or more fresh from
 #: the kernel, and zeroing its pages cost twice the work itself (32 items of 4x49 maps of 48x48).
 CHUNK_BYTES = 16 << 20
-
-
-def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
-    if tracing():  # before any test of the batch size, which may be symbolic here
-        return _xcorr(x, z, spec)
-    pairs = _chunks(x, z, spec)
-    if pairs is None:
-        return _xcorr(x, z, spec)
-    return torch.cat([_xcorr(xc, zc, replace(spec, x_shape=tuple(xc.shape), z_shape=tuple(zc.shape))) for xc, zc in pairs])
 
 
 def _items_per_chunk(spec: Spec) -> int | None:
@@ -115,17 +94,6 @@ def _items_per_chunk(spec: Spec) -> int | None:
     return max(1, CHUNK_BYTES // per_item)
 
 
-def _chunks(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-    """(search items, their templates) of each chunk, or None for one chunk of everything."""
-    items = _items_per_chunk(spec)
-    if items is None:
-        return None
-    if spec.templates == 1:
-        return [(xc, z) for xc in x.split(items)]
-    t = max(1, items // spec.k)  # whole templates with all of their items
-    return list(zip(x.split(t * spec.k), z.split(t)))
-
-
 def maps_bytes(spec: Spec) -> int:
     """Bytes of one search item's tap-by-pixel product maps (half precision runs in float32)."""
     Hp, Wp = spec.padded_search
@@ -133,25 +101,55 @@ def maps_bytes(spec: Spec) -> int:
     return spec.out_channels * spec.z_shape[-2] * spec.z_shape[-1] * Hp * Wp * itemsize
 
 
-def _xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec, index: torch.Tensor | None = None) -> torch.Tensor:
+def _correlate(x: torch.Tensor, z: torch.Tensor, spec: Spec, index: torch.Tensor | None) -> torch.Tensor:
+    """One chunk; ``index`` is the tap index of ``spec``'s geometry (None in depthwise mode)."""
     ph, pw = spec.padding
     search = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
-    if spec.mode == "depthwise":
+    if index is None:
         out = _channel_by_channel(search, z, spec)
     else:
-        out = _summed_over_channels(search, z, spec, _tap_index(spec, search.device) if index is None else index)
+        out = _summed_over_channels(search, z, spec, index)
     return out.reshape(-1, spec.out_channels, *spec.out_size)
 
 
-def bind(spec: Spec) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``xcorr(x, z, spec)`` for eager calls of one signature, with the tap index and the chunking
-    worked out once: a tracker's repeated call is then its few tensor operations."""
-    if spec.mode == "depthwise" or _items_per_chunk(spec) is not None:
-        return lambda x, z: xcorr(x, z, spec)
-    index = _build_tap_index(spec, spec.device)
-    return lambda x, z: _xcorr(x, z, spec, index)
+def _index(spec: Spec, device: torch.device) -> torch.Tensor | None:
+    return None if spec.mode == "depthwise" else _tap_index(spec, device)
 
 
-def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor, Spec], torch.Tensor]:
-    """Template plans: the taps are used as they are, so only the template is kept."""
-    return lambda x, spec: xcorr(x, z, spec)
+def _run(x: torch.Tensor, z: torch.Tensor, spec: Spec, index: torch.Tensor | None, items: int | None) -> torch.Tensor:
+    """All chunks of ``items`` search items (None: one chunk); every chunk shares the geometry, so the index."""
+    if items is None:
+        return _correlate(x, z, spec, index)
+    if spec.templates == 1:
+        pairs = [(xc, z) for xc in x.split(items)]
+    else:
+        t = max(1, items // spec.k)  # whole templates with all of their items
+        pairs = list(zip(x.split(t * spec.k), z.split(t)))
+    return torch.cat([_correlate(xc, zc, spec.with_batch(xc.shape[0], zc.shape[0]), index) for xc, zc in pairs])
+
+
+def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
+    # While tracing, one chunk: the batch may be symbolic, and the graph must not depend on it.
+    items = None if tracing() else _items_per_chunk(spec)
+    return _run(x, z, spec, _index(spec, x.device), items)
+
+
+def bind(spec: Spec, grad: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Eager calls of one signature: the tap index and the chunking worked out once, so a
+    tracker's repeated call is its few tensor operations."""
+    index, items = _index(spec, spec.device), _items_per_chunk(spec)
+    return lambda x, z: _run(x, z, spec, index, items)
+
+
+def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Template plans: the taps are used as they are, so the template and the tap index are kept."""
+    index = _index(spec, z.device)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        s = spec.with_batch(x.shape[0])
+        return _run(x, z, s, index, None if tracing() else _items_per_chunk(s))
+
+    return run
+
+
+BACKEND = Backend("gather", run=xcorr, prepare=prepare, bind=bind)

@@ -4,6 +4,7 @@ A suite is a list of :class:`Case`. A case's ``setup`` builds its inputs and ret
 contenders as zero-argument callables keyed by name: ``"xcorr"`` for ours and one entry per
 peer that is installed (a peer whose package is missing is left out, not faked).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

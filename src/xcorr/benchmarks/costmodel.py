@@ -11,12 +11,14 @@ often the fitted model picks the measured-fastest method and what a wrong pick c
 
 Fitting needs scipy (the ``bench`` and ``dev`` extras).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import random
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -51,7 +53,7 @@ _FIELDS = [f.name for f in dataclasses.fields(planner.Constants)]
 def random_problems(n: int, seed: int = 0, max_macs: float = 4e8) -> list[tuple[str, list[int], list[int]]]:
     """``n`` random (mode, x shape, z shape) problems of at most ``max_macs`` direct multiply-adds."""
     rng = random.Random(seed)
-    problems = []
+    problems: list[tuple[str, list[int], list[int]]] = []
     while len(problems) < n:
         mode = rng.choice(["naive", "depthwise", "upchannel"])
         B, C = rng.choice([1, 2, 4, 8, 16, 32]), rng.choice([16, 32, 64, 128, 256])
@@ -78,16 +80,20 @@ def collect(
     progress: Callable[[Row], None] | None = None,
 ) -> list[Row]:
     """Time every allowed method on each problem, forward and forward+backward (seconds)."""
-    rows = []
+    rows: list[Row] = []
     for mode, x_shape, z_shape in problems:
         gen = torch.Generator().manual_seed(len(rows))
         x = torch.randn(list(x_shape), generator=gen).to(device)
         z = torch.randn(list(z_shape), generator=gen).to(device)
         spec = check_xcorr(x, z, mode, 0, 1, 1)
         allowed = planner.candidates(spec)
-        row = {"mode": mode, "x": list(x_shape), "z": list(z_shape),
-               "fwd": planner.measure(spec, False, allowed, x, z),
-               "both": planner.measure(spec, True, allowed, x, z)}
+        row = {
+            "mode": mode,
+            "x": list(x_shape),
+            "z": list(z_shape),
+            "fwd": planner.measure(spec, False, allowed, x, z),
+            "both": planner.measure(spec, True, allowed, x, z),
+        }
         rows.append(row)
         if progress is not None:
             progress(row)
@@ -111,7 +117,7 @@ def _nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def fit(rows: Sequence[Row], base: planner.Constants | None = None) -> planner.Constants:
     """Constants fitted to ``rows`` (from :func:`collect`); those no row informs keep ``base``'s."""
-    values = dataclasses.asdict(base or planner.CONSTANTS["cpu"])
+    values = dataclasses.asdict(base or planner.CONSTANTS["cpu"])  # built-in, whatever a profile says
     for method, names, fixed, picks in FORWARD:
         used = [r for r in rows if method in r["fwd"] and picks(r["mode"])]
         if not used:
@@ -127,14 +133,14 @@ def fit(rows: Sequence[Row], base: planner.Constants | None = None) -> planner.C
         used = [r for r in rows if method in r["both"] and picks(r["mode"])]
         if not used:
             continue
-        A, y = [], []
+        features, shares = [], []
         for r in used:
             spec = _spec(r)
             f = planner.estimate(spec, False, forward)[method] * 1e9
             both = r["both"][method] * 1e9
-            A.append([f / both] + ([_feature(spec, method, extra, grad=True) / both] if extra else []))
-            y.append((both - f) / both)
-        solution = _nnls(np.array(A), np.array(y))
+            features.append([f / both] + ([_feature(spec, method, extra, grad=True) / both] if extra else []))
+            shares.append((both - f) / both)
+        solution = _nnls(np.array(features), np.array(shares))
         values[ratio] = float(solution[0])
         if extra:
             values[extra] = float(solution[1])
@@ -161,9 +167,11 @@ def evaluate(rows: Sequence[Row], constants: planner.Constants) -> dict[str, dic
             if worst is None or loss > worst[0]:
                 worst = (loss, {"mode": r["mode"], "x": r["x"], "z": r["z"], "picked": pick, "fastest": fastest})
         out[key] = {
-            "problems": len(rows), "best": best,
+            "problems": len(rows),
+            "best": best,
             "mean_loss": float(np.mean(losses)) if losses else math.nan,
-            "worst_loss": worst[0] if worst else math.nan, "worst": worst[1] if worst else None,
+            "worst_loss": worst[0] if worst else math.nan,
+            "worst": worst[1] if worst else None,
         }
     return out
 

@@ -6,6 +6,7 @@ peers loop over the batch). Each peer computes the same scores as ours: valid po
 images in [0, 1). scipy has no template matching, so its entry is what a scipy user writes:
 ``scipy.signal.correlate`` for the numerator and for the window sums.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -103,11 +104,11 @@ def _batch_case() -> Case:
         z = torch.from_numpy(templates).unsqueeze(1)
         pairs = list(zip(images, templates))
 
-        def ours() -> torch.Tensor:
+        def ours() -> Any:
             with torch.no_grad():
                 return match_template(x, z)
 
-        fns = {OURS: ours}
+        fns: dict[str, Callable[[], Any]] = {OURS: ours}
         if _installed("cv2"):
             opencv = _opencv("ccoeff_normed")
             fns[OPENCV] = lambda: [opencv(i, t) for i, t in pairs]

@@ -5,6 +5,7 @@ every round, so drifting machine load and each other's cache evictions spread ov
 and summarised by their medians. The table shows each contender's median, our ratio to the
 fastest peer and whether the case's target is met; JSON and a PNG chart are optional.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,11 +16,13 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, TextIO
 
 import torch
 
+from .. import planner
 from . import OURS, Case
 
 #: Suite name -> module exposing ``cases() -> list[Case]``; imported only when run.
@@ -85,8 +88,7 @@ def load(name: str) -> list[Case]:
     missing = [p for p in getattr(module, "PEERS", ()) if importlib.util.find_spec(p) is None]
     if missing:
         raise Unavailable(
-            f"suite {name!r} is unavailable: its peers' packages {', '.join(missing)} are missing "
-            f"({INSTALL_HINT})"
+            f"suite {name!r} is unavailable: its peers' packages {', '.join(missing)} are missing ({INSTALL_HINT})"
         )
     return list(module.cases())
 
@@ -145,7 +147,10 @@ def time_case(case: Case, repeats: int = REPEATS, device: str | torch.device = "
             samples[name].append(t)
             spent[name] += t
     result = Result(
-        case.suite, case.name, {n: statistics.median(s) for n, s in samples.items()}, case.target,
+        case.suite,
+        case.name,
+        {n: statistics.median(s) for n, s in samples.items()},
+        case.target,
         {n: len(s) for n, s in samples.items()},
     )
     if case.info is not None:
@@ -178,11 +183,18 @@ def table(results: Sequence[Result]) -> str:
     for r in results:
         met = {True: "ok", False: "MISS", None: ""}[r.met]
         error = r.info.get("error")
-        rows.append([
-            r.case, _ms(r.times.get(OURS)), *(_ms(r.times.get(p)) for p in peers),
-            "-" if r.ratio is None else f"{r.ratio:.3f}", "-" if r.target is None else f"{r.target:g}",
-            met, str(r.info.get("method", "")), "" if error is None else f"{error:.1e}",
-        ])
+        rows.append(
+            [
+                r.case,
+                _ms(r.times.get(OURS)),
+                *(_ms(r.times.get(p)) for p in peers),
+                "-" if r.ratio is None else f"{r.ratio:.3f}",
+                "-" if r.target is None else f"{r.target:g}",
+                met,
+                str(r.info.get("method", "")),
+                "" if error is None else f"{error:.1e}",
+            ]
+        )
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     fmt = lambda cells: "  ".join(  # noqa: E731
         str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
@@ -199,13 +211,23 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+        "constants": planner.PLANNER.constants_source(device.type),
     }
 
 
 def write_json(path: str, results: Sequence[Result], device: str | torch.device = "cpu") -> None:
     rows = [
-        {"suite": r.suite, "case": r.case, "seconds": r.times, "samples": r.samples,
-         "ratio": r.ratio, "target": r.target, "met": r.met, **r.info}
+        {
+            "suite": r.suite,
+            "case": r.case,
+            "seconds": r.times,
+            "samples": r.samples,
+            "ratio": r.ratio,
+            "target": r.target,
+            "met": r.met,
+            **r.info,
+        }
         for r in results
     ]
     with open(path, "w") as f:
@@ -223,7 +245,7 @@ def plot(path: str, results: Sequence[Result]) -> None:
     fig, ax = plt.subplots(figsize=(9, 0.4 * len(shown) + 1.5))
     ys = range(len(shown))
     colors = ["tab:green" if r.met in (True, None) else "tab:red" for r in shown]
-    ax.barh(list(ys), [r.ratio for r in shown], color=colors)
+    ax.barh(list(ys), [r.ratio or 0.0 for r in shown], color=colors)
     for y, r in zip(ys, shown):
         if r.target is not None:
             ax.plot([r.target, r.target], [y - 0.4, y + 0.4], color="black")
@@ -263,8 +285,12 @@ def run(
     if not cases:
         raise Unavailable("; ".join(problems) or "no cases to run")
     env = environment(device)
-    print(f"xcorr bench: torch {env['torch']}, {env['threads']} threads, {env['device']}; "
-          f"medians in ms", file=out, flush=True)
+    print(
+        f"xcorr bench: torch {env['torch']}, {env['threads']} threads, {env['device']}, CPU capability "
+        f"{env['cpu_capability']}; cost-model constants: {env['constants']}; medians in ms",
+        file=out,
+        flush=True,
+    )
     bar = _progress(len(cases), sys.stderr)
     results = []
     for case in cases:

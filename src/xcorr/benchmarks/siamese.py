@@ -5,6 +5,7 @@ batch folded into channels and ``groups=B`` or ``groups=B*C``) and the same form
 ``fft_conv_pytorch.fft_conv`` (package ``fft-conv-pytorch``). Inputs are uniform in [0, 1), as in
 the founding example: all-positive sums are the hard case for float32 accuracy.
 """
+
 from __future__ import annotations
 
 import warnings

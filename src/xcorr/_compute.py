@@ -1,0 +1,60 @@
+"""The two rules every op applies around its computation, held in one place.
+
+* **Half precision is computed in float32** and the result rounded back: pocketfft and cuFFT lack
+  most half sizes, CPU convolutions in half are several times slower than in float32, and the
+  depthwise shifted sums of ``"gather"`` would otherwise accumulate in half.
+* **An empty batch** gives zeros of the output's shape, attached to the inputs so that autograd
+  still sees the dependency (and gives zero gradients), without running a backend.
+
+:func:`xcorr.xcorr`, template plans, :func:`xcorr.pixelwise` and :func:`xcorr.match_template` all
+call :func:`computed`; the planner and the backends see float32 specs through
+:func:`compute_spec`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import torch
+
+from ._spec import Spec
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a computation on ``dtype`` inputs runs in."""
+    return torch.float32 if dtype in HALF else dtype
+
+
+def compute_spec(spec: Spec) -> Spec:
+    """``spec`` as the backends see it: half precision becomes float32."""
+    return replace(spec, dtype=torch.float32) if spec.dtype in HALF else spec
+
+
+def empty_result(shape: tuple[int, ...], *inputs: torch.Tensor) -> torch.Tensor:
+    """Zeros of ``shape`` (of the first input's dtype and device), attached to every input."""
+    first = inputs[0]
+    attached = sum((t.sum() for t in inputs[1:]), first.sum())
+    return first.new_zeros(shape) + attached * 0
+
+
+def computed(
+    run: Callable[..., torch.Tensor],
+    shape: tuple[int, ...],
+    *inputs: torch.Tensor,
+    attached: tuple[torch.Tensor, ...] = (),
+) -> torch.Tensor:
+    """``run(*inputs)`` under both rules; ``shape`` is the output's, used for an empty batch.
+
+    The first input decides: its batch (dim 0) and its dtype. ``attached`` are further tensors
+    the result depends on without being passed to ``run`` (a template plan's template, whose
+    share of the work is done): an empty result is attached to them too.
+    """
+    first = inputs[0]
+    if first.shape[0] == 0:
+        return empty_result(shape, *inputs, *attached)
+    if first.dtype in HALF:
+        return run(*(t.float() if t.dtype in HALF else t for t in inputs)).to(first.dtype)
+    return run(*inputs)
