@@ -1,4 +1,3 @@
-import doctest
 import itertools
 
 import cv2
@@ -543,10 +542,6 @@ def test_find_peaks_batch_and_ties():
     scores[0, 0, 1, 2] = 3
     scores[1, 0, 3, 0] = scores[1, 0, 2, 4] = 7  # tie: first in row-major order
     assert xcorr.find_peaks(scores) == [[(2, 1, 3.0)], [(4, 2, 7.0)]]
-
-
-def test_docstring_examples():
-    assert doctest.testmod(xcorr.match, extraglobs={"np": np, "torch": torch}).failed == 0
 
 
 # --- bad input ---------------------------------------------------------------------------------

@@ -229,7 +229,9 @@ class _Rounding:
         u = _FLOAT32_UNIT
         y = num.detach()
         norm = torch.linalg.vector_norm
-        largest = norm(y, float("inf"), dim=(1, 2, 3)).double().view(N, 1, 1, 1)
+        # (amax and amin: 0.17 ms at 961x961, where the infinity norm over dims takes 1.6 ms.)
+        flat = y.flatten(1)
+        largest = torch.maximum(flat.amax(1), -flat.amin(1)).double().view(N, 1, 1, 1)
         if method != "fft":
             n = zs[0].numel()
             gamma = min(n * u / (1 - n * u), _SUM_MARGIN * u * math.sqrt(n))
@@ -288,11 +290,16 @@ class _Problem:
             return num
         limit = NUMERATOR_ERROR / factor * self.scale(images)
         spread, local = self.rounding.spread[images] / limit, self.rounding.local[images] / limit
-        # Flat windows (den2 = 0) score the worst score whatever their numerator.
+        # Flat windows (den2 = 0) score the worst score whatever their numerator. One reduction
+        # settles the common case, where no window is near the bound (0.1 ms at 961x961, where
+        # a comparison map and its any() take 1.1 ms).
         if bool((local == 0).all()):
-            inexact = (den2 < spread * spread) & (den2 > 0)
+            if not bool((den2.flatten(1).amin(1).view(-1, 1, 1, 1) < spread * spread).any()):
+                return num
+            inexact = den2 < spread * spread
         else:
-            inexact = (den2 < (spread + local * s2.sqrt()) ** 2) & (den2 > 0)
+            inexact = den2 < (spread + local * s2.sqrt()) ** 2
+        inexact &= den2 > 0
         if not bool(inexact.any()):
             return num
         return self._recomputed(num, inexact, rows, images)
