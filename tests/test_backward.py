@@ -108,6 +108,7 @@ def test_chunks_of_items_and_channels(mode, Bz, maps, monkeypatch):
     spec = xcorr._checks.check_xcorr(x, z, mode, 1, 1, 1)
     assert fft.axis_plan(11, 3)[2] == 12  # the padded 11x10 search is transformed at 12 x 10
     monkeypatch.setattr(fft, "CHUNK_BYTES", maps * 12 * 6 * 16)
+    monkeypatch.setattr(fft, "LARGE_MAP_CHUNK_BYTES", maps * 12 * 6 * 16)
     if mode == "upchannel":  # whole items, under a budget of its own
         monkeypatch.setattr(fft, "UPCHANNEL_CHUNK_BYTES", 1 if maps < 9 else 1 << 30)
         items, channels = fft.chunk_plan(spec)
@@ -177,6 +178,19 @@ def test_gather_chunks_of_items(mode, Bz, items, monkeypatch):
     z.requires_grad_(True)
     f = lambda x, z: xcorr.xcorr(x, z, mode, padding=1, method="gather")  # noqa: E731
     assert torch.autograd.gradcheck(f, (x, z), fast_mode=True)
+
+
+def test_large_maps_keep_naive_channels_together():
+    # One 1024x1024 spectrum (1024 x 513 bins of complex64, 4.2 MB) passes CHUNK_BYTES alone:
+    # naive mode keeps an RGB image's channels in one chunk (one inverse transform), depthwise
+    # mode transforms every channel back anyway and keeps its small chunks.
+    x, z = torch.empty(2, 3, 1024, 1024, device="meta"), torch.empty(1, 3, 48, 48, device="meta")
+    assert fft.chunk_plan(xcorr._checks.check_xcorr(x, z, "naive", 0, 1, 1)) == (1, 3)
+    assert fft.chunk_plan(xcorr._checks.check_xcorr(x, z, "depthwise", 0, 1, 1)) == (1, 1)
+    many = torch.empty(1, 16, 1024, 1024, device="meta")
+    assert fft.chunk_plan(
+        xcorr._checks.check_xcorr(many, torch.empty(1, 16, 48, 48, device="meta"), "naive", 0, 1, 1)
+    ) == (1, 4)
 
 
 def test_chunk_size_follows_the_budget(monkeypatch):

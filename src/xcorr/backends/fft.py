@@ -38,6 +38,9 @@ from ._base import Backend
 #: every call, and zeroing their pages cost more than the transforms themselves (one 34 MB
 #: spectrum per array made B8 C64 128x128 / 32x32 3.5x slower than chunks of 4 MB).
 CHUNK_BYTES = 4 << 20
+#: Bytes of search spectra per chunk where one map alone passes :data:`CHUNK_BYTES` (an image of
+#: about 1024x1024 and more): below glibc's 32 MiB mmap threshold.
+LARGE_MAP_CHUNK_BYTES = 24 << 20
 #: Bytes of spectra (search, template, output, gradients) one up-channel chunk may hold.
 UPCHANNEL_CHUNK_BYTES = 1 << 30
 
@@ -250,7 +253,12 @@ def chunk_plan(spec: Spec) -> tuple[int, int]:
         per_item = per_map * (2 * (C + K) + (0 if shared else Cz / max(k, 1)))
         budget = UPCHANNEL_CHUNK_BYTES - (per_map * Cz if shared else 0)
         return max(1, int(budget // per_item)), C
-    maps = max(1, CHUNK_BYTES // per_map)
+    # A map that alone passes the budget has left the cache whatever the chunk: then naive mode's
+    # channels are only cut to stay below the mmap threshold, since each cut costs an inverse
+    # transform and a sum in space (depthwise mode transforms every channel back anyway).
+    large = per_map >= CHUNK_BYTES and spec.mode == "naive"
+    budget = LARGE_MAP_CHUNK_BYTES if large else CHUNK_BYTES
+    maps = max(1, budget // per_map)
     if maps >= C:
         return _even(spec.batch, maps // C), C
     return 1, _even(C, maps)
