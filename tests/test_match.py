@@ -779,3 +779,40 @@ def test_recomputed_windows_are_few_and_exact(darkened, monkeypatch, route):
     assert sum(calls) < 0.1 * out.size  # the darkened region: 6.7% of the windows
     if route == "fft":
         assert calls  # the black region with one grey pixel needs float64
+
+
+# --- non-finite pixels -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("method", METHODS)
+def test_non_finite_pixels_spoil_only_their_windows(method, masked):
+    rng = np.random.default_rng(5)
+    image = rng.random((40, 50)).astype(np.float32)
+    template = image[10:17, 20:26].copy()
+    image[20, 30], image[0, 0], image[39, 49] = np.nan, np.inf, -np.inf
+    mask = np.ones((7, 6), np.uint8) if masked else None
+    scores = xcorr.match_template(image, template, method, mask=mask)
+    held = np.zeros(scores.shape, bool)
+    held[14:21, 25:31] = held[0, 0] = held[33, 44] = True  # the windows that hold one
+    assert np.array_equal(~np.isfinite(scores), held)
+    clean = np.where(np.isfinite(image), image, 0).astype(np.float32)
+    expected = xcorr.match_template(clean, template, method, mask=mask)
+    np.testing.assert_allclose(scores[~held], expected[~held], rtol=1e-6, atol=1e-6)
+
+
+def test_non_finite_pixels_in_a_batch_of_tensors():
+    g = torch.Generator().manual_seed(6)
+    x, z = torch.rand(3, 2, 20, 21, generator=g), torch.rand(3, 2, 5, 4, generator=g)
+    x[1, 0, 7, 8] = float("nan")
+    scores = xcorr.match_template(x, z)
+    assert torch.isfinite(scores[[0, 2]]).all()
+    assert torch.equal(torch.nonzero(~torch.isfinite(scores[1, 0])).amin(0), torch.tensor([3, 5]))
+    assert int((~torch.isfinite(scores)).sum()) == 5 * 4
+
+
+def test_non_finite_template_spoils_all_its_scores():
+    x, z = torch.rand(2, 1, 12, 12), torch.rand(2, 1, 3, 3)
+    z[1, 0, 1, 1] = float("nan")
+    scores = xcorr.match_template(x, z, "ccorr_normed")
+    assert torch.isfinite(scores[0]).all() and torch.isnan(scores[1]).all()

@@ -6,6 +6,9 @@
 * **An empty batch** gives zeros of the output's shape, attached to the inputs so that autograd
   still sees the dependency (and gives zero gradients), without running a backend.
 
+And one rule that the paths which mix all values of an input (transforms, window sums) apply:
+:func:`finite_footprint`, so that NaN and infinity spoil exactly the outputs whose windows hold one.
+
 :func:`xcorr.xcorr`, template plans, :func:`xcorr.pixelwise` and :func:`xcorr.match_template` all
 call :func:`computed`; the planner and the backends see float32 specs through
 :func:`compute_spec`.
@@ -13,12 +16,14 @@ call :func:`computed`; the planner and the backends see float32 specs through
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Callable
 
 import torch
 
 from ._spec import Spec
+from ._tracing import tracing
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -38,6 +43,25 @@ def empty_result(shape: tuple[int, ...], *inputs: torch.Tensor) -> torch.Tensor:
     first = inputs[0]
     attached = sum((t.sum() for t in inputs[1:]), first.sum())
     return first.new_zeros(shape) + attached * 0
+
+
+def finite_footprint(
+    compute: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, windows: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``compute(x)``, NaN exactly at the outputs whose windows hold a non-finite value of ``x``.
+
+    One reduction tells whether ``x`` holds one (its sum; a sum that overflows only takes the
+    exact path needlessly). Where it does, ``compute`` runs on ``x`` with those values zeroed, and
+    ``windows(mask)``, the count of the mask's ones in each output's window, marks the outputs
+    that held one. Not while tracing, where the test would break the graph.
+    """
+    if tracing() or bool(torch.isfinite(x.detach().sum())):
+        return compute(x)
+    finite = torch.isfinite(x)
+    out = compute(torch.where(finite, x, torch.zeros((), dtype=x.dtype)))
+    with torch.no_grad():
+        held = windows((~finite).to(x.dtype)) > 0.5
+    return torch.where(held, torch.full((), math.nan, dtype=out.dtype), out)
 
 
 def computed(

@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union, cast
+from typing import Callable, Optional, Union, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ._checks import check_find_peaks, check_mask_weights, check_match
-from ._compute import HALF, computed
+from ._compute import HALF, computed, finite_footprint
 from .ops import choose_method, xcorr
 
 Array = Union[np.ndarray, torch.Tensor]
@@ -203,9 +203,21 @@ def _scores(x: torch.Tensor, z: torch.Tensor, method: str, mask: torch.Tensor | 
     Nt, _, h, w = z.shape
     shape, k = (N, 1, H - h + 1, W - w + 1), N // Nt
     if mask is None:
-        return computed(lambda a, b: _dense(a, b, method, k), shape, x, z)
+        return computed(lambda a, b: _footprint(lambda a: _dense(a, b, method, k), a, (h, w)), shape, x, z)
     check_mask_weights(mask, method.startswith("ccoeff"))
-    return computed(lambda a, b, m: _masked(a, b, m.expand(Nt, C, h, w), method, k), shape, x, z, mask)
+
+    def masked(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return _footprint(lambda a: _masked(a, b, m.expand(Nt, C, h, w), method, k), a, (h, w))
+
+    return computed(masked, shape, x, z, mask)
+
+
+def _footprint(score: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``score(x)``, NaN exactly at the windows that hold a non-finite pixel of ``x`` (window sums
+    and transforms would spread one over the whole map; see
+    :func:`~xcorr._compute.finite_footprint`). A non-finite template spoils all of its scores, as
+    by definition."""
+    return finite_footprint(score, x, lambda mask: xcorr(mask, mask.new_ones(1, x.shape[1], *size)))
 
 
 @dataclass(frozen=True)

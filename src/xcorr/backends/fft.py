@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from .._compute import finite_footprint
 from .._spec import Pair, Spec
 from ._base import Backend
 
@@ -360,6 +361,23 @@ def _valid(x: torch.Tensor, zd: torch.Tensor, Zc: torch.Tensor | None, spec: Spe
 
 
 def _run(
+    x: torch.Tensor, zd: torch.Tensor, Zd: torch.Tensor | None, spec: Spec, layout: _Layout, grad: bool
+) -> torch.Tensor:
+    """:func:`_chunked`, with the footprint of non-finite searches that direct summation has.
+
+    A NaN or infinity in a transform spreads to every output of its chunk, where summation
+    touches only the windows that contain it: :func:`~xcorr._compute.finite_footprint` restores
+    it, the windows counted by a correlation with a template of ones. Non-finite templates need
+    nothing: every window uses every tap, in both.
+    """
+
+    def windows(mask: torch.Tensor) -> torch.Tensor:
+        return _chunked(mask, _spread(mask.new_ones(spec.z_shape), spec.dilation), None, spec, layout, False)
+
+    return finite_footprint(lambda x: _chunked(x, zd, Zd, spec, layout, grad), x, windows)
+
+
+def _chunked(
     x: torch.Tensor, zd: torch.Tensor, Zd: torch.Tensor | None, spec: Spec, layout: _Layout, grad: bool
 ) -> torch.Tensor:
     """The correlation of searches ``x`` with dilated templates ``zd``, chunk by chunk.
