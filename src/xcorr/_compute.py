@@ -38,6 +38,16 @@ def compute_spec(spec: Spec) -> Spec:
     return replace(spec, dtype=torch.float32) if spec.dtype in HALF else spec
 
 
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether a backward pass may follow: grad mode is on and one of ``tensors`` requires grad."""
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:  # a plain loop: this runs on every call's hot path
+        if t.requires_grad:
+            return True
+    return False
+
+
 def empty_result(shape: tuple[int, ...], *inputs: torch.Tensor) -> torch.Tensor:
     """Zeros of ``shape`` (of the first input's dtype and device), attached to every input."""
     first = inputs[0]

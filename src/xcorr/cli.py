@@ -226,9 +226,8 @@ def _fit(args: argparse.Namespace) -> int:
 
     rows = costmodel.collect(train, device, progress)
     held_rows = costmodel.collect(held, device, progress)
-    current = planner.PLANNER.constants(device.type) or planner.PLANNER.constants("cpu")
+    current = planner.PLANNER.model_constants(device.type)
     source = planner.PLANNER.constants_source(device.type)
-    assert current is not None
     fitted = costmodel.fit(rows, current)
     print(f"fitted on {len(rows)} problems ({device.type}, {torch.get_num_threads()} threads):")
     print(f'    "{device.type}": {costmodel.constants_source(fitted)},')

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import check_find_peaks, check_mask_weights, check_match
-from ._compute import HALF, computed, finite_footprint
+from ._compute import HALF, computed, finite_footprint, needs_grad
 from .ops import choose_method, xcorr
 
 Array = Union[np.ndarray, torch.Tensor]
@@ -290,6 +290,10 @@ class _Problem:
     def scale(self, images: slice) -> torch.Tensor:
         return self.tnorm[images].view(-1, 1, 1, 1)
 
+    def energy(self, rows: slice, images: slice) -> torch.Tensor:
+        """The piece's window sums of squares of the image itself (unshifted), in float64."""
+        return _box(_squares(self.x[images, :, rows].double()), *self.size)
+
     def numerator(
         self, rows: slice, images: slice, den2: torch.Tensor, s2: torch.Tensor, factor: float = 1
     ) -> torch.Tensor:
@@ -365,7 +369,7 @@ def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tenso
 
 def _ccorr_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
     """``ccorr_normed`` on one piece: the window's energy is the denominator's."""
-    energy = _box(_squares(p.x[images, :, rows].double()), *p.size)
+    energy = p.energy(rows, images)
     num = p.numerator(rows, images, energy, energy)
     return _normalise(num, energy, p.scale(images), p.method)
 
@@ -383,9 +387,7 @@ def _ccoeff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
         sums = _centred_energy(_box(band, h, w), s2, h * w), s2
     diff2, s2 = sums
     num = p.numerator(rows, images, diff2, s2)
-    score = _normalise(
-        num, diff2, p.scale(images), p.method, lambda: _box(_squares(p.x[images, :, rows].double()), h, w)
-    )
+    score = _normalise(num, diff2, p.scale(images), p.method, lambda: p.energy(rows, images))
     assert p.flat is not None  # ccoeff_normed's problems have the flat-template rule
     flat = p.flat[images]
     if bool(flat.any()):
@@ -409,7 +411,7 @@ def _sqdiff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
     tz2 = p.tz2[images].view(-1, 1, 1, 1)
     if p.method == "sqdiff":
         return (tz2 - 2 * p.numerator(rows, images, sq, sq) + sq).clamp_min(0)
-    energy = _box(_squares(p.x[images, :, rows].double()), h, w)
+    energy = p.energy(rows, images)
     num = p.numerator(rows, images, energy, sq, factor=2)
     return _normalise((tz2 - 2 * num + sq).clamp_min(0), energy, p.scale(images), p.method)
 
@@ -523,7 +525,7 @@ def _normalise(num, diff2, tnorm, method, energy=None) -> torch.Tensor:
         # No window is near flat, so the ratio needs no more than the numerator's precision:
         # float32 passes from here on where the numerator is float32.
         diff2 = diff2.to(num.dtype)
-        if torch.is_grad_enabled() and (num.requires_grad or diff2.requires_grad):
+        if needs_grad(num, diff2):
             ratio = num * torch.rsqrt(diff2) * inv_t
         else:
             ratio = torch.rsqrt(diff2).mul_(num).mul_(inv_t)  # in place: fresh pages are costly

@@ -7,7 +7,7 @@ from typing import Any, Callable, Literal, overload
 import torch
 
 from ._checks import check_choice, check_pixelwise, check_xcorr, plain
-from ._compute import compute_spec, computed
+from ._compute import compute_spec, computed, needs_grad
 from ._spec import Spec
 from ._tracing import tracing
 from .backends import BACKENDS
@@ -17,20 +17,15 @@ METHODS = ("auto", *BACKENDS)
 
 Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-#: Bound calls of :func:`xcorr` by signature, owned by the planner (dropped with its decisions).
-#: Validation depends only on the tensors' types, shapes, dtypes and devices and on the other
-#: arguments' values when these are plain ints (or pairs) and strings, so a repeated call (a
-#: tracker's every frame) skips validation, planning and the backend's shape work.
-_CALLS_ENTRIES = 1024
-
-
-def _needs_grad(x: torch.Tensor, z: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and (x.requires_grad or z.requires_grad)
-
 
 def _signature(x: Any, z: Any, mode: Any, padding: Any, stride: Any, dilation: Any, method: Any) -> tuple | None:
     """The cache key of an :func:`xcorr` call, or None where the call cannot be cached (arguments
-    that are not plain, or a tracer running: shapes may be symbolic there)."""
+    that are not plain, or a tracer running: shapes may be symbolic there).
+
+    Validation depends only on the tensors' types, shapes, dtypes and devices and on the other
+    arguments' values when these are plain ints (or pairs) and strings, so a repeated call (a
+    tracker's every frame) skips validation, planning and the backend's shape work: the bound
+    call is kept in the planner's :attr:`~xcorr.planner.Planner.derived`, dropped with its decisions."""
     if (
         not (
             isinstance(x, torch.Tensor)
@@ -59,7 +54,7 @@ def _signature(x: Any, z: Any, mode: Any, padding: Any, stride: Any, dilation: A
         stride,
         dilation,
         method,
-        _needs_grad(x, z),
+        needs_grad(x, z),
     )
 
 
@@ -112,12 +107,10 @@ def xcorr(
     if run is None:
         generation = PLANNER.generation
         spec = check_xcorr(x, z, mode, padding, stride, dilation)
-        grad = _needs_grad(x, z)
-        run = runner(spec, resolve(spec, method, grad), grad, bound=call is not None)
-        if call is not None and generation == PLANNER.generation:
-            if len(PLANNER.derived) >= _CALLS_ENTRIES:
-                PLANNER.derived.clear()
-            PLANNER.derived[call] = run
+        grad = needs_grad(x, z)
+        run = _runner(spec, resolve(spec, method, grad), grad, bound=call is not None)
+        if call is not None:
+            PLANNER.remember(call, run, generation)
     return run(x, z)
 
 
@@ -127,7 +120,7 @@ def resolve(spec: Spec, method: Any, grad: bool) -> str:
     return PLANNER.select(spec, grad) if method == "auto" else method
 
 
-def runner(spec: Spec, method: str, grad: bool, bound: bool) -> Run:
+def _runner(spec: Spec, method: str, grad: bool, bound: bool) -> Run:
     """``run(x, z)`` for ``spec`` with ``method``: the backend's bound form for a cached eager call
     signature (``bound``), its plain form otherwise (tracing: shapes may be symbolic)."""
     backend, inner = BACKENDS[method], compute_spec(spec)
@@ -239,5 +232,5 @@ def choose_method(
     spec = check_xcorr(x, z, mode, padding, stride, dilation)
     if not isinstance(measure, bool):
         raise TypeError(f"measure must be a bool, got {measure!r}")
-    choice = PLANNER.choose(spec, _needs_grad(x, z), measure, x, z)
+    choice = PLANNER.choose(spec, needs_grad(x, z), measure, x, z)
     return choice if measure else choice.method

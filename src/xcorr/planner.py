@@ -42,12 +42,12 @@ from typing import Any, Callable
 import torch
 
 from . import _profile
-from ._compute import compute_spec
+from ._compute import compute_dtype, compute_spec
 from ._spec import Spec
 from ._tracing import compiling as _compiling
 from ._tracing import exporting
 from .backends import BACKENDS
-from .backends.fft import axis_plan, chunk_count
+from .backends.fft import Layout, chunk_count
 from .backends.gather import maps_bytes
 
 #: float32 direct convolution accumulates each output channel's taps in one running sum; from
@@ -169,6 +169,9 @@ CONSTANTS: Mapping[str, Constants] = MappingProxyType(
     }
 )
 
+#: Bound calls :attr:`Planner.derived` holds at most (then it starts again).
+DERIVED_ENTRIES = 1024
+
 #: Built-in constants' provenance, as :meth:`Planner.constants_source` reports it.
 BUILTIN_SOURCE = "built-in (fitted on a 2-core x86 CPU, AVX512, torch 2.13, 2 threads)"
 
@@ -217,8 +220,7 @@ def _loses_precision(spec: Spec) -> bool:
     template's taps in one running sum per channel (naive then adds the channels; a single
     up-channel template's dense kernel sums its taps the same way)."""
     h, w = spec.z_shape[-2:]
-    low = spec.dtype in (torch.float32, torch.float16, torch.bfloat16)
-    return low and h * w > DIRECT_MAX_TAPS_FLOAT32
+    return compute_dtype(spec.dtype) == torch.float32 and h * w > DIRECT_MAX_TAPS_FLOAT32
 
 
 class Measured(tuple):
@@ -260,15 +262,16 @@ class Planner:
     def __init__(self) -> None:
         self.generation = 0
         self._autotune: bool | None = None
-        self._constants: dict[str, Constants] = dict(CONSTANTS)
-        self._sources: dict[str, str] = {device: BUILTIN_SOURCE for device in CONSTANTS}
+        self._constants: dict[str, Constants] = {}
+        self._sources: dict[str, str] = {}
         self._profile_read = False
         self._measured: dict[Key, str] = {}
         self._modelled: dict[Key, str] = {}
-        #: Answers that others derive from the planner's, dropped with them (``xcorr.xcorr``'s bound
-        #: calls by signature).
+        #: Answers that others derive from the planner's (``xcorr.xcorr``'s bound calls by
+        #: signature), read directly on the hot path, written by :meth:`remember`.
         self.derived: dict[Any, Any] = {}
         self._lock = threading.RLock()
+        self.reset_constants()
 
     # State and its one invalidation.
 
@@ -278,6 +281,15 @@ class Planner:
             self.generation += 1
             self._modelled.clear()
             self.derived.clear()
+
+    def remember(self, key: Any, answer: Any, generation: int) -> None:
+        """Keep ``answer`` in :attr:`derived` unless the state changed since ``generation``, when
+        it was worked out (another thread's measurement, say); at most :data:`DERIVED_ENTRIES`."""
+        if generation != self.generation:
+            return
+        if len(self.derived) >= DERIVED_ENTRIES:
+            self.derived.clear()
+        self.derived[key] = answer
 
     def clear(self) -> None:
         """Forget every measured winner (and with :meth:`invalidate` whatever followed from them)."""
@@ -320,6 +332,12 @@ class Planner:
         """The constants in force for ``device_type``, or None where it has none (it is measured)."""
         self._read_profile()
         return self._constants.get(device_type)
+
+    def model_constants(self, device_type: str) -> Constants:
+        """The constants the cost model uses for ``device_type``: its own, or else the CPU's."""
+        c = self.constants(device_type) or self.constants("cpu")
+        assert c is not None  # the built-in constants include the CPU's
+        return c
 
     def constants_source(self, device_type: str) -> str:
         """Where the constants in force for ``device_type`` come from."""
@@ -365,9 +383,7 @@ class Planner:
             seconds for ``"direct"`` and ``"fft"``, and for ``"gather"`` in the modes where it
             competes (not depthwise).
         """
-        c = constants or self.constants(spec.device.type) or self.constants("cpu")
-        assert c is not None
-        return _estimate(spec, grad, c)
+        return _estimate(spec, grad, constants or self.model_constants(spec.device.type))
 
     def measure(
         self, spec: Spec, grad: bool, allowed: list[str], x: torch.Tensor | None = None, z: torch.Tensor | None = None
@@ -478,7 +494,8 @@ def _estimate(spec: Spec, grad: bool, c: Constants) -> dict[str, float]:
         if wide:
             direct *= c.float64_depthwise
 
-    (nh, _, Lh), (nw, _, Lw) = (axis_plan(p, s) for p, s in zip(spec.padded_search, spec.dilated_template))
+    layout = Layout.of(spec)
+    (nh, nw), (Lh, Lw) = layout.n, layout.L
     points = Lh * Lw
     bins = Lh * (Lw // 2 + 1)
     transforms = (B * nh * nw * (C + K) + Bz * Cz) * points * math.log2(points)

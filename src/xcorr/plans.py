@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ._checks import check_planned_search, check_search_shape, check_tensor, check_xcorr
-from ._compute import compute_dtype, compute_spec, computed
+from ._compute import compute_dtype, compute_spec, computed, needs_grad
 from ._tracing import tracing
 from .backends import BACKENDS
 from .ops import resolve
@@ -32,7 +32,7 @@ class Plan:
         check_tensor(z, "z", "Bz Cz h w")
         # A zero-stride view has the search's shape without its memory.
         self._spec = check_xcorr(z.new_empty(()).expand(search_shape), z, mode, padding, stride, dilation)
-        self.method = resolve(self._spec, method, grad=torch.is_grad_enabled() and z.requires_grad)
+        self.method = resolve(self._spec, method, grad=needs_grad(z))
         self.search_shape, self.z = search_shape, z
         self._run = BACKENDS[self.method].prepare(z.to(compute_dtype(z.dtype)), compute_spec(self._spec))
         self._shapes: dict[tuple, tuple[int, int, int, int]] = {}  # validated searches -> output shape

@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .._compute import needs_grad
 from .._spec import Pair, Spec
 from ._base import Backend
 
@@ -159,18 +160,14 @@ def _run(x: torch.Tensor, weight: torch.Tensor, spec: Spec, grad: bool) -> torch
     return _batch_as_items(out, spec)
 
 
-def _grad(x: torch.Tensor, z: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and (x.requires_grad or z.requires_grad)
-
-
 def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
-    return _run(x, _weight(z, spec), spec, _grad(x, z))
+    return _run(x, _weight(z, spec), spec, needs_grad(x, z))
 
 
 def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor], torch.Tensor]:
     """Template plans: the template is reshaped into a convolution weight once."""
     weight = _weight(z, spec)
-    return lambda x: _run(x, weight, spec.with_batch(x.shape[0]), _grad(x, weight))
+    return lambda x: _run(x, weight, spec.with_batch(x.shape[0]), needs_grad(x, weight))
 
 
 def bind(spec: Spec, grad: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .._compute import finite_footprint
+from .._compute import finite_footprint, needs_grad
 from .._spec import Pair, Spec
 from ._base import Backend
 
@@ -235,6 +235,27 @@ def _tiles(xp: torch.Tensor, T: Pair, step: Pair, n: Pair) -> torch.Tensor:
     return t.permute(0, 2, 3, 1, 4, 5).reshape(B * n[0] * n[1], C, *T)
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How a problem is transformed: transform length ``L``; overlap-save tiles of extent ``T``,
+    ``n`` of them per axis, a step of ``step`` apart (``n == (1, 1)``: no tiling); and the size of
+    the stride-1 valid output."""
+
+    L: Pair
+    T: Pair
+    n: Pair
+    step: Pair
+    valid: Pair
+
+    @staticmethod
+    def of(spec: Spec) -> Layout:
+        (hd, wd), (Hp, Wp) = spec.dilated_template, spec.padded_search
+        (nh, Th, Lh), (nw, Tw, Lw) = (axis_plan(p, s) for p, s in zip(spec.padded_search, spec.dilated_template))
+        return Layout(
+            L=(Lh, Lw), T=(Th, Tw), n=(nh, nw), step=(Th - hd + 1, Tw - wd + 1), valid=(Hp - hd + 1, Wp - wd + 1)
+        )
+
+
 def chunk_plan(spec: Spec) -> tuple[int, int]:
     """(search items, channels) per chunk, so that a chunk's search spectra fit :data:`CHUNK_BYTES`.
 
@@ -246,7 +267,8 @@ def chunk_plan(spec: Spec) -> tuple[int, int]:
     fit :data:`UPCHANNEL_CHUNK_BYTES`.
     """
     C = spec.channels
-    (nh, _, Lh), (nw, _, Lw) = (axis_plan(p, s) for p, s in zip(spec.padded_search, spec.dilated_template))
+    layout = Layout.of(spec)
+    (nh, nw), (Lh, Lw) = layout.n, layout.L
     per_map = nh * nw * Lh * (Lw // 2 + 1) * 2 * spec.dtype.itemsize
     if spec.mode == "upchannel":
         Cz, k, K = spec.z_shape[1], spec.k, spec.out_channels
@@ -325,28 +347,7 @@ def _spectrum(zd: torch.Tensor, L: Pair) -> torch.Tensor:
         return _conjugate_spectrum(zd, L)
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """How a problem is transformed: transform length ``L``; overlap-save tiles of extent ``T``,
-    ``n`` of them per axis, a step of ``step`` apart (``n == (1, 1)``: no tiling); and the size of
-    the stride-1 valid output."""
-
-    L: Pair
-    T: Pair
-    n: Pair
-    step: Pair
-    valid: Pair
-
-    @staticmethod
-    def of(spec: Spec) -> _Layout:
-        (hd, wd), (Hp, Wp) = spec.dilated_template, spec.padded_search
-        (nh, Th, Lh), (nw, Tw, Lw) = (axis_plan(p, s) for p, s in zip(spec.padded_search, spec.dilated_template))
-        return _Layout(
-            L=(Lh, Lw), T=(Th, Tw), n=(nh, nw), step=(Th - hd + 1, Tw - wd + 1), valid=(Hp - hd + 1, Wp - wd + 1)
-        )
-
-
-def _valid(x: torch.Tensor, zd: torch.Tensor, Zc: torch.Tensor | None, spec: Spec, layout: _Layout) -> torch.Tensor:
+def _valid(x: torch.Tensor, zd: torch.Tensor, Zc: torch.Tensor | None, spec: Spec, layout: Layout) -> torch.Tensor:
     """Stride-1 valid correlation of one chunk, whole or in overlap-save tiles."""
     if layout.n == (1, 1):
         return _Valid.apply(x, zd, Zc, spec.mode, layout.L, spec.padding)
@@ -361,7 +362,7 @@ def _valid(x: torch.Tensor, zd: torch.Tensor, Zc: torch.Tensor | None, spec: Spe
 
 
 def _run(
-    x: torch.Tensor, zd: torch.Tensor, Zd: torch.Tensor | None, spec: Spec, layout: _Layout, grad: bool
+    x: torch.Tensor, zd: torch.Tensor, Zd: torch.Tensor | None, spec: Spec, layout: Layout, grad: bool
 ) -> torch.Tensor:
     """:func:`_chunked`, with the footprint of non-finite searches that direct summation has.
 
@@ -378,7 +379,7 @@ def _run(
 
 
 def _chunked(
-    x: torch.Tensor, zd: torch.Tensor, Zd: torch.Tensor | None, spec: Spec, layout: _Layout, grad: bool
+    x: torch.Tensor, zd: torch.Tensor, Zd: torch.Tensor | None, spec: Spec, layout: Layout, grad: bool
 ) -> torch.Tensor:
     """The correlation of searches ``x`` with dilated templates ``zd``, chunk by chunk.
 
@@ -418,25 +419,21 @@ def _chunked(
     return out[..., ::sh, ::sw].contiguous()
 
 
-def _grad(x: torch.Tensor, z: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and (x.requires_grad or z.requires_grad)
-
-
 def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
-    return _run(x, _spread(z, spec.dilation), None, spec, _Layout.of(spec), _grad(x, z))
+    return _run(x, _spread(z, spec.dilation), None, spec, Layout.of(spec), needs_grad(x, z))
 
 
 def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor], torch.Tensor]:
     """Template plans: the template's spectrum is taken once, from ``z``'s values now; gradients
     still flow to ``z``."""
-    layout, zd = _Layout.of(spec), _spread(z, spec.dilation)
+    layout, zd = Layout.of(spec), _spread(z, spec.dilation)
     Zd = _spectrum(zd, layout.L)
-    return lambda x: _run(x, zd, Zd, spec.with_batch(x.shape[0]), layout, _grad(x, zd))
+    return lambda x: _run(x, zd, Zd, spec.with_batch(x.shape[0]), layout, needs_grad(x, zd))
 
 
 def bind(spec: Spec, grad: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Eager calls of one signature: the transform layout worked out once."""
-    layout, dilation = _Layout.of(spec), spec.dilation
+    layout, dilation = Layout.of(spec), spec.dilation
     return lambda x, z: _run(x, _spread(z, dilation), None, spec, layout, grad)
 
 

@@ -67,16 +67,13 @@ def _channel_by_channel(search: torch.Tensor, z: torch.Tensor, spec: Spec) -> to
     Ho, Wo = spec.out_size
     search = search.reshape(Bz, -1, C, *spec.padded_search)
     z = z.reshape(Bz, 1, C, h, w)
-
-    def product(u: int, v: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The search window of tap (u, v) at every output, and the tap."""
-        window = search[..., u * dh : u * dh + (Ho - 1) * sh + 1 : sh, v * dw : v * dw + (Wo - 1) * sw + 1 : sw]
-        return window, z[..., u : u + 1, v : v + 1]
-
-    out = torch.mul(*product(0, 0))
+    out: torch.Tensor | None = None
     for u in range(h):
-        for v in range(1 if u == 0 else 0, w):
-            out = out.addcmul(*product(u, v))
+        for v in range(w):
+            window = search[..., u * dh : u * dh + (Ho - 1) * sh + 1 : sh, v * dw : v * dw + (Wo - 1) * sw + 1 : sw]
+            tap = z[..., u : u + 1, v : v + 1]
+            out = window * tap if out is None else out.addcmul(window, tap)
+    assert out is not None  # a template has at least one tap
     return out
 
 
@@ -87,7 +84,10 @@ CHUNK_BYTES = 16 << 20
 
 
 def _items_per_chunk(spec: Spec) -> int | None:
-    """Search items per chunk, or None where everything is one chunk."""
+    """Search items per chunk, or None where everything is one chunk (always while tracing: the
+    batch may be symbolic there, and the graph must not depend on it)."""
+    if tracing():
+        return None
     per_item = maps_bytes(spec)
     if per_item * spec.batch <= CHUNK_BYTES or spec.batch == 1:
         return None
@@ -129,9 +129,7 @@ def _run(x: torch.Tensor, z: torch.Tensor, spec: Spec, index: torch.Tensor | Non
 
 
 def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
-    # While tracing, one chunk: the batch may be symbolic, and the graph must not depend on it.
-    items = None if tracing() else _items_per_chunk(spec)
-    return _run(x, z, spec, _index(spec, x.device), items)
+    return _run(x, z, spec, _index(spec, x.device), _items_per_chunk(spec))
 
 
 def bind(spec: Spec, grad: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -147,7 +145,7 @@ def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor], torch.Tenso
 
     def run(x: torch.Tensor) -> torch.Tensor:
         s = spec.with_batch(x.shape[0])
-        return _run(x, z, s, index, None if tracing() else _items_per_chunk(s))
+        return _run(x, z, s, index, _items_per_chunk(s))
 
     return run
 
