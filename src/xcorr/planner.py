@@ -414,7 +414,9 @@ class Planner:
             timings[method] = _bench(step, sync)
         return timings
 
-    def _measuring(self, spec: Spec) -> bool:
+    def _measuring(self, spec: Any) -> bool:
+        """Whether new problems on ``spec.device`` are measured: autotune's setting, or by default
+        where the device type has no fitted constants."""
         if self._autotune is None:
             return self.constants(spec.device.type) is None
         return self._autotune
@@ -426,22 +428,43 @@ class Planner:
             spec: the validated problem.
             grad: whether a backward pass will follow (it changes which method is fastest).
         """
-        allowed = self.candidates(spec)
+        return self.decide(
+            _key(spec, grad),
+            self.candidates(spec),
+            lambda: self.estimate(spec, grad),
+            lambda allowed: self.measure(spec, grad, allowed),
+            measuring=bool(spec.batch) and self._measuring(spec),
+        )
+
+    def decide(
+        self,
+        key: Key,
+        allowed: list[str],
+        estimate: Callable[[], dict[str, float]],
+        measure: Callable[[list[str]], dict[str, float]] | None,
+        measuring: bool,
+    ) -> str:
+        """The layering every family of problems shares (correlations, cost volumes): one allowed
+        method is it; else a measured winner; else, when ``measuring`` (and not tracing), every
+        allowed method is timed by ``measure`` and the fastest kept; else the cheapest by
+        ``estimate`` (seconds per method), remembered until :meth:`invalidate`.
+
+        ``key`` must name the family, the problem and whether a backward pass follows.
+        """
         if len(allowed) == 1:
             return allowed[0]
-        key = _key(spec, grad)
         hit = self._measured.get(key)
         if hit is not None:
             return hit
-        if spec.batch and not _compiling() and not exporting() and self._measuring(spec):
+        if measure is not None and measuring and not _compiling() and not exporting():
             with self._lock:
                 if key not in self._measured:
-                    self._measured[key] = _argmin(self.measure(spec, grad, allowed))
+                    self._measured[key] = _argmin(measure(allowed))
                 return self._measured[key]
         hit = self._modelled.get(key)
         if hit is not None:
             return hit
-        costs = self.estimate(spec, grad)
+        costs = estimate()
         method = _argmin({m: costs[m] for m in allowed})
         if not _compiling():
             self._modelled[key] = method  # one dict store: atomic, so no lock
@@ -578,3 +601,7 @@ def load_tuning(path: str | os.PathLike) -> int:
     winners = _profile.load_tuning(path)
     PLANNER.add_winners(winners)
     return len(winners)
+
+
+# Cost volumes (local correlation, stereo, correlation pyramids): their candidates and cost model.
+# They go through Planner.decide, so they share the cache, autotune and invalidation above.
