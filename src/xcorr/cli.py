@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     bench = sub.add_parser("bench", help="time xcorr against its peers and print a table")
     bench.add_argument(
-        "--suite", default="siamese", choices=["siamese", "match", "all"], help="which suite to run (default: siamese)"
+        "--suite",
+        default="siamese",
+        choices=["siamese", "match", "flow", "all"],
+        help="which suite to run (default: siamese)",
     )
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--plot", metavar="FILE", help="also draw the ratios as a PNG chart")
@@ -238,7 +241,8 @@ def _fit(args: argparse.Namespace) -> int:
             r = report[label][key]
             print(
                 f"{label:7s} constants, {name:16s}: fastest method picked on {r['best']}/{r['problems']} "
-                f"held-out problems; mean loss {r['mean_loss']:.2f}x, worst {r['worst_loss']:.2f}x {r['worst']}"
+                f"held-out problems, within {costmodel.NEAR}x of it on {r['near']}; mean loss "
+                f"{r['mean_loss']:.2f}x, worst {r['worst_loss']:.2f}x {r['worst']}"
             )
     print(f"current constants: {source}")
     if args.json:

@@ -10,8 +10,9 @@ from ._checks import check_choice, check_pixelwise, check_xcorr, plain
 from ._compute import compute_spec, computed, needs_grad
 from ._spec import Spec
 from ._tracing import tracing
+from ._trials import Trials
 from .backends import BACKENDS
-from .planner import PLANNER, Measured
+from .planner import PLANNER, Choice, Measured
 
 METHODS = ("auto", *BACKENDS)
 
@@ -108,24 +109,40 @@ def xcorr(
         generation = PLANNER.generation
         spec = check_xcorr(x, z, mode, padding, stride, dilation)
         grad = needs_grad(x, z)
-        run = _runner(spec, resolve(spec, method, grad), grad, bound=call is not None)
+        run = _runner(spec, check_choice(method, "method", METHODS), grad, bound=call is not None)
         if call is not None:
             PLANNER.remember(call, run, generation)
     return run(x, z)
 
 
 def resolve(spec: Spec, method: Any, grad: bool) -> str:
-    """The checked ``method`` argument, with ``"auto"`` resolved by the planner."""
+    """The checked ``method`` argument, with ``"auto"`` resolved by the planner to one method
+    for every pass (template plans keep one method; their forward's)."""
     method = check_choice(method, "method", METHODS)
-    return PLANNER.select(spec, grad) if method == "auto" else method
+    return PLANNER.passes(spec, grad).forward if method == "auto" else method
 
 
 def _runner(spec: Spec, method: str, grad: bool, bound: bool) -> Run:
-    """``run(x, z)`` for ``spec`` with ``method``: the backend's bound form for a cached eager call
-    signature (``bound``), its plain form otherwise (tracing: shapes may be symbolic)."""
-    backend, inner = BACKENDS[method], compute_spec(spec)
-    run = backend.bound(inner, grad) if bound else (lambda x, z: backend.run(x, z, inner))
-    shape = spec.out_shape
+    """``run(x, z)`` for ``spec`` with ``method`` (checked; ``"auto"`` asks the planner): the bound
+    form for a cached eager call signature (``bound``), the backend's plain form otherwise
+    (tracing: shapes may be symbolic, and the planner offers one method for every pass). A bound
+    ``"auto"`` call whose problem has no measured winner yet tries the options on its repeated
+    calls (:mod:`xcorr._trials`)."""
+    inner, shape = compute_spec(spec), spec.out_shape
+    option = PLANNER.select(spec, grad) if method == "auto" else method
+    if not bound:
+        backend = BACKENDS[option]
+        return lambda x, z: computed(lambda x, z: backend.run(x, z, inner), shape, x, z)
+    run: Run
+    options = PLANNER.options(spec, grad) if method == "auto" and spec.batch else []
+    if len(options) > 1 and PLANNER.trials_enabled(spec) and not PLANNER.is_measured(spec, grad):
+        costs = PLANNER.estimate(spec, grad)
+        ordered = [option, *sorted((o for o in options if o != option), key=costs.__getitem__)]
+        run = Trials(
+            ordered, costs, lambda o: PLANNER.runner(inner, o, grad), grad, lambda w: PLANNER.record(spec, grad, w)
+        )
+    else:
+        run = PLANNER.runner(inner, option, grad)
     return lambda x, z: computed(run, shape, x, z)
 
 
@@ -179,7 +196,7 @@ def choose_method(
     stride: int | tuple[int, int] = ...,
     dilation: int | tuple[int, int] = ...,
     measure: Literal[False] = ...,
-) -> str: ...
+) -> Choice: ...
 
 
 @overload
@@ -204,25 +221,28 @@ def choose_method(
     stride: int | tuple[int, int] = 1,
     dilation: int | tuple[int, int] = 1,
     measure: bool = False,
-) -> str | Measured:
+) -> Choice | Measured:
     r"""The method ``xcorr.xcorr(x, z, ..., method="auto")`` would use, like scipy's ``choose_conv_method``.
 
-    Hard constraints first (device, float32 precision, export), then the autotune cache, then the
-    cost model (see :mod:`xcorr.planner`). A backward pass is assumed when ``x`` or ``z`` requires
-    grad and grad mode is on.
+    Hard constraints first (device, float32 precision, export), then the measured winners, then
+    the cost model (see :mod:`xcorr.planner`). A backward pass is assumed when ``x`` or ``z``
+    requires grad and grad mode is on; then each pass (the forward, the search gradient, the
+    template gradient) may run on a method of its own, chosen for that pass's problem.
 
     Args:
         x (Tensor[B, C, H, W]): search features, as in :func:`xcorr.xcorr`.
         z (Tensor[Bz, Cz, h, w]): templates, as in :func:`xcorr.xcorr`.
         mode, padding, stride, dilation: as in :func:`xcorr.xcorr`.
-        measure (bool): time every allowed method on ``x`` and ``z`` instead (forward, plus
-            backward when a backward pass is assumed), cache the winner for ``method="auto"``,
-            and return the timings too.
+        measure (bool): time every allowed option on ``x`` and ``z`` instead (forward, plus
+            backward when a backward pass is assumed: then first each pass's problem on its own),
+            cache the winners for ``method="auto"``, and return the timings too.
 
     Returns:
-        str: ``"direct"``, ``"fft"`` or ``"gather"``; with ``measure=True`` a
-        :class:`~xcorr.planner.Measured`, which unpacks as ``(method, {method: seconds})`` and
-        says in ``.constants`` which cost-model constants are in force.
+        :class:`~xcorr.planner.Choice`: a str, ``"direct"``, ``"fft"`` or ``"gather"`` (the
+        forward's method), whose ``.passes`` gives each pass's; with ``measure=True`` a
+        :class:`~xcorr.planner.Measured`, which unpacks as ``(method, {option: seconds})``, gives
+        ``.passes`` and ``.pass_timings``, and says in ``.constants`` which cost-model constants
+        are in force.
 
     Example:
         >>> x, z = torch.rand(1, 8, 64, 64), torch.rand(1, 8, 48, 48)

@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .._adjoint import fit, stuff
 from .._compute import needs_grad
 from .._spec import Pair, Spec
 from ._base import Backend
@@ -43,32 +44,14 @@ def _conv(x: torch.Tensor, w: torch.Tensor, stride: Pair, padding: Pair, dilatio
     return F.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
-def _stuff(g: torch.Tensor, stride: Pair) -> torch.Tensor:
-    """Spread ``g``'s last two dims by ``stride``, zeros between: the adjoint of striding."""
-    sh, sw = stride
-    if sh == sw == 1:
-        return g
-    *lead, Ho, Wo = g.shape
-    out = g.new_zeros(*lead, (Ho - 1) * sh + 1, (Wo - 1) * sw + 1)
-    out[..., ::sh, ::sw] = g
-    return out
-
-
-def _fit(t: torch.Tensor, size: Pair, padding: Pair) -> torch.Tensor:
-    """Zero-extend ``t`` (the gradient of the padded search) to ``size``, then drop the padding."""
-    (Hp, Wp), (ph, pw) = size, padding
-    t = F.pad(t, (0, Wp - t.shape[-1], 0, Hp - t.shape[-2]))
-    return t[..., ph : Hp - ph, pw : Wp - pw]
-
-
 def _grad_search(g: torch.Tensor, w: torch.Tensor, groups: int, spec: Spec) -> torch.Tensor:
     """Gradient of ``conv2d(x, w, groups)`` wrt ``x``, as a forward convolution (full, flipped)."""
     (_, _, h, wd_), (dh, dw) = w.shape, spec.dilation
     cin = w.shape[1] * groups
     # conv2d's weight is (groups*out, in, h, w); the adjoint swaps in and out inside each group.
     wt = w.flip(-2, -1).unflatten(0, (groups, -1)).transpose(1, 2).reshape(cin, -1, h, wd_)
-    full = _conv(_stuff(g, spec.stride), wt, (1, 1), (dh * (h - 1), dw * (wd_ - 1)), spec.dilation, groups)
-    return _fit(full, spec.padded_search, spec.padding)
+    full = _conv(stuff(g, spec.stride), wt, (1, 1), (dh * (h - 1), dw * (wd_ - 1)), spec.dilation, groups)
+    return fit(full, spec.padded_search, spec.padding)
 
 
 def _grad_template_depthwise(x: torch.Tensor, g: torch.Tensor, spec: Spec) -> torch.Tensor:

@@ -49,6 +49,9 @@ BACKWARD: list[tuple[str, str, str | None, Callable[[str], bool]]] = [
 
 _FIELDS = [f.name for f in dataclasses.fields(planner.Constants)]
 
+#: A pick within this factor of the fastest method's time counts as near.
+NEAR = 1.1
+
 
 def random_problems(n: int, seed: int = 0, max_macs: float = 4e8) -> list[tuple[str, list[int], list[int]]]:
     """``n`` random (mode, x shape, z shape) problems of at most ``max_macs`` direct multiply-adds."""
@@ -79,7 +82,8 @@ def collect(
     device: str | torch.device = "cpu",
     progress: Callable[[Row], None] | None = None,
 ) -> list[Row]:
-    """Time every allowed method on each problem, forward and forward+backward (seconds)."""
+    """Time every allowed method on each problem, forward and forward+backward (seconds; the
+    latter also with each pass on the method the planner chooses for it, as ``"per-pass"``)."""
     rows: list[Row] = []
     for mode, x_shape, z_shape in problems:
         gen = torch.Generator().manual_seed(len(rows))
@@ -92,7 +96,7 @@ def collect(
             "x": list(x_shape),
             "z": list(z_shape),
             "fwd": planner.measure(spec, False, allowed, x, z),
-            "both": planner.measure(spec, True, allowed, x, z),
+            "both": planner.measure(spec, True, planner.PLANNER.options(spec, True), x, z),
         }
         rows.append(row)
         if progress is not None:
@@ -150,12 +154,14 @@ def fit(rows: Sequence[Row], base: planner.Constants | None = None) -> planner.C
 def evaluate(rows: Sequence[Row], constants: planner.Constants) -> dict[str, dict[str, Any]]:
     """How the model with ``constants`` picks on ``rows``, forward and forward+backward.
 
-    For each: ``problems``, ``best`` (picks of the measured-fastest method), ``mean_loss`` and
-    ``worst_loss`` (time of the picked method / the fastest's) and ``worst`` (that problem).
+    For each: ``problems``, ``best`` (picks of the measured-fastest method), ``near`` (picks
+    within :data:`NEAR` of the fastest's time), ``mean_loss`` and ``worst_loss`` (time of the
+    picked method / the fastest's) and ``worst`` (that problem). Forward+backward includes the
+    per-pass option where the rows measured it.
     """
     out = {}
     for key, grad in (("fwd", False), ("both", True)):
-        losses, best, worst = [], 0, None
+        losses, best, near, worst = [], 0, 0, None
         for r in rows:
             times = r[key]
             estimate = planner.estimate(_spec(r), grad, constants)
@@ -163,12 +169,14 @@ def evaluate(rows: Sequence[Row], constants: planner.Constants) -> dict[str, dic
             fastest = min(times, key=times.get)
             loss = times[pick] / times[fastest]
             best += pick == fastest
+            near += loss <= NEAR
             losses.append(loss)
             if worst is None or loss > worst[0]:
                 worst = (loss, {"mode": r["mode"], "x": r["x"], "z": r["z"], "picked": pick, "fastest": fastest})
         out[key] = {
             "problems": len(rows),
             "best": best,
+            "near": near,
             "mean_loss": float(np.mean(losses)) if losses else math.nan,
             "worst_loss": worst[0] if worst else math.nan,
             "worst": worst[1] if worst else None,

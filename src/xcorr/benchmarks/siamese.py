@@ -82,7 +82,7 @@ def _info(x_shape, z_shape, mode: str, grad: bool) -> Callable[[], dict[str, Any
             ours = xcorr.xcorr(x, z, mode).double()
             exact = xcorr.xcorr(x.double(), z.double(), mode, method="fft")
         error = ((ours - exact).abs().max() / exact.abs().max()).item()
-        return {"method": method, "error": error}
+        return {"method": str(method.passes), "error": error}
 
     return info
 
