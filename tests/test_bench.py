@@ -31,8 +31,10 @@ def counting_case(calls, target=2.0):
 def test_time_case_warms_up_then_interleaves(monkeypatch):
     calls = []
     result = runner.time_case(counting_case(calls))
-    assert calls.count(OURS) == calls.count("peer") == 4  # one warm-up and three timed calls
-    assert calls[2:] != [OURS] * 3 + ["peer"] * 3  # rounds alternate the contenders
+    # ours warms up as a repeated signature settles (its trials), a peer with one call; three timed each
+    assert calls.count(OURS) == runner.OURS_WARM_CALLS + 3 and calls.count("peer") == 4
+    timed = calls[runner.OURS_WARM_CALLS + 1 :]
+    assert timed != [OURS] * 3 + ["peer"] * 3  # rounds alternate the contenders
     assert result.samples == {OURS: 3, "peer": 3}
     assert result.ratio == pytest.approx(result.times[OURS] / result.times["peer"])
     assert result.info == {"method": "direct", "error": 1e-7}
@@ -117,3 +119,59 @@ def test_grouped_peer_formulation_is_correct():
 def test_cli_rejects_zero_threads(capsys):
     assert cli.main(["bench", "--threads", "0"]) == 2
     assert "--threads must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_flow_suite_runs_at_tiny_sizes(monkeypatch, capsys):
+    from xcorr.benchmarks import flow
+
+    module = types.ModuleType("xcorr_tiny_flow")
+    module.cases = lambda: flow.cases(tiny=True)
+    monkeypatch.setitem(sys.modules, "xcorr_tiny_flow", module)
+    monkeypatch.setitem(runner.SUITES, "tiny flow", "xcorr_tiny_flow")
+    results = runner.run(["tiny flow"])
+    out = capsys.readouterr().out
+    names = [r.case for r in results]
+    assert len(names) == len(set(names)) == 2 * len(flow.PROBLEMS) == 20
+    assert "FlowNetC B8 fwd+bwd" in names and "PWC-Net level 2 B4 fwd" in names and "GwcNet B2 fwd" in names
+    for r in results:
+        peers = {flow.CORR_BLOCK} if r.case.startswith("RAFT") else {flow.LOOP, flow.UNFOLD}
+        assert set(r.times) >= {OURS, *peers} and r.ratio is not None and r.target is not None
+        assert r.info["error"] <= 2e-6, r.case
+        assert set(r.info["peak_bytes"]) == set(r.times) and all(v is not None for v in r.info["peak_bytes"].values())
+    assert "peak MiB: xcorr" in out and "shifted loop" in out and "CorrBlock" in out
+    if not flow.sampler_available():
+        assert "spatial-correlation-sampler is unavailable" in out and "CUDA_HOME" in out
+
+
+def test_flow_peers_over_the_memory_budget_are_left_out(monkeypatch):
+    from xcorr.benchmarks import flow
+
+    monkeypatch.setattr(flow, "memory_budget", lambda device: 0.0)
+    case = flow.cases(tiny=True)[1]  # FlowNetC fwd+bwd
+    result = runner.time_case(case, repeats=1)
+    assert set(result.times) == {OURS} and result.ratio is None
+    assert set(result.info["left_out_bytes"]) == {flow.LOOP, flow.UNFOLD}
+    assert "left out, over the memory budget: shifted loop" in result.info["method"]
+
+
+def test_flow_peer_formulations_are_correct():
+    import torch
+
+    import xcorr
+    from xcorr.benchmarks import flow
+
+    gen = torch.Generator().manual_seed(0)
+    f1, f2 = torch.randn(2, 2, 4, 7, 9, generator=gen, dtype=torch.float64)
+    for md, ds in ((3, 1), (4, 2), (3, 2)):
+        wanted = xcorr.local_correlation(f1, f2, md, displacement_stride=ds, normalize="mean")
+        torch.testing.assert_close(flow.shifted_loop(f1, f2, md, ds), wanted)
+        torch.testing.assert_close(flow.unfold_local(f1, f2, md, ds), wanted)
+    for D, G in ((5, None), (4, 2)):
+        wanted = xcorr.stereo_correlation(f1, f2, D, groups=G)
+        torch.testing.assert_close(flow.stereo_loop(f1, f2, D, G), wanted)
+        torch.testing.assert_close(flow.unfold_stereo(f1, f2, D, G), wanted)
+    f1, f2 = torch.randn(2, 2, 3, 12, 10, generator=gen, dtype=torch.float64)
+    coords = torch.rand(2, 2, 12, 10, generator=gen, dtype=torch.float64) * 14 - 2
+    block = flow.CorrBlock(f1, f2, num_levels=3, radius=2)
+    torch.testing.assert_close(block.lookup(coords), xcorr.CorrPyramid(f1, f2, 3, 2)(coords))
+    assert block(coords).dtype == torch.float32  # as RAFT's CorrBlock returns it
