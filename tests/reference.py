@@ -5,6 +5,8 @@ Both references are differentiable: autograd through the loop gives the referenc
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -61,4 +63,114 @@ def pixelwise_reference(x, z):
     for i in range(h):
         for j in range(w):
             out[:, i * w + j] = (x * zb[:, :, i, j, None, None]).sum(1)
+    return out
+
+
+def _at(t, rows, cols):
+    """``t[..., rows[:, None], cols[None, :]]`` with zeros where an index falls outside ``t``."""
+    H, W = t.shape[-2:]
+    inside = ((rows >= 0) & (rows < H))[:, None] & ((cols >= 0) & (cols < W))[None, :]
+    picked = t[..., rows.clamp(0, H - 1)[:, None], cols.clamp(0, W - 1)[None, :]]
+    return picked * inside
+
+
+def volume_reference(f1, f2, spec):
+    """``correlate(f1, f2, spec)`` in float64, from the definition: one (displacement, tap) at a time."""
+    f1, f2 = f1.double(), f2.double()
+    B, C, H, W = f1.shape
+    G = spec.groups
+    (oy, ox), (sy, sx), (Ho, Wo) = spec.origin, spec.stride, spec.out_size
+    (kh, kw), (dh, dw) = spec.kernel, spec.kernel_dilation
+    (dy0, dys, Py), (dx0, dxs, Px) = spec.dy, spec.dx
+    out = torch.zeros(B, G, Py * Px, Ho, Wo, dtype=torch.float64)
+    for i in range(Py):
+        for j in range(Px):
+            for u in range(kh):
+                for v in range(kw):
+                    Y = oy + torch.arange(Ho) * sy + u * dh
+                    X = ox + torch.arange(Wo) * sx + v * dw
+                    prod = _at(f1, Y, X) * _at(f2, Y + dy0 + i * dys, X + dx0 + j * dxs)
+                    out[:, :, i * Px + j] += prod.reshape(B, G, C // G, Ho, Wo).sum(2)
+    return out * spec.scale
+
+
+def local_correlation_reference(
+    f1, f2, max_displacement, displacement_stride=1, stride=1, kernel_size=1, normalize="none", layout="flat"
+):
+    """``local_correlation`` in float64, one output position and displacement at a time."""
+    f1, f2 = f1.double(), f2.double()
+    B, C, H, W = f1.shape
+    ds, s, k = displacement_stride, stride, kernel_size
+    R, kr = max_displacement // ds, (k - 1) // 2
+    P = 2 * R + 1
+    Ho, Wo = -(-H // s), -(-W // s)
+    pad = kr + R * ds + k  # every tap of every displacement lands inside
+    g1, g2 = F.pad(f1, (pad,) * 4), F.pad(f2, (pad,) * 4)
+    out = torch.zeros(B, P, P, Ho, Wo, dtype=torch.float64)
+    for y in range(Ho):
+        for x in range(Wo):
+            Y, X = y * s + pad - kr, x * s + pad - kr
+            patch = g1[:, :, Y : Y + k, X : X + k]
+            for i in range(P):
+                for j in range(P):
+                    Yd, Xd = Y + (i - R) * ds, X + (j - R) * ds
+                    out[:, i, j, y, x] = (patch * g2[:, :, Yd : Yd + k, Xd : Xd + k]).sum((1, 2, 3))
+    out = out / {"none": 1.0, "mean": k * k * C, "sqrt": math.sqrt(C)}[normalize]
+    return out if layout == "grid" else out.reshape(B, P * P, Ho, Wo)
+
+
+def stereo_reference(left, right, max_disparity, groups=None, normalize="mean"):
+    """``stereo_correlation`` in float64, one disparity and column at a time (DispNetC, GwcNet)."""
+    left, right = left.double(), right.double()
+    B, C, H, W = left.shape
+    G = groups or 1
+    Cg = C // G
+    out = torch.zeros(B, G, max_disparity, H, W, dtype=torch.float64)
+    for d in range(max_disparity):
+        for x in range(d, W):
+            prod = (left[:, :, :, x] * right[:, :, :, x - d]).reshape(B, G, Cg, H)
+            out[:, :, d, :, x] = prod.sum(2)
+    out = out / {"none": 1.0, "mean": Cg, "sqrt": math.sqrt(Cg)}[normalize]
+    return out if groups is not None else out[:, 0]
+
+
+def _bilinear(img, px, py):
+    """Bilinear samples of ``img`` (B, H, W) at pixel positions ``px``, ``py`` (n,), zero outside: (B, n)."""
+    H, W = img.shape[-2:]
+    out = torch.zeros(img.shape[0], px.numel(), dtype=torch.float64)
+    x0, y0 = px.floor(), py.floor()
+    for cx in (x0, x0 + 1):
+        for cy in (y0, y0 + 1):
+            weight = (1 - (px - cx).abs()) * (1 - (py - cy).abs())
+            inside = (cx >= 0) & (cx < W) & (cy >= 0) & (cy < H)
+            value = img[:, cy.long().clamp(0, H - 1), cx.long().clamp(0, W - 1)]
+            out = out + value * (weight * inside)
+    return out
+
+
+def corr_pyramid_reference(f1, f2, coords, num_levels, radius):
+    """RAFT's ``CorrBlock(f1, f2, num_levels, radius)(coords)`` in float64, from its definition.
+
+    The all-pairs volume ``f1[:, :, y, x] . f2 / sqrt(C)`` per pixel of f1, average-pooled 2x2
+    (sizes rounded down) ``l`` times, sampled bilinearly at ``coords / 2**l + (i - r, j - r)``
+    with zeros outside; channel ``l*K*K + i*K + j`` (x offset ``i - r`` major), ``K = 2r + 1``.
+    """
+    f1, f2, coords = f1.double(), f2.double(), coords.double()
+    B, C, H, W = f1.shape
+    K = 2 * radius + 1
+    offsets = torch.arange(K, dtype=torch.float64) - radius
+    di = offsets.repeat_interleave(K)  # x offset of channel i*K + j
+    dj = offsets.repeat(K)  # y offset
+    out = torch.zeros(B, num_levels * K * K, H, W, dtype=torch.float64)
+    for y in range(H):
+        for x in range(W):
+            level = (f1[:, :, y, x, None, None] * f2).sum(1) / math.sqrt(C)  # (B, H, W)
+            for lv in range(num_levels):
+                if lv:
+                    h, w = level.shape[-2] // 2, level.shape[-1] // 2
+                    level = level[:, : 2 * h, : 2 * w].reshape(B, h, 2, w, 2).mean((2, 4))
+                for b in range(B):
+                    X, Y = coords[b, 0, y, x] / 2**lv, coords[b, 1, y, x] / 2**lv
+                    samples = _bilinear(level[b : b + 1], X + di, Y + dj)
+                    out[b, lv * K * K : (lv + 1) * K * K, y, x] = samples[0]
     return out

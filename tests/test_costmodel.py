@@ -76,7 +76,8 @@ def test_evaluate_counts_picks_and_losses():
 
 def test_collect_times_every_allowed_method():
     rows = costmodel.collect([("naive", [2, 3, 9, 9], [1, 3, 4, 4]), ("depthwise", [1, 2, 8, 8], [1, 2, 3, 3])])
-    assert set(rows[0]["fwd"]) == set(rows[0]["both"]) == {"direct", "fft", "gather"}
+    assert set(rows[0]["fwd"]) == {"direct", "fft", "gather"}
+    assert set(rows[0]["both"]) == {"direct", "fft", "gather", planner.PER_PASS}  # each pass on its own too
     assert set(rows[1]["fwd"]) == {"direct", "fft"}
     assert all(t > 0 for r in rows for key in ("fwd", "both") for t in r[key].values())
 
@@ -94,7 +95,7 @@ def test_cli_fit_prints_constants_and_the_evaluation(tmp_path, capsys):
     assert cli.main(["fit", "--problems", "3", "--held-out", "2", "--max-macs", "1e6", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert '"cpu": Constants(' in out and "depthwise_mac=" in out
-    assert "fastest method picked on" in out and "held-out problems" in out
+    assert "fastest method picked on" in out and "held-out problems" in out and "within 1.1x of it on" in out
     data = json.loads(path.read_text())
     assert len(data["train"]) == 3 and len(data["held_out"]) == 2
     assert set(data["fitted"]) == {f.name for f in dataclasses.fields(planner.Constants)}
@@ -103,3 +104,12 @@ def test_cli_fit_prints_constants_and_the_evaluation(tmp_path, capsys):
 def test_cli_fit_refuses_a_bad_device(capsys):
     assert cli.main(["fit", "--device", "nonsense"]) == 2
     assert "--device must be a torch device" in capsys.readouterr().err
+
+
+def test_cli_fit_volumes_runs_the_cost_volume_fit(monkeypatch):
+    from xcorr.benchmarks import volume_costmodel
+
+    calls = []
+    monkeypatch.setattr(volume_costmodel, "main", lambda *a: calls.append(a))
+    assert cli.main(["fit", "--volumes", "--problems", "4", "--held-out", "2", "--seed", "3"]) == 0
+    assert calls == [(4, 2, 3)]

@@ -62,3 +62,27 @@ def test_torchrun_two_processes(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "2 process(es) on cpu, 8 pairs per step" in run.stdout and "step 4: loss" in run.stdout
     assert (tmp_path / "w.pt").exists()
+
+
+PWCNET = Path(__file__).resolve().parents[1] / "examples" / "pwcnet_cost_volume.py"
+
+
+def test_pwcnet_cost_volume_trains(capsys):
+    spec = importlib.util.spec_from_file_location("pwcnet_cost_volume", PWCNET)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    image1, image2, flow = example.synthetic_pairs(2, 3.0, torch.Generator().manual_seed(0))
+    # The first image's pixel p is the second's p + flow: warping the second image by the flow
+    # gives the first back (up to the blur of two bilinear resamplings), by minus the flow it does not.
+    inner = (slice(None), slice(None), slice(6, -6), slice(6, -6))
+
+    def error(sign):
+        back = example.warp(image2, sign * flow[:, :, None, None].expand(2, 2, *image1.shape[-2:]))
+        return (back - image1)[inner].abs().mean().item()
+
+    assert error(1) < 0.3 * error(-1) and error(1) < 0.3 * error(0)
+    history = example.main(["--steps", "20", "--log-every", "10"])
+    assert len(history["loss"]) == 20 and len(history["held_out"]) == 3
+    assert history["held_out"][-1] < 0.9 * history["held_out"][0]
+    out = capsys.readouterr().out
+    assert "step 0: held-out loss" in out and "step 20: training loss" in out

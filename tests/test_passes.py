@@ -17,13 +17,7 @@ GEOMETRIES = [(0, 1, 1), (1, 2, 1), (2, 1, 2), (1, 3, 2)]  # padding, stride, di
 BATCHES = [(1, 1), (4, 2), (3, 3), (4, 1)]  # B, Bz
 
 
-@pytest.fixture(autouse=True)
-def fresh_planner():
-    planner.clear_cache()
-    yield
-    planner.set_autotune(None)
-    PLANNER.reset_constants()
-    planner.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_planner")
 
 
 def _inputs(mode, B, Bz, dtype=torch.float64, C=3, size=(13, 11), template=(3, 4)):

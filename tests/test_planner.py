@@ -13,13 +13,7 @@ from xcorr._checks import check_xcorr
 PLANNER = planner.PLANNER
 
 
-@pytest.fixture(autouse=True)
-def fresh_planner():
-    planner.clear_cache()
-    yield
-    planner.set_autotune(None)
-    PLANNER.reset_constants()
-    planner.clear_cache()
+pytestmark = pytest.mark.usefixtures("fresh_planner")
 
 
 def spec_of(x_shape, z_shape, mode="naive", dtype=torch.float32, padding=0, stride=1, dilation=1):

@@ -4,32 +4,41 @@ import torch.fx
 
 from . import nn
 from .match import find_peaks, match_template
-from .nn import DepthwiseXCorrHead, SiamFCHead, UpChannelHead, XCorr
+from .nn import DepthwiseXCorrHead, LocalCorrelation, SiamFCHead, StereoCorrelation, UpChannelHead, XCorr
 from .ops import choose_method, pixelwise, xcorr
 from .planner import clear_cache, load_tuning, save_tuning, set_autotune
 from .plans import Plan, plan
+from .pyramid import CorrPyramid
+from .volumes import local_correlation, stereo_correlation
 
 # Leaf functions of torch.fx.symbolic_trace for models that call xcorr.xcorr / xcorr.pixelwise
 # themselves (the heads of xcorr.nn are covered in nn.py): one call_function node each.
 torch.fx.wrap("xcorr")
 torch.fx.wrap("pixelwise")
+torch.fx.wrap("local_correlation")
+torch.fx.wrap("stereo_correlation")
 
 __all__ = [
+    "CorrPyramid",
     "DepthwiseXCorrHead",
+    "LocalCorrelation",
     "Plan",
     "SiamFCHead",
+    "StereoCorrelation",
     "UpChannelHead",
     "XCorr",
     "choose_method",
     "clear_cache",
     "find_peaks",
     "load_tuning",
+    "local_correlation",
     "match_template",
     "nn",
     "pixelwise",
     "plan",
     "save_tuning",
     "set_autotune",
+    "stereo_correlation",
     "xcorr",
 ]
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._spec import Pair, Spec
+from ._spec import Pair, Spec, VolumeSpec
 
 MODES = ("naive", "depthwise", "upchannel")
 
@@ -312,3 +312,265 @@ def check_planned_search(x: Any, search_shape: tuple[int, int, int, int]) -> Non
     check_tensor(x, "x", "B C H W")
     if tuple(x.shape[1:]) != tuple(search_shape[1:]):
         raise ValueError(f"x must have the planned (C, H, W) = {tuple(search_shape[1:])}, got shape {tuple(x.shape)}")
+
+
+NORMALIZE = ("none", "mean", "sqrt")
+LAYOUTS = ("flat", "grid")
+
+
+def check_non_negative_int(value: Any, name: str) -> int:
+    """A non-negative int (not a bool), such as a maximum displacement."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a non-negative int, got {_type_name(value)} {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value}")
+    return value
+
+
+def _check_feature_pair(f1: Any, f2: Any, names: tuple[str, str]) -> tuple[int, int, int, int]:
+    """Two (B, C, H, W) feature maps of one shape, dtype and device, with at least one channel."""
+    a, b = names
+    check_tensor(f1, a, "B C H W")
+    check_tensor(f2, b, "B C H W")
+    check_same_kind(f1, f2, names)
+    if f1.shape != f2.shape:
+        raise ValueError(
+            f"{a} and {b} must have the same shape (B, C, H, W); got {a} {tuple(f1.shape)} and {b} {tuple(f2.shape)}"
+        )
+    if 0 in f1.shape[1:]:
+        raise ValueError(f"{a} and {b} must have at least one channel, row and column, got shape {tuple(f1.shape)}")
+    B, C, H, W = f1.shape
+    return B, C, H, W
+
+
+def _scale(normalize: str, channels: int, taps: int) -> float:
+    """The factor of each output: 1, ``1 / (taps * channels)`` or ``1 / sqrt(channels)``."""
+    if normalize == "mean":
+        return 1.0 / (taps * channels)
+    if normalize == "sqrt":
+        return 1.0 / math.sqrt(channels)
+    return 1.0
+
+
+def check_local_correlation(
+    f1: Any,
+    f2: Any,
+    max_displacement: Any,
+    displacement_stride: Any,
+    stride: Any,
+    kernel_size: Any,
+    normalize: Any,
+    layout: Any,
+) -> VolumeSpec:
+    """Validate the arguments of :func:`xcorr.local_correlation`; return its problem."""
+    B, C, H, W = _check_feature_pair(f1, f2, ("f1", "f2"))
+    d = check_non_negative_int(max_displacement, "max_displacement")
+    ds = check_positive_int(displacement_stride, "displacement_stride")
+    s = check_positive_int(stride, "stride")
+    k = check_positive_int(kernel_size, "kernel_size")
+    normalize = check_choice(normalize, "normalize", NORMALIZE)
+    check_choice(layout, "layout", LAYOUTS)
+    R, kr = d // ds, (k - 1) // 2
+    P = 2 * R + 1
+    return VolumeSpec(
+        shape=(B, C, H, W),
+        groups=1,
+        kernel=(k, k),
+        kernel_dilation=(1, 1),
+        origin=(-kr, -kr),
+        stride=(s, s),
+        out_size=(-(-H // s), -(-W // s)),
+        dy=(-R * ds, ds, P),
+        dx=(-R * ds, ds, P),
+        scale=_scale(normalize, C, k * k),
+        dtype=f1.dtype,
+        device=f1.device,
+    )
+
+
+def check_groups(groups: Any, channels: int) -> int:
+    """``None`` (one group) or a positive int that divides ``channels``."""
+    if groups is None:
+        return 1
+    G = check_positive_int(groups, "groups")
+    if channels % G:
+        raise ValueError(
+            f"groups must divide the channels (each group averages C/groups channels); got groups={G} for C={channels}"
+        )
+    return G
+
+
+def check_stereo_correlation(left: Any, right: Any, max_disparity: Any, groups: Any, normalize: Any) -> VolumeSpec:
+    """Validate the arguments of :func:`xcorr.stereo_correlation`; return its problem."""
+    B, C, H, W = _check_feature_pair(left, right, ("left", "right"))
+    D = check_positive_int(max_disparity, "max_disparity")
+    G = check_groups(groups, C)
+    normalize = check_choice(normalize, "normalize", NORMALIZE)
+    return VolumeSpec(
+        shape=(B, C, H, W),
+        groups=G,
+        kernel=(1, 1),
+        kernel_dilation=(1, 1),
+        origin=(0, 0),
+        stride=(1, 1),
+        out_size=(H, W),
+        dy=(0, 1, 1),
+        dx=(0, -1, D),
+        scale=_scale(normalize, C // G, 1),
+        dtype=left.dtype,
+        device=left.device,
+    )
+
+
+#: kernel_size, patch_size, stride, padding, dilation, dilation_patch of spatial-correlation-sampler.
+SamplerSettings = tuple[Pair, Pair, Pair, Pair, Pair, Pair]
+
+
+def check_sampler_settings(
+    kernel_size: Any, patch_size: Any, stride: Any, padding: Any, dilation: Any, dilation_patch: Any
+) -> SamplerSettings:
+    """The settings of ``spatial_correlation_sample`` as pairs (each an int or a pair of ints)."""
+    return (
+        check_pair(kernel_size, "kernel_size", 1),
+        check_pair(patch_size, "patch_size", 1),
+        check_pair(stride, "stride", 1),
+        check_pair(padding, "padding", 0),
+        check_pair(dilation, "dilation", 1),
+        check_pair(dilation_patch, "dilation_patch", 1),
+    )
+
+
+def check_spatial_correlation_sample(input1: Any, input2: Any, settings: SamplerSettings) -> VolumeSpec:
+    """Validate the inputs of ``spatial_correlation_sample``; return its problem.
+
+    The package's output size, ``(H + 2*padding - dilated kernel) // stride + 1``, and the
+    patch offsets of its CPU code, ``(p - (patch_size - 1) // 2) * dilation_patch`` for ``p <
+    patch_size``.
+    """
+    B, C, H, W = _check_feature_pair(input1, input2, ("input1", "input2"))
+    (kh, kw), (ph, pw), (sh, sw), (padh, padw), (dh, dw), (dph, dpw) = settings
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if span_h > H + 2 * padh or span_w > W + 2 * padw:
+        raise ValueError(
+            f"the kernel must fit in the padded input: kernel_size {(kh, kw)} with dilation {(dh, dw)} spans "
+            f"{span_h}x{span_w}, but input1 {(B, C, H, W)} with padding {(padh, padw)} is "
+            f"{H + 2 * padh}x{W + 2 * padw}"
+        )
+    return VolumeSpec(
+        shape=(B, C, H, W),
+        groups=1,
+        kernel=(kh, kw),
+        kernel_dilation=(dh, dw),
+        origin=(-padh, -padw),
+        stride=(sh, sw),
+        out_size=((H + 2 * padh - span_h) // sh + 1, (W + 2 * padw - span_w) // sw + 1),
+        dy=(-((ph - 1) // 2) * dph, dph, ph),
+        dx=(-((pw - 1) // 2) * dpw, dpw, pw),
+        scale=1.0,
+        dtype=input1.dtype,
+        device=input1.device,
+    )
+
+
+#: pad_size, kernel_size, max_displacement, stride1, stride2 of flownet2-pytorch's Correlation.
+Flownet2Settings = tuple[int, int, int, int, int]
+
+
+def check_flownet2_settings(
+    pad_size: Any, kernel_size: Any, max_displacement: Any, stride1: Any, stride2: Any, corr_multiply: Any
+) -> Flownet2Settings:
+    """The settings of flownet2-pytorch's ``Correlation`` (ints, as its CUDA extension takes them)."""
+    check_finite(corr_multiply, "corr_multiply")
+    return (
+        check_non_negative_int(pad_size, "pad_size"),
+        check_positive_int(kernel_size, "kernel_size"),
+        check_non_negative_int(max_displacement, "max_displacement"),
+        check_positive_int(stride1, "stride1"),
+        check_positive_int(stride2, "stride2"),
+    )
+
+
+def check_flownet2_correlation(input1: Any, input2: Any, settings: Flownet2Settings) -> VolumeSpec:
+    """Validate the inputs of flownet2-pytorch's ``Correlation``; return its problem.
+
+    Its geometry, in the zero-padded input: output ``(y, x)`` compares the window of radius
+    ``kr = (kernel_size - 1) // 2`` centred at ``(y*stride1 + max_displacement, x*stride1 +
+    max_displacement)`` with the windows displaced by ``(i - R, j - R) * stride2``, ``R =
+    max_displacement // stride2``; the output is ``ceil((H + 2*pad_size - 2*(kr +
+    max_displacement)) / stride1)`` high, and every sum is divided by ``kernel_size**2 * C``.
+    """
+    B, C, H, W = _check_feature_pair(input1, input2, ("input1", "input2"))
+    pad, k, md, s1, s2 = settings
+    kr = (k - 1) // 2
+    border = 2 * (kr + md)
+    if H + 2 * pad <= border or W + 2 * pad <= border:
+        raise ValueError(
+            f"the padded input must be larger than 2 * (kernel radius + max_displacement) = {border} in both "
+            f"dimensions (kernel_size {k}, max_displacement {md}); got input1 {(B, C, H, W)} with pad_size {pad}, "
+            f"{H + 2 * pad}x{W + 2 * pad}"
+        )
+    R = md // s2
+    start = md - pad - kr
+    return VolumeSpec(
+        shape=(B, C, H, W),
+        groups=1,
+        kernel=(2 * kr + 1, 2 * kr + 1),
+        kernel_dilation=(1, 1),
+        origin=(start, start),
+        stride=(s1, s1),
+        out_size=(-(-(H + 2 * pad - border) // s1), -(-(W + 2 * pad - border) // s1)),
+        dy=(-R * s2, s2, 2 * R + 1),
+        dx=(-R * s2, s2, 2 * R + 1),
+        scale=1.0 / (k * k * C),
+        dtype=input1.dtype,
+        device=input1.device,
+    )
+
+
+PYRAMID_METHODS = ("auto", "all_pairs", "on_demand")
+
+
+def check_corr_pyramid(f1: Any, f2: Any, num_levels: Any, radius: Any, method: Any) -> str:
+    """Validate the arguments of :class:`xcorr.CorrPyramid`; return the method.
+
+    ``f1`` and ``f2`` are (B, C, H, W) of one shape, dtype and device with at least one channel
+    (the volume is divided by sqrt(C)); every level halves (rounding down) the size of the one
+    before, and the coarsest, ``2**(num_levels - 1)`` times smaller, must keep a pixel.
+    """
+    check_tensor(f1, "f1", "B C H W")
+    check_tensor(f2, "f2", "B C H W")
+    check_same_kind(f1, f2, ("f1", "f2"))
+    if f1.shape != f2.shape:
+        raise ValueError(
+            f"f1 and f2 must have the same shape (B, C, H, W), got f1 {tuple(f1.shape)} and f2 {tuple(f2.shape)}"
+        )
+    check_positive_int(num_levels, "num_levels")
+    check_positive_int(radius, "radius")
+    method = check_choice(method, "method", PYRAMID_METHODS)
+    _, C, H, W = f1.shape
+    if C == 0:
+        raise ValueError(
+            f"f1 and f2 must have at least one channel (the correlation is divided by sqrt(C)), got shape "
+            f"{tuple(f1.shape)}"
+        )
+    smallest = 2 ** (num_levels - 1)
+    if H < smallest or W < smallest:
+        raise ValueError(
+            f"num_levels={num_levels} needs f1 and f2 of at least {smallest}x{smallest} pixels (each level halves "
+            f"the one before and the coarsest must keep a pixel); got shape {tuple(f1.shape)}"
+        )
+    return method
+
+
+def check_corr_coords(coords: Any, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``coords`` (B, 2, H, W) for features of ``shape`` (B, C, H, W), floating-point, on ``device``."""
+    check_tensor(coords, "coords", "B 2 H W")
+    B, _, H, W = shape
+    if tuple(coords.shape) != (B, 2, H, W):
+        raise ValueError(
+            f"coords must have shape (B, 2, H, W) = {(B, 2, H, W)}: an (x, y) position in f2 for every pixel "
+            f"of f1; got {tuple(coords.shape)}"
+        )
+    if coords.device != device:
+        raise ValueError(f"coords must be on the features' device {device}, got {coords.device}")
+    return coords

@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest problem, in direct multiply-adds (default 4e8)",
     )
     fit.add_argument("--device", default="cpu", help="device to time on, e.g. cpu or cuda (default: cpu)")
+    fit.add_argument(
+        "--volumes",
+        action="store_true",
+        help="fit the cost-volume methods' constants (local correlation, stereo) instead, on CPU; "
+        "each problem takes seconds: try --problems 20 --held-out 10",
+    )
     fit.add_argument("--json", metavar="FILE", help="also write the timings, constants and evaluation as JSON")
     fit.add_argument(
         "--save",
@@ -214,6 +220,11 @@ def _fit(args: argparse.Namespace) -> int:
     except ImportError:
         print("xcorr fit: fitting needs scipy (pip install -e '.[bench]')", file=sys.stderr)
         return 2
+    if args.volumes:
+        from .benchmarks import volume_costmodel
+
+        volume_costmodel.main(args.problems, args.held_out, args.seed)
+        return 0
     train = costmodel.random_problems(args.problems, args.seed, args.max_macs)
     held = costmodel.random_problems(args.held_out, args.seed + 1, args.max_macs)
     total = len(train) + len(held)

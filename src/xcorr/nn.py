@@ -12,16 +12,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import MODES, check_choice, check_features, check_finite, check_pair, check_positive_int
+from ._checks import (
+    LAYOUTS,
+    MODES,
+    NORMALIZE,
+    check_choice,
+    check_features,
+    check_finite,
+    check_non_negative_int,
+    check_pair,
+    check_positive_int,
+)
 from .ops import METHODS, xcorr
+from .volumes import local_correlation, stereo_correlation
 
-__all__ = ["DepthwiseXCorrHead", "SiamFCHead", "UpChannelHead", "XCorr"]
+__all__ = ["DepthwiseXCorrHead", "LocalCorrelation", "SiamFCHead", "StereoCorrelation", "UpChannelHead", "XCorr"]
 
 # Leaf functions of ``torch.fx.symbolic_trace`` (as torchvision's feature extraction runs it): a
 # traced model keeps one call of each where the modules call it, instead of tracing into the
 # checks and the planner, which branch on shapes that are only symbols while tracing.
 torch.fx.wrap("xcorr")
 torch.fx.wrap("check_features")
+torch.fx.wrap("local_correlation")
+torch.fx.wrap("stereo_correlation")
 
 
 def _non_default(settings: dict[str, tuple[object, object]]) -> str:
@@ -215,4 +228,105 @@ class DepthwiseXCorrHead(nn.Module):
     def extra_repr(self) -> str:
         required = f"in_channels={self.in_channels}, hidden={self.hidden}, out_channels={self.out_channels}"
         optional = _non_default({"kernel_size": (self.kernel_size, 3)})
+        return ", ".join(filter(None, (required, optional)))
+
+
+class LocalCorrelation(nn.Module):
+    r"""Module form of :func:`xcorr.local_correlation`; ``forward(f1, f2)`` is the cost volume of two feature maps.
+
+    Args:
+        max_displacement (int): largest displacement, in pixels, in each direction.
+        displacement_stride (int): pixels between displacements.
+        stride (int): pixels between output positions.
+        kernel_size (int): side of the patches compared.
+        normalize (str): ``"none"``, ``"mean"`` (FlowNetC, PWC-Net) or ``"sqrt"`` (RAFT).
+        layout (str): ``"flat"`` or ``"grid"``.
+
+    Shape:
+        f1, f2 (Tensor[B, C, H, W]) -> Tensor[B, P*P, H', W'] (``"flat"``) or
+        Tensor[B, P, P, H', W'] (``"grid"``), ``P = 2 * (max_displacement // displacement_stride) + 1``.
+
+    Example:
+        >>> corr = LocalCorrelation(4, normalize="mean")  # PWC-Net's
+        >>> corr
+        LocalCorrelation(max_displacement=4, normalize='mean')
+        >>> corr(torch.ones(2, 8, 12, 16), torch.ones(2, 8, 12, 16)).shape
+        torch.Size([2, 81, 12, 16])
+    """
+
+    def __init__(
+        self,
+        max_displacement: int,
+        displacement_stride: int = 1,
+        stride: int = 1,
+        kernel_size: int = 1,
+        normalize: str = "none",
+        layout: str = "flat",
+    ) -> None:
+        super().__init__()
+        self.max_displacement = check_non_negative_int(max_displacement, "max_displacement")
+        self.displacement_stride = check_positive_int(displacement_stride, "displacement_stride")
+        self.stride = check_positive_int(stride, "stride")
+        self.kernel_size = check_positive_int(kernel_size, "kernel_size")
+        self.normalize = check_choice(normalize, "normalize", NORMALIZE)
+        self.layout = check_choice(layout, "layout", LAYOUTS)
+
+    def forward(self, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+        return local_correlation(
+            f1,
+            f2,
+            self.max_displacement,
+            displacement_stride=self.displacement_stride,
+            stride=self.stride,
+            kernel_size=self.kernel_size,
+            normalize=self.normalize,
+            layout=self.layout,
+        )
+
+    def extra_repr(self) -> str:
+        required = f"max_displacement={self.max_displacement}"
+        optional = _non_default(
+            {
+                "displacement_stride": (self.displacement_stride, 1),
+                "stride": (self.stride, 1),
+                "kernel_size": (self.kernel_size, 1),
+                "normalize": (self.normalize, "none"),
+                "layout": (self.layout, "flat"),
+            }
+        )
+        return ", ".join(filter(None, (required, optional)))
+
+
+class StereoCorrelation(nn.Module):
+    r"""Module form of :func:`xcorr.stereo_correlation`; ``forward(left, right)`` is the stereo cost volume.
+
+    Args:
+        max_disparity (int): number ``D`` of disparities ``0 ... D-1``.
+        groups (int or None): ``None`` for DispNetC's volume over all channels, ``G`` for
+            GwcNet's group-wise one (``G`` must divide the features' channels).
+        normalize (str): ``"mean"``, ``"sqrt"`` or ``"none"``.
+
+    Shape:
+        left, right (Tensor[B, C, H, W]) -> Tensor[B, D, H, W], or Tensor[B, G, D, H, W] with groups.
+
+    Example:
+        >>> gwc = StereoCorrelation(12, groups=4)
+        >>> gwc
+        StereoCorrelation(max_disparity=12, groups=4)
+        >>> gwc(torch.ones(1, 16, 8, 20), torch.ones(1, 16, 8, 20)).shape
+        torch.Size([1, 4, 12, 8, 20])
+    """
+
+    def __init__(self, max_disparity: int, groups: int | None = None, normalize: str = "mean") -> None:
+        super().__init__()
+        self.max_disparity = check_positive_int(max_disparity, "max_disparity")
+        self.groups = None if groups is None else check_positive_int(groups, "groups")
+        self.normalize = check_choice(normalize, "normalize", NORMALIZE)
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        return stereo_correlation(left, right, self.max_disparity, groups=self.groups, normalize=self.normalize)
+
+    def extra_repr(self) -> str:
+        required = f"max_disparity={self.max_disparity}"
+        optional = _non_default({"groups": (self.groups, None), "normalize": (self.normalize, "mean")})
         return ", ".join(filter(None, (required, optional)))

@@ -224,6 +224,14 @@ CONSTANTS: Mapping[str, Constants] = MappingProxyType({"cpu": CPU_CONSTANTS[buil
 #: tenth of its forward's speed, while FFT computes it in a fraction of the forward's time.
 PER_PASS = "per-pass"
 
+#: The cost model counts the per-pass option at this many times the sum of its passes' forward
+#: estimates. Those are the gradient problems' forward costs, without the backward ratios fitted
+#: on whole steps, and they undercount: on 40 held-out problems (2-core AVX2 CPU) per-pass was
+#: the fastest step in 4, by at most 14%; counted at face value, the model's picks fell within
+#: 1.1x of the fastest in 25 of 40, counted twice in 33 (34 without the option). So per-pass is
+#: mostly found by measurement (repeated calls, autotune, ``choose_method(..., measure=True)``).
+PER_PASS_ESTIMATE_FACTOR = 2.0
+
 
 def _pass_problems(spec: Spec) -> tuple[Spec, Spec]:
     """The search- and template-gradient problems of ``spec``."""
@@ -497,14 +505,14 @@ class Planner:
         Returns:
             seconds for ``"direct"`` and ``"fft"``, and for ``"gather"`` in the modes where it
             competes (not depthwise); with ``grad``, also for :data:`PER_PASS`: the sum of the
-            three passes' estimates, each pass on the method chosen for it.
+            three passes' estimates, each pass on the method chosen for it, times
+            :data:`PER_PASS_ESTIMATE_FACTOR`.
         """
         c = constants or self.model_constants(spec.device.type)
         costs = _estimate(spec, grad, c)
         if grad and spec.batch:
-            costs[PER_PASS] = sum(
-                _estimate(problem, False, c)[self.select(problem)] for problem in _pass_problems(spec)
-            )
+            passes = (spec, *_pass_problems(spec))
+            costs[PER_PASS] = PER_PASS_ESTIMATE_FACTOR * sum(_estimate(p, False, c)[self.select(p)] for p in passes)
         return costs
 
     def measure(
@@ -632,7 +640,11 @@ class Planner:
         pass_timings: dict[str, dict[str, float]] = {}
         if grad and not tracing():
             search, template = _pass_problems(spec)
-            for name, problem, inputs in (("forward", spec, (x, z)), ("search", search, ()), ("template", template, ())):
+            for name, problem, inputs in (
+                ("forward", spec, (x, z)),
+                ("search", search, ()),
+                ("template", template, ()),
+            ):
                 pass_timings[name] = self._measure_all(problem, False, self.candidates(problem), *inputs)
         timings = self._measure_all(spec, grad, self.options(spec, grad), x, z)
         with self._lock:
@@ -770,3 +782,236 @@ def load_tuning(path: str | os.PathLike) -> int:
 
 # Cost volumes (local correlation, stereo, correlation pyramids): their candidates and cost model.
 # They go through Planner.decide, so they share the cache, autotune and invalidation above.
+# (The section imports what only it uses here, beside its code.)
+
+from dataclasses import replace  # noqa: E402
+
+from ._spec import VolumeSpec  # noqa: E402
+from .backends import VOLUME_BACKENDS  # noqa: E402
+from .backends.banded import chunking as banded_chunks  # noqa: E402
+from .backends.banded import plan as banded_plan  # noqa: E402
+
+#: The cost-volume method ``auto`` picks while a graph is exported: Pad, Slice, Mul, ReduceSum
+#: and Concat nodes only, nothing that depends on the batch size.
+VOLUME_EXPORT_METHOD = "shifted"
+
+
+def volume_candidates(spec: VolumeSpec) -> list[str]:
+    """The cost-volume methods the hard constraints allow for ``spec``, in registry order."""
+    if exporting():
+        return [VOLUME_EXPORT_METHOD]
+    allowed = list(VOLUME_BACKENDS)
+    # The band needs distinct displacements along each axis (a step of 0 repeats one).
+    if (spec.dy[1] == 0 and spec.dy[2] > 1) or (spec.dx[1] == 0 and spec.dx[2] > 1):
+        allowed.remove("banded")
+    return allowed
+
+
+def _volume_key(spec: VolumeSpec, grad: bool) -> Key:
+    return (
+        "volume",
+        spec.shape,
+        spec.groups,
+        spec.kernel,
+        spec.kernel_dilation,
+        spec.origin,
+        spec.stride,
+        spec.out_size,
+        spec.dy,
+        spec.dx,
+        spec.dtype,
+        spec.device.type,
+        spec.device.index,
+        grad,
+    )
+
+
+@dataclass(frozen=True)
+class VolumeConstants:
+    """Per-device costs of the cost-volume model, in nanoseconds (fitted by
+    :func:`xcorr.benchmarks.volume_costmodel.fit`).
+
+    Attributes:
+        shifted_call: fixed cost of each displacement of ``"shifted"`` (its few tensor operations).
+        shifted_element: one element of one displacement's product map (``B*C`` times the
+            product grid): read both maps, multiply, sum the channels.
+        shifted_output: one output element, times the kernel's rows plus columns (window sums).
+        shifted_backward: backward / forward time ratio of ``"shifted"``.
+        banded_call: fixed cost of a ``"banded"`` call.
+        banded_chunk: fixed cost of each chunk of tiles (a few operations each).
+        banded_mac: one multiply-add of the tile products (the band's and the waste's; the
+            copies of the tile operands grow with them).
+        banded_band: one element of the volume copied out of the tile products.
+        banded_backward: backward / forward time ratio of ``"banded"``.
+        float64: float64 / float32 time ratio (both methods; not fitted, measured side by side).
+    """
+
+    shifted_call: float
+    shifted_element: float
+    shifted_output: float
+    shifted_backward: float
+    banded_call: float
+    banded_chunk: float
+    banded_mac: float
+    banded_band: float
+    banded_backward: float
+    float64: float
+
+
+#: Built-in cost-volume constants per device type (the CPU's serve devices without their own),
+#: fitted by :func:`xcorr.benchmarks.volume_costmodel.main` on a 2-core x86 CPU (AVX2, torch
+#: 2.13) with one thread (the machine was shared: one thread times steadily). On 10 held-out
+#: problems the model picked the fastest method in 77% of the forward and forward+backward
+#: cases, a wrong pick cost at most 0.83x more time, and its estimates were off by a median
+#: factor of 1.6 (shifted) and 1.55 (banded).
+VOLUME_CONSTANTS: Mapping[str, VolumeConstants] = MappingProxyType(
+    {
+        "cpu": VolumeConstants(
+            shifted_call=30500.0,
+            shifted_element=0.749,
+            shifted_output=0.0,
+            shifted_backward=3.03,
+            banded_call=260000.0,
+            banded_chunk=290000.0,
+            banded_mac=0.104,
+            banded_band=1.70,
+            banded_backward=1.97,
+            float64=2.0,
+        ),
+    }
+)
+
+
+def volume_features(spec: VolumeSpec) -> dict[str, dict[str, float]]:
+    """The operation counts the cost model weighs, per method (see :class:`VolumeConstants`)."""
+    B, C = spec.shape[:2]
+    G, P = spec.groups, spec.displacements
+    (_, _, nr), (_, _, nc) = spec.product_grid
+    Ho, Wo = spec.out_size
+    taps = 0 if spec.pointwise else spec.kernel[0] + spec.kernel[1]
+    shifted = {
+        "call": float(P),
+        "element": float(B * C * nr * nc * P),
+        "output": float(B * G * P * Ho * Wo * (1 + taps)),
+    }
+    plan, _ = banded_plan(spec)
+    y, x = plan.y, plan.x
+    classes = y.classes * x.classes
+    tiles = B * G * classes * y.tiles * x.tiles
+    M, N, K = y.tile * x.tile, y.halo * x.halo, C // G
+    banded = {
+        "chunk": float(classes * len(banded_chunks(plan, B, 4))),
+        "mac": float(tiles * M * N * K),
+        "band": float(B * G * P * y.padded * x.padded + B * G * P * Ho * Wo * (1 + taps)),
+    }
+    return {"shifted": shifted, "banded": banded}
+
+
+def volume_estimate(spec: VolumeSpec, grad: bool = False, constants: VolumeConstants | None = None) -> dict[str, float]:
+    """The cost model of cost volumes: estimated seconds per method (forward, plus backward when ``grad``).
+
+    Each estimate is linear in the constants (``python -m xcorr fit`` reads the features off it).
+    """
+    c = constants or VOLUME_CONSTANTS.get(spec.device.type) or VOLUME_CONSTANTS["cpu"]
+    f = volume_features(spec)
+    s, b = f["shifted"], f["banded"]
+    shifted = c.shifted_call * s["call"] + c.shifted_element * s["element"] + c.shifted_output * s["output"]
+    banded = c.banded_call + c.banded_chunk * b["chunk"] + c.banded_mac * b["mac"] + c.banded_band * b["band"]
+    if grad:
+        shifted *= 1 + c.shifted_backward
+        banded *= 1 + c.banded_backward
+    if spec.dtype == torch.float64:
+        shifted, banded = shifted * c.float64, banded * c.float64
+    return {"shifted": shifted * 1e-9, "banded": banded * 1e-9}
+
+
+def volume_measure(
+    spec: VolumeSpec, grad: bool, allowed: list[str], f1: torch.Tensor | None = None, f2: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Time each allowed cost-volume method on ``f1`` and ``f2`` (random tensors of ``spec``'s shape if None)."""
+    if f1 is None or f2 is None:
+        gen = torch.Generator(device=spec.device).manual_seed(0)
+        f1 = torch.randn(spec.shape, generator=gen, device=spec.device, dtype=spec.dtype)
+        f2 = torch.randn(spec.shape, generator=gen, device=spec.device, dtype=spec.dtype)
+    spec = replace(spec, dtype=compute_dtype(spec.dtype))
+    f1, f2 = f1.detach().to(spec.dtype), f2.detach().to(spec.dtype)
+    if grad:
+        f1, f2 = f1.requires_grad_(True), f2.requires_grad_(True)
+    sync = torch.cuda.synchronize if spec.device.type == "cuda" else (lambda: None)
+    timings = {}
+    for method in allowed:
+        run = VOLUME_BACKENDS[method].run
+        if grad:
+
+            def step(run=run):
+                run(f1, f2, spec).sum().backward()
+        else:
+
+            def step(run=run):
+                with torch.no_grad():
+                    run(f1, f2, spec)
+
+        timings[method] = _bench(step, sync)
+    return timings
+
+
+def select_volume(spec: VolumeSpec, grad: bool = False) -> str:
+    """Pick the method of a validated cost volume (see :func:`xcorr.volumes.correlate`).
+
+    Args:
+        spec: the validated problem.
+        grad: whether a backward pass will follow.
+    """
+    return PLANNER.decide(
+        _volume_key(spec, grad),
+        volume_candidates(spec),
+        lambda: volume_estimate(spec, grad),
+        lambda allowed: volume_measure(spec, grad, allowed),
+        measuring=bool(spec.batch) and PLANNER._measuring(spec),
+    )
+
+
+# Correlation pyramids (xcorr.CorrPyramid): a memory rule, then a per-level choice of how windows are correlated.
+
+#: ``"auto"`` builds a correlation pyramid's all-pairs volumes (every level) while they take at
+#: most this many bytes, and correlates the looked-up windows on demand beyond: RAFT's standard
+#: problem (B2, C256, 46x62, 4 levels) takes 87 MB, its high-resolution one (B1, 136x240) 5.7 GB
+#: in float32. Within the budget the volumes win: they cost one matrix product per level, and
+#: RAFT looks the pyramid up 12 to 32 times.
+PYRAMID_VOLUME_BYTES = 1 << 30
+
+#: A pyramid level is correlated whole (a chunk of f1's pixels against every pixel of the level:
+#: one matrix product, then the windows picked from it) rather than window by window (a gather of
+#: each window's feature vectors, then dot products) where it has at most this many pixels per
+#: window tap. The matrix product does about that many times more multiply-adds per second: 28
+#: against 3.5 GMAC/s on a 2-core AVX2 CPU (C=256, float32), forward and backward alike.
+PYRAMID_DENSE_PIXELS_PER_TAP = 8
+
+
+def pyramid_volume_bytes(shape: tuple[int, ...], num_levels: int, dtype: torch.dtype) -> int:
+    """Bytes of the all-pairs volumes of every level for features of ``shape`` (B, C, H, W)."""
+    B, _, H, W = shape
+    # A batch that is a symbol (export with a dynamic batch) counts as one item: comparing it with
+    # the budget would bound the batch the exported graph accepts.
+    B = B if isinstance(B, int) else 1
+    itemsize = 8 if dtype == torch.float64 else 4  # half precision is computed in float32
+    return B * H * W * sum((H >> level) * (W >> level) for level in range(num_levels)) * itemsize
+
+
+def select_pyramid(shape: tuple[int, ...], num_levels: int, dtype: torch.dtype) -> str:
+    """The method of ``CorrPyramid(..., method="auto")``: ``"all_pairs"`` while the volumes fit
+    :data:`PYRAMID_VOLUME_BYTES`, ``"on_demand"`` beyond.
+
+    Example:
+        >>> xcorr.planner.select_pyramid((2, 256, 46, 62), 4, torch.float32)
+        'all_pairs'
+        >>> xcorr.planner.select_pyramid((1, 256, 136, 240), 4, torch.float32)
+        'on_demand'
+    """
+    return "all_pairs" if pyramid_volume_bytes(shape, num_levels, dtype) <= PYRAMID_VOLUME_BYTES else "on_demand"
+
+
+def pyramid_level_dense(level_pixels: int, radius: int) -> bool:
+    """Whether a pyramid level of ``level_pixels`` pixels is correlated whole rather than window
+    by window (see :data:`PYRAMID_DENSE_PIXELS_PER_TAP`); a window reads ``(2r + 2)**2`` pixels."""
+    return level_pixels <= PYRAMID_DENSE_PIXELS_PER_TAP * (2 * radius + 2) ** 2

@@ -9,10 +9,13 @@ of :data:`BACKENDS`.
 
 from __future__ import annotations
 
-from . import direct, fft, gather
-from ._base import Backend
+from . import banded, direct, fft, gather, shifted
+from ._base import Backend, VolumeBackend
 
 #: Every method, in the planner's order of preference among equals.
 BACKENDS: dict[str, Backend] = {b.name: b for b in (direct.BACKEND, fft.BACKEND, gather.BACKEND)}
 
-__all__ = ["BACKENDS", "Backend"]
+#: Every cost-volume method (:func:`xcorr.volumes.correlate`), in the planner's order of preference among equals.
+VOLUME_BACKENDS: dict[str, VolumeBackend] = {b.name: b for b in (shifted.VOLUME_BACKEND, banded.VOLUME_BACKEND)}
+
+__all__ = ["BACKENDS", "VOLUME_BACKENDS", "Backend", "VolumeBackend"]

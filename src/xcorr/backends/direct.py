@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.grad import conv2d_input
 
 from .._adjoint import fit, stuff
 from .._compute import needs_grad
@@ -65,7 +66,7 @@ def _grad_search(g: torch.Tensor, w: torch.Tensor, groups: int, spec: Spec) -> t
         Hp, Wp = spec.padded_search
         (ph, pw) = spec.padding
         shape = (g.shape[0], w.shape[1] * groups, Hp, Wp)
-        gx = torch.nn.grad.conv2d_input(shape, w, g, stride=spec.stride, dilation=spec.dilation, groups=groups)
+        gx = conv2d_input(shape, w, g, stride=spec.stride, dilation=spec.dilation, groups=groups)
         return gx[..., ph : Hp - ph, pw : Wp - pw]
     (_, _, h, wd_), (dh, dw) = w.shape, spec.dilation
     cin = w.shape[1] * groups

@@ -1,0 +1,90 @@
+"""Drop-in for flownet2-pytorch's ``correlation_package`` (FlowNetC, PWC-Net ports, LiteFlowNet ports).
+
+``from correlation_package.correlation import Correlation`` becomes
+``from xcorr.compat.flownet2 import Correlation``; the arguments and the output are the same::
+
+    out[b, i*P + j, y, x] = 1 / (k*k*C) * sum_c sum_{|u|, |v| <= kr}
+        in1p[b, c, Y + u, X + v] * in2p[b, c, Y + u + (i - R)*stride2, X + v + (j - R)*stride2]
+
+in the inputs zero-padded by ``pad_size``, with ``Y = y*stride1 + max_displacement``, ``kr =
+(kernel_size - 1) // 2``, ``R = max_displacement // stride2``, ``P = 2R + 1`` (channels
+dy-major), and ``ceil((H + 2*pad_size - 2*(kr + max_displacement)) / stride1)`` output rows.
+
+Two details are flownet2-pytorch's own and kept: an even ``kernel_size`` spans ``2*kr + 1 =
+kernel_size - 1`` taps yet divides by ``kernel_size**2``; and ``corr_multiply`` is accepted
+and has no effect (its CUDA kernels never read it). Outside the padded inputs we take zeros:
+with ``kernel_size >= 3`` the first row and column of windows reach ``kr`` pixels beyond the
+padding, where the CUDA kernel reads outside its buffer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._checks import check_flownet2_correlation, check_flownet2_settings
+from ..volumes import correlate
+
+__all__ = ["Correlation"]
+
+
+class Correlation(nn.Module):
+    r"""flownet2-pytorch's correlation layer: local correlation averaged over window and channels.
+
+    FlowNetC uses ``Correlation(20, 1, 20, 1, 2)`` (441 displacements of stride 2), PWC-Net
+    ``Correlation(4, 1, 4, 1, 1)`` (81).
+
+    Args:
+        pad_size (int): zeros added around both inputs.
+        kernel_size (int): side of the compared window (centred; see the module notes for even sizes).
+        max_displacement (int): largest displacement, in pixels.
+        stride1 (int): step between output positions.
+        stride2 (int): step between displacements.
+        corr_multiply (float): accepted for compatibility; unused, as in flownet2-pytorch.
+
+    Shape:
+        input1, input2 (Tensor[B, C, H, W]) -> Tensor[B, (2R+1)**2, H', W'] with
+        ``R = max_displacement // stride2``.
+
+    Example:
+        >>> from xcorr.compat.flownet2 import Correlation
+        >>> corr = Correlation(pad_size=4, kernel_size=1, max_displacement=4, stride1=1, stride2=1)
+        >>> corr
+        Correlation(pad_size=4, kernel_size=1, max_displacement=4, stride1=1, stride2=1)
+        >>> f1 = torch.ones(2, 32, 14, 32)
+        >>> out = corr(f1, f1)
+        >>> out.shape
+        torch.Size([2, 81, 14, 32])
+        >>> out[0, 40, 0, 0], out[0, 0, 0, 0]  # no displacement; 4 up and 4 left falls outside
+        (tensor(1.), tensor(0.))
+    """
+
+    def __init__(
+        self,
+        pad_size: int,
+        kernel_size: int,
+        max_displacement: int,
+        stride1: int,
+        stride2: int,
+        corr_multiply: float = 1,
+    ) -> None:
+        super().__init__()
+        self._settings = check_flownet2_settings(
+            pad_size, kernel_size, max_displacement, stride1, stride2, corr_multiply
+        )
+        self.pad_size = pad_size
+        self.kernel_size = kernel_size
+        self.max_displacement = max_displacement
+        self.stride1 = stride1
+        self.stride2 = stride2
+        self.corr_multiply = corr_multiply
+
+    def forward(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
+        spec = check_flownet2_correlation(input1, input2, self._settings)
+        out = correlate(input1, input2, spec)
+        return out.reshape(spec.batch, spec.displacements, *spec.out_size)
+
+    def extra_repr(self) -> str:
+        names = ("pad_size", "kernel_size", "max_displacement", "stride1", "stride2")
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
+        return shown if self.corr_multiply == 1 else f"{shown}, corr_multiply={self.corr_multiply!r}"

@@ -1,0 +1,141 @@
+"""Drop-in for the ``spatial-correlation-sampler`` package (``Pytorch-Correlation-extension``).
+
+``from spatial_correlation_sampler import SpatialCorrelationSampler, spatial_correlation_sample``
+becomes ``from xcorr.compat.spatial_correlation_sampler import ...`` with the same arguments and
+the same output::
+
+    out[b, p, q, y, x] = sum_c sum_{u<kh, v<kw} in1[b, c, Y + u*dh, X + v*dw]
+                                               * in2[b, c, Y + u*dh + sy_p, X + v*dw + sx_q]
+
+with ``Y = y*stride - padding`` (the kernel is anchored at its top-left tap, not its centre),
+``sy_p = (p - (patch_size - 1) // 2) * dilation_patch``, zeros outside the inputs, no
+normalisation, and an output of ``(H + 2*padding - dilation*(kernel_size-1) - 1) // stride + 1``
+rows.
+
+Where the package's own two paths disagree we follow its CPU code: for an even patch size with
+``dilation_patch > 1`` its CUDA kernel centres the offsets at ``dilation_patch*(patch_size-1)//2``
+(patch 4, dilation_patch 2: offsets -3, -1, 1, 3) while its CPU code gives -2, 0, 2, 4, the
+offsets of every other case (odd patch sizes, or ``dilation_patch == 1``, where both agree).
+
+Unlike the package: float16 and bfloat16 are accumulated in float32 (its CUDA kernel sums in
+the inputs' dtype), the CPU takes every floating-point dtype (its CPU code float32 and float64
+only), there is nothing to compile, and ``torch.onnx.export`` and ``torch.compile`` work.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._checks import check_sampler_settings, check_spatial_correlation_sample
+from ..volumes import correlate
+
+__all__ = ["SpatialCorrelationSampler", "spatial_correlation_sample"]
+
+IntPair = int | tuple[int, int]
+
+
+def spatial_correlation_sample(
+    input1: torch.Tensor,
+    input2: torch.Tensor,
+    kernel_size: IntPair = 1,
+    patch_size: IntPair = 1,
+    stride: IntPair = 1,
+    padding: IntPair = 0,
+    dilation: IntPair = 1,
+    dilation_patch: IntPair = 1,
+) -> torch.Tensor:
+    r"""Correlate ``input1`` with ``input2`` shifted over a patch of offsets, as the package does.
+
+    Every argument after the inputs is an int or a pair of ints (rows, columns).
+
+    Args:
+        input1 (Tensor[B, C, H, W]): first feature map.
+        input2 (Tensor[B, C, H, W]): second feature map, same shape, dtype and device.
+        kernel_size: size of the window compared at each output position (anchored at its
+            top-left tap).
+        patch_size: offsets per axis; patch index ``p`` is offset
+            ``(p - (patch_size - 1) // 2) * dilation_patch``.
+        stride: step between output positions.
+        padding: zeros added around both inputs.
+        dilation: spacing between the window's taps.
+        dilation_patch: spacing between offsets.
+
+    Returns:
+        Tensor[B, PH, PW, oH, oW] of ``input1``'s dtype (sums, not averages), with
+        ``oH = (H + 2*padding - dilation*(kernel_size - 1) - 1) // stride + 1``;
+        differentiable in both inputs.
+
+    Example:
+        >>> from xcorr.compat.spatial_correlation_sampler import spatial_correlation_sample
+        >>> f1 = torch.ones(2, 8, 6, 6)
+        >>> out = spatial_correlation_sample(f1, f1, patch_size=3)
+        >>> out.shape
+        torch.Size([2, 3, 3, 6, 6])
+        >>> out[0, :, :, 0, 0]  # at a corner, offsets up or left fall outside
+        tensor([[0., 0., 0.],
+                [0., 8., 8.],
+                [0., 8., 8.]])
+    """
+    settings = check_sampler_settings(kernel_size, patch_size, stride, padding, dilation, dilation_patch)
+    spec = check_spatial_correlation_sample(input1, input2, settings)
+    out = correlate(input1, input2, spec)
+    return out.reshape(spec.batch, spec.dy[2], spec.dx[2], *spec.out_size)
+
+
+class SpatialCorrelationSampler(nn.Module):
+    r"""Module form of :func:`spatial_correlation_sample`; ``forward(input1, input2)``.
+
+    The settings are checked when the module is built and kept as given (an int or a pair).
+
+    Shape:
+        input1, input2 (Tensor[B, C, H, W]) -> Tensor[B, PH, PW, oH, oW].
+
+    Example:
+        >>> from xcorr.compat.spatial_correlation_sampler import SpatialCorrelationSampler
+        >>> sampler = SpatialCorrelationSampler(patch_size=9, dilation_patch=2)
+        >>> sampler
+        SpatialCorrelationSampler(patch_size=9, dilation_patch=2)
+        >>> sampler(torch.rand(1, 16, 12, 20), torch.rand(1, 16, 12, 20)).shape
+        torch.Size([1, 9, 9, 12, 20])
+    """
+
+    def __init__(
+        self,
+        kernel_size: IntPair = 1,
+        patch_size: IntPair = 1,
+        stride: IntPair = 1,
+        padding: IntPair = 0,
+        dilation: IntPair = 1,
+        dilation_patch: IntPair = 1,
+    ) -> None:
+        super().__init__()
+        check_sampler_settings(kernel_size, patch_size, stride, padding, dilation, dilation_patch)
+        self.kernel_size = kernel_size
+        self.patch_size = patch_size
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.dilation_patch = dilation_patch
+
+    def forward(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
+        return spatial_correlation_sample(
+            input1,
+            input2,
+            self.kernel_size,
+            self.patch_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.dilation_patch,
+        )
+
+    def extra_repr(self) -> str:
+        defaults = {"kernel_size": 1, "patch_size": 1, "stride": 1, "padding": 0, "dilation": 1, "dilation_patch": 1}
+        shown = {name: getattr(self, name) for name in defaults}
+        return ", ".join(f"{name}={value!r}" for name, value in shown.items() if _pair(value) != _pair(defaults[name]))
+
+
+def _pair(value: IntPair) -> tuple[int, int]:
+    """An int or a pair as a pair, to compare a setting with its default in either form."""
+    return (value[0], value[1]) if isinstance(value, (tuple, list)) else (value, value)
