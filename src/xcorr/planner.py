@@ -41,7 +41,7 @@ import statistics
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
 from typing import Any, Callable
 
@@ -51,10 +51,12 @@ from . import _adjoint, _passes, _profile
 from ._checks import MODES
 from ._compute import compute_dtype, compute_spec
 from ._passes import Passes
-from ._spec import Spec
+from ._spec import Spec, VolumeSpec
 from ._tracing import compiling as _compiling
 from ._tracing import exporting, tracing
-from .backends import BACKENDS
+from .backends import BACKENDS, VOLUME_BACKENDS
+from .backends.banded import chunking as banded_chunks
+from .backends.banded import plan as banded_plan
 from .backends.fft import Layout, chunk_count
 from .backends.gather import maps_bytes
 
@@ -782,14 +784,6 @@ def load_tuning(path: str | os.PathLike) -> int:
 
 # Cost volumes (local correlation, stereo, correlation pyramids): their candidates and cost model.
 # They go through Planner.decide, so they share the cache, autotune and invalidation above.
-# (The section imports what only it uses here, beside its code.)
-
-from dataclasses import replace  # noqa: E402
-
-from ._spec import VolumeSpec  # noqa: E402
-from .backends import VOLUME_BACKENDS  # noqa: E402
-from .backends.banded import chunking as banded_chunks  # noqa: E402
-from .backends.banded import plan as banded_plan  # noqa: E402
 
 #: The cost-volume method ``auto`` picks while a graph is exported: Pad, Slice, Mul, ReduceSum
 #: and Concat nodes only, nothing that depends on the batch size.

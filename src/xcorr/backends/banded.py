@@ -13,7 +13,8 @@ Displacement strides waste nothing: the positions of ``f1`` are split into class
 residue modulo the displacement stride (with a displacement stride of 2 and an output stride of
 1: the four parities of row and column), each class reads the positions of ``f2`` on its own
 lattice, and the band is dense there. A negative displacement step (stereo's ``x - d``) is the
-positive one read backwards.
+positive one read backwards: each haloed tile is copied reversed, and the band then comes out in
+the volume's order.
 
 The backward pass is made of the same products: the output gradient is placed in the band of a
 zero matrix ``G``, then ``G @ f2_tiles`` is ``f1``'s gradient and ``G^T @ f1_tiles`` that of the
@@ -185,7 +186,20 @@ PLANE_CHANNELS = 16
 
 
 def _by_planes(items: int, groups: int, channels: int) -> bool:
+    """Whether the channels-last copies go plane by plane (eager mode only: the loop is over the batch)."""
     return not tracing() and items * groups <= PLANE_COPIES and channels // groups >= PLANE_CHANNELS
+
+
+def _framed(f: torch.Tensor, shape: tuple[int, ...], rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+    """A new (B, G, rows, cols, C/G) tensor, zero outside ``[y0, y1) x [x0, x1)`` (left to be
+    filled): zeroing only the frame saves a fill of the whole (GwcNet: 20 ms per map)."""
+    (y0, y1), (x0, x1) = rows, cols
+    out = f.new_empty(shape)
+    out[:, :, :y0].zero_()
+    out[:, :, y1:].zero_()
+    out[:, :, y0:y1, :x0].zero_()
+    out[:, :, y0:y1, x1:].zero_()
+    return out
 
 
 def _classed(
@@ -211,17 +225,18 @@ def _classed(
             inner.mul_(scale)
         if whole:
             return inner
-        out = f.new_zeros(B, groups, nr, nc, Cg)
+        out = _framed(f, (B, groups, nr, nc, Cg), (y0, y1), (x0, x1))
         out[:, :, y0:y1, x0:x1].copy_(inner)
         return out
-    out = f.new_zeros(B, groups, nr, nc, C // groups)
-    if y1 > y0 and x1 > x0:
-        src = f[..., r + y0 * rs : r + (y1 - 1) * rs + 1 : rs, c + x0 * cs : c + (x1 - 1) * cs + 1 : cs]
-        src = src.unflatten(1, (groups, -1)).permute(0, 1, 3, 4, 2)
-        region = out[:, :, y0:y1, x0:x1]
-        region.copy_(src)
-        if scale != 1.0:
-            region.mul_(scale)
+    if y1 <= y0 or x1 <= x0:
+        return f.new_zeros(B, groups, nr, nc, C // groups)
+    out = _framed(f, (B, groups, nr, nc, C // groups), (y0, y1), (x0, x1))
+    src = f[..., r + y0 * rs : r + (y1 - 1) * rs + 1 : rs, c + x0 * cs : c + (x1 - 1) * cs + 1 : cs]
+    src = src.unflatten(1, (groups, -1)).permute(0, 1, 3, 4, 2)
+    region = out[:, :, y0:y1, x0:x1]
+    region.copy_(src)
+    if scale != 1.0:
+        region.mul_(scale)
     return out
 
 
@@ -271,13 +286,18 @@ def _tiles_of(a: torch.Tensor, plan: Plan, t0: int, t1: int, out: torch.Tensor) 
     return out
 
 
-def _halos_of(b: torch.Tensor, plan: Plan, t0: int, t1: int, out: torch.Tensor) -> torch.Tensor:
-    """The haloed f2 tiles of tile rows ``t0 ... t1-1`` of a classed f2 copied into ``out``: (tiles, Nh*Nw, C/G)."""
+def _halos_of(
+    b: torch.Tensor, plan: Plan, t0: int, t1: int, out: torch.Tensor, flips: tuple[bool, bool] = (False, False)
+) -> torch.Tensor:
+    """The haloed f2 tiles of tile rows ``t0 ... t1-1`` of a classed f2 copied into ``out``: (tiles, Nh*Nw, C/G),
+    each tile's rows (columns) in reverse order where ``flips`` says (see :func:`_band`)."""
     y, x = plan.y, plan.x
     start = t0 * y.tile * y.m
     b = b[:, :, start : start + y.f2_count(t1 - t0)]
     b = b.unfold(2, y.halo, y.tile * y.m).unfold(3, x.halo, x.tile * x.m)  # (B, G, n, tiles_x, C/G, Nh, Nw)
     b = b.permute(0, 1, 2, 3, 5, 6, 4)
+    if flips[0] or flips[1]:
+        b = b.flip(_flip_dims(flips))
     out = out[: b.shape[0] * b.shape[1] * b.shape[2] * b.shape[3]]
     out.view(b.shape).copy_(b)
     return out
@@ -292,15 +312,32 @@ def _workspace(f: torch.Tensor, plan: Plan, chunks: list[tuple[int, int, int, in
     return f.new_empty(tiles, M, K), f.new_empty(tiles, N, K), f.new_empty(tiles, M, N)
 
 
-def _band(m: torch.Tensor, plan: Plan, batch: int, n: int) -> torch.Tensor:
-    """The band of the tile products ``m`` (tiles, th*tw, Nh*Nw): (B, G, n, tiles_x, th, tw, Py, Px)."""
+def _flip_dims(flips: tuple[bool, bool]) -> list[int]:
+    """The dimensions of the halos (B, G, n, tiles_x, Nh, Nw, C/G) that :func:`_halos_of` reverses."""
+    return [d for d, f in ((4, flips[0]), (5, flips[1])) if f]
+
+
+def _band(m: torch.Tensor, plan: Plan, batch: int, n: int, flips: tuple[bool, bool] = (False, False)) -> torch.Tensor:
+    """The band of the tile products ``m`` (tiles, th*tw, Nh*Nw), at the start of its storage:
+    (B, G, n, tiles_x, th, tw, Py, Px).
+
+    Where the displacements run backwards (``flips``), the halos' rows (columns) are reversed:
+    displacement ``P-1-i`` of position ``r`` is then halo row ``Nh-Py - r*m + i``, a band with
+    positive strides whose displacements come out in the volume's order (reversing the volume
+    after took as long as the products: GwcNet)."""
     y, x = plan.y, plan.x
     th, tw, Nh, Nw = y.tile, x.tile, y.halo, x.halo
     N = Nh * Nw
     size = (batch, plan.groups, n, x.tiles, th, tw, y.P, x.P)
     tile = th * tw * N
     stride = (plan.groups * n * x.tiles * tile, n * x.tiles * tile, x.tiles * tile, tile)
-    return m.as_strided(size, (*stride, tw * N + y.m * Nw, N + x.m, Nw, 1))
+    sy, sx = -1 if flips[0] else 1, -1 if flips[1] else 1
+    # Both stay positive (Nh > m where th > 1, Nw > m where tw > 1); a size-1 dimension's is any.
+    rows = max(0, tw * N + sy * y.m * Nw) if th > 1 else 0
+    cols = max(0, N + sx * x.m) if tw > 1 else 0
+    offset = (Nh - y.P) * Nw * flips[0] + (Nw - x.P) * flips[1]
+    # m starts its storage (a workspace's head): its offset is not read, which tracing forbids.
+    return m.as_strided(size, (*stride, rows, cols, Nw, 1), offset)
 
 
 def chunking(plan: Plan, batch: int, itemsize: int) -> list[tuple[int, int, int, int]]:
@@ -330,9 +367,16 @@ def _grid(t: torch.Tensor, plan: Plan) -> torch.Tensor:
     return t.view(-1, plan.groups, y.P, x.P, y.tiles, y.tile, y.classes, x.tiles, x.tile, x.classes)
 
 
-def _forward(f1: torch.Tensor, f2: torch.Tensor, plan: Plan, kept: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """The volume (B, G, Py, Px, rows, cols) on whole tiles; the classed inputs are appended to
-    ``kept`` if given (the backward pass reads them again)."""
+def _forward(
+    f1: torch.Tensor,
+    f2: torch.Tensor,
+    plan: Plan,
+    kept: list[torch.Tensor] | None = None,
+    flips: tuple[bool, bool] = (False, False),
+) -> torch.Tensor:
+    """The volume (B, G, Py, Px, rows, cols) on whole tiles, its displacement axes reversed where
+    ``flips`` says (see :func:`_band`); the classed inputs are appended to ``kept`` if given (the
+    backward pass reads them again)."""
     y, x, G = plan.y, plan.x, plan.groups
     B = f1.shape[0]
     out = f1.new_empty(B, G, y.P, x.P, y.padded, x.padded)
@@ -346,9 +390,9 @@ def _forward(f1: torch.Tensor, f2: torch.Tensor, plan: Plan, kept: list[torch.Te
             if kept is not None:
                 kept += [a_cl, b_cl]
             for b0, b1, t0, t1 in chunks:
-                a, b = _tiles_of(a_cl[b0:b1], plan, t0, t1, wa), _halos_of(b_cl[b0:b1], plan, t0, t1, wb)
+                a, b = _tiles_of(a_cl[b0:b1], plan, t0, t1, wa), _halos_of(b_cl[b0:b1], plan, t0, t1, wb, flips)
                 m = torch.bmm(a, b.transpose(1, 2), out=wm[: a.shape[0]])
-                band = _band(m, plan, b1 - b0, t1 - t0)
+                band = _band(m, plan, b1 - b0, t1 - t0, flips)
                 grid[b0:b1, :, :, :, t0:t1, :, ay, :, :, ax].copy_(band.permute(0, 1, 6, 7, 2, 4, 3, 5))
     return out
 
@@ -373,7 +417,12 @@ def _add_halos(gb: torch.Tensor, g_cl: torch.Tensor, plan: Plan, b0: int, b1: in
 
 
 def _backward(
-    g: torch.Tensor, classed: list[torch.Tensor], shape: tuple[int, ...], plan: Plan, needs: tuple
+    g: torch.Tensor,
+    classed: list[torch.Tensor],
+    shape: tuple[int, ...],
+    plan: Plan,
+    needs: tuple,
+    flips: tuple[bool, bool] = (False, False),
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The gradients of f1 and f2 (of ``shape``) where ``needs`` says, from the output gradient
     ``g`` and the classed inputs of the forward pass."""
@@ -397,16 +446,18 @@ def _backward(
             gb_cl = a_cl.new_zeros(B, G, rows, cols, a_cl.shape[-1]) if g2 is not None else None
             for b0, b1, t0, t1 in chunks:
                 n, items = t1 - t0, b1 - b0
-                a, b = _tiles_of(a_cl[b0:b1], plan, t0, t1, wa), _halos_of(b_cl[b0:b1], plan, t0, t1, wb)
-                _band(full, plan, items, n).copy_(
-                    grid[b0:b1, :, :, :, t0:t1, :, ay, :, :, ax].permute(0, 1, 4, 6, 5, 7, 2, 3)
-                )
+                a, b = _tiles_of(a_cl[b0:b1], plan, t0, t1, wa), _halos_of(b_cl[b0:b1], plan, t0, t1, wb, flips)
+                chunk = grid[b0:b1, :, :, :, t0:t1, :, ay, :, :, ax].permute(0, 1, 4, 6, 5, 7, 2, 3)
+                _band(full, plan, items, n, flips).copy_(chunk)
                 if ga_cl is not None:
                     ga = torch.bmm(full[: a.shape[0]], b).reshape(items, G, n, x.tiles, y.tile, x.tile, -1)
                     dst = ga_cl[b0:b1, :, t0 * y.tile : t1 * y.tile].unflatten(2, (n, y.tile))
                     dst.unflatten(4, (x.tiles, x.tile)).copy_(ga.permute(0, 1, 2, 4, 3, 5, 6))
                 if gb_cl is not None:
-                    _add_halos(torch.bmm(full[: a.shape[0]].transpose(1, 2), a), gb_cl, plan, b0, b1, t0, t1)
+                    gb = torch.bmm(full[: a.shape[0]].transpose(1, 2), a)
+                    if flips[0] or flips[1]:  # back to the halos' own order
+                        gb = gb.view(items, G, n, x.tiles, y.halo, x.halo, -1).flip(_flip_dims(flips))
+                    _add_halos(gb, gb_cl, plan, b0, b1, t0, t1)
             if g1 is not None and ga_cl is not None:
                 _unclassed(ga_cl, g1, r1, c1, plan.scale)
             if g2 is not None and gb_cl is not None:
@@ -416,29 +467,27 @@ def _backward(
 
 class _Banded(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, f1, f2, plan):
+    def forward(ctx, f1, f2, plan, flips):
         kept: list[torch.Tensor] = []
-        out = _forward(f1, f2, plan, kept)
+        out = _forward(f1, f2, plan, kept, flips)
         ctx.save_for_backward(*kept)
-        ctx.plan, ctx.shape = plan, tuple(f1.shape)
+        ctx.plan, ctx.shape, ctx.flips = plan, tuple(f1.shape), flips
         return out
 
     @staticmethod
     def backward(ctx, g):
-        g1, g2 = _backward(g, list(ctx.saved_tensors), ctx.shape, ctx.plan, ctx.needs_input_grad[:2])
-        return g1, g2, None
+        g1, g2 = _backward(g, list(ctx.saved_tensors), ctx.shape, ctx.plan, ctx.needs_input_grad[:2], ctx.flips)
+        return g1, g2, None, None
 
 
 def run_plan(
     f1: torch.Tensor, f2: torch.Tensor, spec: VolumeSpec, plan: Plan, flips: tuple[bool, bool]
 ) -> torch.Tensor:
     """The volume of ``spec`` by ``plan`` (see :func:`plan`)."""
-    out = _Banded.apply(f1, f2, plan) if needs_grad(f1, f2) else _forward(f1, f2, plan)
+    out = _Banded.apply(f1, f2, plan, flips) if needs_grad(f1, f2) else _forward(f1, f2, plan, None, flips)
     (_, _, nr), (_, _, nc) = spec.product_grid
     if out.shape[-2] != nr or out.shape[-1] != nc:
         out = out[..., :nr, :nc]
-    if flips[0] or flips[1]:
-        out = out.flip([d for d, f in ((2, flips[0]), (3, flips[1])) if f])
     out = window_sum(out.flatten(2, 3), spec)
     return out.contiguous()
 
