@@ -271,10 +271,20 @@ def check_pixelwise(x: Any, z: Any) -> None:
 
 def check_positive_int(value: Any, name: str) -> int:
     """A positive int (not a bool), such as a layer's channel count."""
+    return _check_int(value, name, 1)
+
+
+def check_non_negative_int(value: Any, name: str) -> int:
+    """A non-negative int (not a bool), such as a maximum displacement."""
+    return _check_int(value, name, 0)
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    kind = "a positive int" if minimum == 1 else "a non-negative int"
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive int, got {_type_name(value)} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
+        raise TypeError(f"{name} must be {kind}, got {_type_name(value)} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {kind}, got {value}")
     return value
 
 
@@ -316,15 +326,6 @@ def check_planned_search(x: Any, search_shape: tuple[int, int, int, int]) -> Non
 
 NORMALIZE = ("none", "mean", "sqrt")
 LAYOUTS = ("flat", "grid")
-
-
-def check_non_negative_int(value: Any, name: str) -> int:
-    """A non-negative int (not a bool), such as a maximum displacement."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a non-negative int, got {_type_name(value)} {value!r}")
-    if value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value}")
-    return value
 
 
 def _check_feature_pair(f1: Any, f2: Any, names: tuple[str, str]) -> tuple[int, int, int, int]:

@@ -24,15 +24,18 @@ only), there is nothing to compile, and ``torch.onnx.export`` and ``torch.compil
 
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 from torch import nn
 
-from .._checks import check_sampler_settings, check_spatial_correlation_sample
+from .._checks import check_pair, check_sampler_settings, check_spatial_correlation_sample
 from ..volumes import correlate
 
 __all__ = ["SpatialCorrelationSampler", "spatial_correlation_sample"]
 
-IntPair = int | tuple[int, int]
+# Union, not |: a module-level alias is evaluated at run time, where Python 3.9 has no | of types.
+IntPair = Union[int, tuple[int, int]]
 
 
 def spatial_correlation_sample(
@@ -133,9 +136,8 @@ class SpatialCorrelationSampler(nn.Module):
     def extra_repr(self) -> str:
         defaults = {"kernel_size": 1, "patch_size": 1, "stride": 1, "padding": 0, "dilation": 1, "dilation_patch": 1}
         shown = {name: getattr(self, name) for name in defaults}
-        return ", ".join(f"{name}={value!r}" for name, value in shown.items() if _pair(value) != _pair(defaults[name]))
-
-
-def _pair(value: IntPair) -> tuple[int, int]:
-    """An int or a pair as a pair, to compare a setting with its default in either form."""
-    return (value[0], value[1]) if isinstance(value, (tuple, list)) else (value, value)
+        # A setting equals its default in either form (2 or (2, 2)); the settings were checked.
+        changed = {
+            name: v for name, v in shown.items() if check_pair(v, name, 0) != check_pair(defaults[name], name, 0)
+        }
+        return ", ".join(f"{name}={value!r}" for name, value in changed.items())
