@@ -6,7 +6,7 @@ from helpers import MODES, assert_close_rel, make
 from reference import xcorr_reference, xcorr_reference_grads
 
 import xcorr
-from xcorr.backends import fft
+from xcorr.correlation.backends import fft
 
 
 @pytest.fixture(autouse=True)
@@ -105,7 +105,7 @@ CHUNK_MAPS = [1, 2, 3, 9]
 @pytest.mark.parametrize("mode", MODES)
 def test_chunks_of_items_and_channels(mode, Bz, maps, monkeypatch):
     x, z = make(4, Bz, 3, 2, 9, 8, 3, 3, mode)
-    spec = xcorr._checks.check_xcorr(x, z, mode, 1, 1, 1)
+    spec = xcorr.correlation.spec.check_xcorr(x, z, mode, 1, 1, 1)
     assert fft.axis_plan(11, 3)[2] == 12  # the padded 11x10 search is transformed at 12 x 10
     monkeypatch.setattr(fft, "CHUNK_BYTES", maps * 12 * 6 * 16)
     monkeypatch.setattr(fft, "LARGE_MAP_CHUNK_BYTES", maps * 12 * 6 * 16)
@@ -141,7 +141,7 @@ def test_chunks_are_even():
 @pytest.mark.parametrize("Bz", [1, 2, 4])
 def test_item_chunks_keep_templates_with_their_items(Bz):
     x, z = make(4, Bz, 1, 1, 5, 5, 2, 2, "naive")
-    spec = xcorr._checks.check_xcorr(x, z, "naive", 0, 1, 1)
+    spec = xcorr.correlation.spec.check_xcorr(x, z, "naive", 0, 1, 1)
     for per in (1, 2, 3, 4, 5):
         chunks = fft._item_chunks(spec, per)
         items = [i for c, _ in chunks for i in range(4)[c]]
@@ -160,7 +160,7 @@ def test_item_chunks_keep_templates_with_their_items(Bz):
 @pytest.mark.parametrize("Bz", [1, 2])
 @pytest.mark.parametrize("mode", ["naive", "upchannel"])
 def test_gather_chunks_of_items(mode, Bz, items, monkeypatch):
-    from xcorr.backends import gather
+    from xcorr.correlation.backends import gather
 
     K = 2 if mode == "upchannel" else 1
     per_item = K * 3 * 3 * 11 * 10 * 8  # float64 maps: K x 3 x 3 taps x the padded 11 x 10 search
@@ -185,16 +185,16 @@ def test_large_maps_keep_naive_channels_together():
     # naive mode keeps an RGB image's channels in one chunk (one inverse transform), depthwise
     # mode transforms every channel back anyway and keeps its small chunks.
     x, z = torch.empty(2, 3, 1024, 1024, device="meta"), torch.empty(1, 3, 48, 48, device="meta")
-    assert fft.chunk_plan(xcorr._checks.check_xcorr(x, z, "naive", 0, 1, 1)) == (1, 3)
-    assert fft.chunk_plan(xcorr._checks.check_xcorr(x, z, "depthwise", 0, 1, 1)) == (1, 1)
+    assert fft.chunk_plan(xcorr.correlation.spec.check_xcorr(x, z, "naive", 0, 1, 1)) == (1, 3)
+    assert fft.chunk_plan(xcorr.correlation.spec.check_xcorr(x, z, "depthwise", 0, 1, 1)) == (1, 1)
     many = torch.empty(1, 16, 1024, 1024, device="meta")
     assert fft.chunk_plan(
-        xcorr._checks.check_xcorr(many, torch.empty(1, 16, 48, 48, device="meta"), "naive", 0, 1, 1)
+        xcorr.correlation.spec.check_xcorr(many, torch.empty(1, 16, 48, 48, device="meta"), "naive", 0, 1, 1)
     ) == (1, 4)
 
 
 def test_chunk_size_follows_the_budget(monkeypatch):
-    spec = xcorr._checks.check_xcorr(torch.empty(64, 8, 100, 100), torch.empty(64, 8, 9, 9), "naive", 0, 1, 1)
+    spec = xcorr.correlation.spec.check_xcorr(torch.empty(64, 8, 100, 100), torch.empty(64, 8, 9, 9), "naive", 0, 1, 1)
     # 100 x 51 bins of complex64: 40.8 kB a map, 102 maps (12 items) a chunk at most: 6 chunks of 11
     assert fft.chunk_plan(spec) == (11, 8)
     monkeypatch.setattr(fft, "CHUNK_BYTES", 1 << 30)
@@ -216,12 +216,12 @@ def test_fast_lengths(n):
 @pytest.mark.parametrize("mode", ["naive", "upchannel", "depthwise"])
 @pytest.mark.parametrize("Bz", [1, 3])
 def test_gather_bound_to_a_signature_equals_its_plain_form(mode, Bz, monkeypatch):
-    from xcorr.backends import gather
+    from xcorr.correlation.backends import gather
 
     x, z = make(3, Bz, 2, 2, 9, 8, 3, 2, mode)
     for padding, chunk in ((0, gather.CHUNK_BYTES), (1, gather.CHUNK_BYTES), (1, 1)):  # 1 byte: chunks
         monkeypatch.setattr(gather, "CHUNK_BYTES", chunk)
-        spec = xcorr._checks.check_xcorr(x, z, mode, padding, 1, 1)
+        spec = xcorr.correlation.spec.check_xcorr(x, z, mode, padding, 1, 1)
         run = gather.BACKEND.bound(spec, False)
         assert torch.equal(run(x, z), gather.xcorr(x, z, spec))
         assert_close_rel(run(x, z), xcorr_reference(x, z, mode, padding))
@@ -230,10 +230,10 @@ def test_gather_bound_to_a_signature_equals_its_plain_form(mode, Bz, monkeypatch
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("Bz", [1, 3])
 def test_direct_bound_to_a_signature_equals_its_plain_form(mode, Bz):
-    from xcorr.backends import direct
+    from xcorr.correlation.backends import direct
 
     x, z = make(3, Bz, 2, 2, 9, 8, 3, 2, mode)
-    spec = xcorr._checks.check_xcorr(x, z, mode, (1, 0), (2, 1), (1, 2))
+    spec = xcorr.correlation.spec.check_xcorr(x, z, mode, (1, 0), (2, 1), (1, 2))
     run = direct.BACKEND.bound(spec, False)
     assert torch.equal(run(x, z), direct.xcorr(x, z, spec))
     assert_close_rel(run(x, z), xcorr_reference(x, z, mode, (1, 0), (2, 1), (1, 2)))

@@ -145,6 +145,6 @@ def test_the_graph_check_finds_a_convolution_by_the_template(dynamo):
 def test_auto_outside_export_follows_the_cost_model():
     x, z = inputs("xcorr-naive", 2)
     assert not xcorr.planner.exporting()
-    spec = xcorr._checks.check_xcorr(x, z, "naive", 0, 1, 1)
+    spec = xcorr.correlation.spec.check_xcorr(x, z, "naive", 0, 1, 1)
     costs = xcorr.planner.estimate(spec)
     assert xcorr.planner.select(spec) == min(xcorr.planner.candidates(spec), key=costs.get)

@@ -4,12 +4,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import xcorr.matching.api
 from helpers import LAYOUTS, relayout
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import xcorr
-import xcorr.match
 
 METHODS = ["sqdiff", "sqdiff_normed", "ccorr", "ccorr_normed", "ccoeff", "ccoeff_normed"]
 CV = {
@@ -111,7 +111,7 @@ def assert_like_opencv(out, expected, method):
 def route(request, monkeypatch):
     """Run a test with the numerator by FFT, by direct summation, then as the planner chooses."""
     if request.param != "planner":
-        monkeypatch.setattr(xcorr.match, "choose_method", lambda *args, **kwargs: request.param)
+        monkeypatch.setattr(xcorr.matching.api, "choose_method", lambda *args, **kwargs: request.param)
     return request.param
 
 
@@ -438,7 +438,7 @@ def test_large_image_pieces_match_one_piece(monkeypatch):
     # The window statistics are computed in pieces; the seams must not show.
     x, z = torch_pair(3, 3, 2, 40, 37, 6, 5, torch.float32, seed=8)
     whole = {m: xcorr.match_template(x, z, m) for m in METHODS}
-    monkeypatch.setattr(xcorr.match, "_PIECE", 200)
+    monkeypatch.setattr(xcorr.matching.api, "_PIECE", 200)
     for m in METHODS:
         torch.testing.assert_close(
             xcorr.match_template(x, z, m), whole[m], rtol=0, atol=1e-5 * whole[m].abs().max().item()
@@ -460,7 +460,7 @@ def test_variance_survives_a_large_mean():
 @pytest.mark.parametrize("shape, tshape", [((30, 31), (3, 3)), ((300, 310), (40, 40))])
 def test_numerator_is_the_planners_correlation(monkeypatch, shape, tshape):
     calls = []
-    monkeypatch.setattr(xcorr.match, "xcorr", lambda *a, **k: calls.append((a, k)) or xcorr.xcorr(*a, **k))
+    monkeypatch.setattr(xcorr.matching.api, "xcorr", lambda *a, **k: calls.append((a, k)) or xcorr.xcorr(*a, **k))
     image, template = image_pair(np.float32, 1, shape=shape, tshape=tshape)
     xcorr.match_template(image, template, "ccorr")
     (((x, z, mode), kwargs),) = calls
@@ -471,14 +471,14 @@ def test_numerator_is_the_planners_correlation(monkeypatch, shape, tshape):
 def fast_outcomes(monkeypatch):
     """Whether each piece's float32 window sums were kept (True) or redone in float64 (False)."""
     outcomes = []
-    real = xcorr.match._centred_energy_fast
+    real = xcorr.matching.api._centred_energy_fast
 
     def spy(*args):
         out = real(*args)
         outcomes.append(out is not None)
         return out
 
-    monkeypatch.setattr(xcorr.match, "_centred_energy_fast", spy)
+    monkeypatch.setattr(xcorr.matching.api, "_centred_energy_fast", spy)
     return outcomes
 
 
@@ -763,11 +763,11 @@ def test_masked_scores_exact_on_dark_windows_of_photos(darkened, method):
 
 @pytest.mark.parametrize("route", ["fft", "direct"])
 def test_recomputed_windows_are_few_and_exact(darkened, monkeypatch, route):
-    monkeypatch.setattr(xcorr.match, "choose_method", lambda *args, **kwargs: route)
+    monkeypatch.setattr(xcorr.matching.api, "choose_method", lambda *args, **kwargs: route)
     calls = []
-    real = xcorr.match._Problem._recomputed
+    real = xcorr.matching.api._Problem._recomputed
     monkeypatch.setattr(
-        xcorr.match._Problem,
+        xcorr.matching.api._Problem,
         "_recomputed",
         lambda self, num, inexact, *a: calls.append(int(inexact.sum())) or real(self, num, inexact, *a),
     )

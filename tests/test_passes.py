@@ -8,8 +8,11 @@ from helpers import assert_close_rel
 from reference import xcorr_reference
 
 import xcorr
-from xcorr import _adjoint, _passes, ops, planner
-from xcorr._checks import check_xcorr
+from xcorr import planner
+from xcorr.correlation import adjoint as _adjoint
+from xcorr.correlation import api as ops
+from xcorr.correlation import passes as _passes
+from xcorr.correlation.spec import check_xcorr
 
 PLANNER = planner.PLANNER
 

@@ -93,7 +93,7 @@ def test_bad_inputs(call, error, message):
 
 
 def test_a_plan_validates_each_kind_of_search_once(monkeypatch):
-    from xcorr import plans
+    from xcorr.correlation import plans
 
     z = torch.randn(1, 3, 3, 3)
     p = xcorr.plan(z, (2, 3, 8, 8), method="gather")

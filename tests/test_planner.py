@@ -8,7 +8,7 @@ from reference import xcorr_reference
 
 import xcorr
 from xcorr import planner
-from xcorr._checks import check_xcorr
+from xcorr.correlation.spec import check_xcorr
 
 PLANNER = planner.PLANNER
 
@@ -259,7 +259,7 @@ def test_bad_inputs(call, error, message):
 
 
 def test_repeated_calls_skip_validation_and_planning(monkeypatch):
-    from xcorr import ops
+    from xcorr.correlation import api as ops
 
     x, z = torch.rand(2, 3, 9, 9), torch.rand(1, 3, 4, 4)
     first = xcorr.xcorr(x, z, "depthwise", padding=1)

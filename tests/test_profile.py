@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import xcorr
-from xcorr import _profile, planner
+from xcorr import planner
+from xcorr.planning import profile as _profile
 
 PLANNER = planner.PLANNER
 FIELDS = [f.name for f in dataclasses.fields(planner.Constants)]

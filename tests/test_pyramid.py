@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from reference import corr_pyramid_reference
 
 import xcorr
-import xcorr.pyramid
+import xcorr.volumes.pyramid
 
 METHODS = ["all_pairs", "on_demand"]
 
@@ -68,7 +68,7 @@ def make(B, C, H, W, dtype=torch.float64, seed=0, spread=4.0, special=True):
 def correlated(request, monkeypatch):
     """Both ways a level's taps are correlated: whole (one matrix product) or window by window."""
     dense = request.param == "levels dense"
-    monkeypatch.setattr(xcorr.pyramid, "pyramid_level_dense", lambda pixels, radius: dense)
+    monkeypatch.setattr(xcorr.volumes.pyramid, "pyramid_level_dense", lambda pixels, radius: dense)
     return request.param
 
 

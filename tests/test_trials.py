@@ -6,7 +6,9 @@ from helpers import assert_close_rel
 from reference import xcorr_reference
 
 import xcorr
-from xcorr import _trials, ops, planner
+from xcorr import planner
+from xcorr.correlation import api as ops
+from xcorr.planning import trials as _trials
 
 PLANNER = planner.PLANNER
 
@@ -84,7 +86,7 @@ def test_repeated_training_calls_measure_forward_and_backward_and_save_the_winne
     z = torch.randn(1, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     ref = xcorr_reference(x, z)
     want = torch.autograd.grad(ref.sum(), (x, z))
-    spec = xcorr._checks.check_xcorr(x, z, "naive", 0, 1, 1)
+    spec = xcorr.correlation.spec.check_xcorr(x, z, "naive", 0, 1, 1)
     pick = PLANNER.select(spec, True)
     # a budget that every option fits (the budget itself is tested above, on a fake clock)
     monkeypatch.setattr(_trials, "BUDGET_FRACTION", 100.0)
@@ -111,7 +113,7 @@ def test_repeated_training_calls_measure_forward_and_backward_and_save_the_winne
 def test_calls_without_a_backward_end_the_trials_with_the_pick():
     x = torch.randn(2, 3, 15, 15, requires_grad=True)
     z = torch.randn(1, 3, 4, 4)
-    spec = xcorr._checks.check_xcorr(x, z, "naive", 0, 1, 1)
+    spec = xcorr.correlation.spec.check_xcorr(x, z, "naive", 0, 1, 1)
     pick = PLANNER.select(spec, True)
     for _ in range(_trials.SETTLE_CALLS + _trials.PENDING_CALLS + 3):
         xcorr.xcorr(x, z)  # grad mode on, but nobody calls backward
@@ -135,7 +137,7 @@ def test_trials_are_made_once_per_signature_by_default(monkeypatch):
     real = ops.Trials
     monkeypatch.setattr(ops, "Trials", lambda *a, **k: made.append(a[0]) or real(*a, **k))
     x, z = torch.randn(2, 3, 12, 12), torch.randn(1, 3, 4, 4)
-    pick = PLANNER.select(xcorr._checks.check_xcorr(x, z, "naive", 0, 1, 1))
+    pick = PLANNER.select(xcorr.correlation.spec.check_xcorr(x, z, "naive", 0, 1, 1))
     for _ in range(30):
         xcorr.xcorr(x, z)
     assert len(made) == 1 and made[0][0] == pick

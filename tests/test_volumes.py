@@ -12,10 +12,9 @@ from hypothesis import strategies as st
 from reference import local_correlation_reference, stereo_reference, volume_reference
 
 import xcorr
-from xcorr._checks import check_local_correlation, check_stereo_correlation
-from xcorr._spec import VolumeSpec
-from xcorr.backends import VOLUME_BACKENDS
-from xcorr.volumes import correlate
+from xcorr.volumes.api import correlate
+from xcorr.volumes.backends import VOLUME_BACKENDS
+from xcorr.volumes.spec import VolumeSpec, check_local_correlation, check_stereo_correlation
 
 BACKENDS = list(VOLUME_BACKENDS)
 METHODS = ["auto", *BACKENDS]

@@ -3,13 +3,13 @@
 import torch.fx
 
 from . import nn
-from .match import find_peaks, match_template
+from .correlation.api import choose_method, pixelwise, xcorr
+from .correlation.plans import Plan, plan
+from .matching.api import find_peaks, match_template
 from .nn import DepthwiseXCorrHead, LocalCorrelation, SiamFCHead, StereoCorrelation, UpChannelHead, XCorr
-from .ops import choose_method, pixelwise, xcorr
 from .planner import clear_cache, load_tuning, save_tuning, set_autotune
-from .plans import Plan, plan
-from .pyramid import CorrPyramid
-from .volumes import local_correlation, stereo_correlation
+from .volumes.api import local_correlation, stereo_correlation
+from .volumes.pyramid import CorrPyramid
 
 # Leaf functions of torch.fx.symbolic_trace for models that call xcorr.xcorr / xcorr.pixelwise
 # themselves (the heads of xcorr.nn are covered in nn.py): one call_function node each.

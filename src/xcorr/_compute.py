@@ -22,8 +22,8 @@ from typing import Callable
 
 import torch
 
-from ._spec import Spec
 from ._tracing import tracing
+from .correlation.spec import Spec
 
 HALF = (torch.float16, torch.bfloat16)
 

@@ -142,8 +142,9 @@ def _read(path: str, what: str, mode: str | None = None):
 def _match(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ._checks import MATCH_METHODS, check_choice
-    from .match import find_peaks, match_template
+    from ._checks import check_choice
+    from .matching.api import find_peaks, match_template
+    from .matching.checks import MATCH_METHODS
 
     try:
         check_choice(args.method, "method", MATCH_METHODS)
@@ -264,7 +265,7 @@ def _fit(args: argparse.Namespace) -> int:
                 indent=1,
             )
     if args.save:
-        from . import _profile
+        from .planning import profile as _profile
 
         try:
             path = _profile.save_constants(

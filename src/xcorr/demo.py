@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from . import planner
-from ._checks import check_xcorr
-from .match import find_peaks, match_template
-from .ops import xcorr
+from .correlation.api import xcorr
+from .correlation.spec import check_xcorr
+from .matching.api import find_peaks, match_template
 
 
 @dataclass

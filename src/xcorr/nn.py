@@ -12,19 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import (
-    LAYOUTS,
-    MODES,
-    NORMALIZE,
-    check_choice,
-    check_features,
-    check_finite,
-    check_non_negative_int,
-    check_pair,
-    check_positive_int,
-)
-from .ops import METHODS, xcorr
-from .volumes import local_correlation, stereo_correlation
+from ._checks import check_choice, check_features, check_finite, check_non_negative_int, check_pair, check_positive_int
+from .correlation.api import METHODS, xcorr
+from .correlation.spec import MODES
+from .volumes.api import local_correlation, stereo_correlation
+from .volumes.spec import LAYOUTS, NORMALIZE
 
 __all__ = ["DepthwiseXCorrHead", "LocalCorrelation", "SiamFCHead", "StereoCorrelation", "UpChannelHead", "XCorr"]
 

@@ -11,17 +11,17 @@ Layered like scipy's ``choose_conv_method``:
 2. **The cache** of measured winners, keyed by (mode, shapes, geometry, dtype, device, grad).
 3. **Measurement**: on CPU, a call signature that repeats (a training loop, a tracker) tries the
    other options on its own calls within a budget of 5% of its first hundred calls' time and keeps
-   the fastest (:mod:`xcorr._trials`); with :func:`set_autotune` ``True``, and by default on
+   the fastest (:mod:`xcorr.planning.trials`); with :func:`set_autotune` ``True``, and by default on
    devices without fitted constants (CUDA), every candidate is timed once per key on first use.
 4. **The cost model**: estimated seconds per method from operation counts and per-device
    constants. The built-in CPU ones (:data:`CPU_CONSTANTS`) are fitted by ``python -m xcorr fit``
    for each CPU capability torch dispatches to (AVX2, AVX512), since oneDNN, MKL and pocketfft
    pick their kernels by it; ``python -m xcorr fit --save`` fits them on the machine at hand and
-   saves them in a profile, which is used from then on (see :mod:`xcorr._profile`).
+   saves them in a profile, which is used from then on (see :mod:`xcorr.planning.profile`).
 
 With a backward pass, the options are each method for all three passes (its own forward and
 backward), and :data:`PER_PASS`: the forward, the search gradient and the template gradient each on
-the method chosen for its own problem (:mod:`xcorr._adjoint`, :mod:`xcorr._passes`).
+the method chosen for its own problem (:mod:`xcorr.correlation.adjoint`, :mod:`xcorr.correlation.passes`).
 
 All of this state (the constants in force, the measured winners, the model's answers, the
 autotune setting) belongs to one :class:`Planner`, :data:`PLANNER`. Every change of it goes
@@ -47,18 +47,21 @@ from typing import Any, Callable
 
 import torch
 
-from . import _adjoint, _passes, _profile
-from ._checks import MODES
 from ._compute import compute_dtype, compute_spec
-from ._passes import Passes
-from ._spec import Spec, VolumeSpec
 from ._tracing import compiling as _compiling
 from ._tracing import exporting, tracing
-from .backends import BACKENDS, VOLUME_BACKENDS
-from .backends.banded import chunking as banded_chunks
-from .backends.banded import plan as banded_plan
-from .backends.fft import Layout, chunk_count
-from .backends.gather import maps_bytes
+from .correlation import adjoint as _adjoint
+from .correlation import passes as _passes
+from .correlation.backends import BACKENDS
+from .correlation.backends.fft import Layout, chunk_count
+from .correlation.backends.gather import maps_bytes
+from .correlation.passes import Passes
+from .correlation.spec import MODES, Spec
+from .planning import profile as _profile
+from .volumes.backends import VOLUME_BACKENDS
+from .volumes.backends.banded import chunking as banded_chunks
+from .volumes.backends.banded import plan as banded_plan
+from .volumes.spec import VolumeSpec
 
 #: float32 direct convolution accumulates each output channel's taps in one running sum; from
 #: about this many template taps its error exceeds 2e-6 of the largest output in every mode
@@ -221,7 +224,7 @@ CONSTANTS: Mapping[str, Constants] = MappingProxyType({"cpu": CPU_CONSTANTS[buil
 
 #: The option of running each pass of a correlation with a backward pass (the forward, the search
 #: gradient, the template gradient) on the method chosen for that pass's own problem
-#: (:mod:`xcorr._adjoint`). It wins where one method's backward is slow for its shapes: on AVX2,
+#: (:mod:`xcorr.correlation.adjoint`). It wins where one method's backward is slow for its shapes: on AVX2,
 #: oneDNN's depthwise template gradient of SiamRPN++ (a 25x25 kernel, a 7x7 output) runs at a
 #: tenth of its forward's speed, while FFT computes it in a fraction of the forward's time.
 PER_PASS = "per-pass"
@@ -462,7 +465,7 @@ class Planner:
             self.invalidate()
 
     def record(self, spec: Spec, grad: bool, winner: str) -> None:
-        """Keep a winner measured elsewhere (on real calls: :mod:`xcorr._trials`); later decisions
+        """Keep a winner measured elsewhere (on real calls: :mod:`xcorr.planning.trials`); later decisions
         take it, the calls bound before keep theirs."""
         key = _key(spec, grad)
         with self._lock:
@@ -566,7 +569,7 @@ class Planner:
 
     def trials_enabled(self, spec: Any) -> bool:
         """Whether repeated calls of ``spec``'s signature try the other options on real calls
-        (:mod:`xcorr._trials`): by default, on devices with constants; never with autotune set."""
+        (:mod:`xcorr.planning.trials`): by default, on devices with constants; never with autotune set."""
         return self._autotune is None and self.constants(spec.device.type) is not None
 
     def select(self, spec: Spec, grad: bool = False) -> str:
@@ -585,7 +588,7 @@ class Planner:
         )
 
     def pass_methods(self, spec: Spec) -> Passes:
-        """The method of each pass, each chosen for its own problem (:mod:`xcorr._adjoint`)."""
+        """The method of each pass, each chosen for its own problem (:mod:`xcorr.correlation.adjoint`)."""
         forward, search, template = (self.select(problem) for problem in (spec, *_pass_problems(spec)))
         return Passes(forward, search, template)
 
@@ -736,7 +739,7 @@ def set_autotune(enabled: bool | None) -> None:
             ``False`` always uses the cost model, and never measures; ``None`` (the default)
             measures every new key on devices without fitted constants (CUDA), and on the CPU
             tries the other options on the repeated calls of a signature, within 5% of its first
-            hundred calls' time (:mod:`xcorr._trials`).
+            hundred calls' time (:mod:`xcorr.planning.trials`).
 
     Example:
         >>> xcorr.set_autotune(True)

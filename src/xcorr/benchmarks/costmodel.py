@@ -24,8 +24,7 @@ import numpy as np
 import torch
 
 from .. import planner
-from .._checks import check_xcorr
-from .._spec import Spec
+from ..correlation.spec import Spec, check_xcorr
 
 Row = dict[str, Any]
 

@@ -362,15 +362,16 @@ def _reference(p: Problem) -> tuple[Index, torch.Tensor]:
 
 def _method(p: Problem, grad: bool) -> str:
     """The method our call uses: the planner's choice for the volume, or the pyramid's."""
-    from .. import _checks, planner
+    from .. import planner
+    from ..volumes import spec as volumes_spec
 
     if p.kind == "raft":
         return planner.select_pyramid(p.shape, p.levels, torch.float32) if p.method == "auto" else p.method
     f = torch.empty(p.shape, device="meta")
     if p.kind == "local":
-        spec = _checks.check_local_correlation(f, f, p.reach, p.displacement_stride, 1, 1, "mean", "flat")
+        spec = volumes_spec.check_local_correlation(f, f, p.reach, p.displacement_stride, 1, 1, "mean", "flat")
     else:
-        spec = _checks.check_stereo_correlation(f, f, p.reach, p.groups, "mean")
+        spec = volumes_spec.check_stereo_correlation(f, f, p.reach, p.groups, "mean")
     return planner.select_volume(replace(spec, device=_device()), grad)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..match import match_template
+from ..matching.api import match_template
 from . import OURS, Case
 
 OPENCV, SKIMAGE, SCIPY = "opencv", "scikit-image", "scipy"

@@ -43,7 +43,7 @@ TIME_BUDGET = 3.0
 #: A warm-up call longer than this counts as a timed call: it is not warming anything up.
 SLOW_CALL = 1.0
 #: Warm-up calls of ours: a repeated call signature tries the planner's options on its first calls
-#: (:mod:`xcorr._trials`: 3 calls, then 2 per other option), as a training loop or a tracker does
+#: (:mod:`xcorr.planning.trials`: 3 calls, then 2 per other option), as a training loop or a tracker does
 #: in its first steps; the table shows the steady state that follows.
 OURS_WARM_CALLS = 12
 

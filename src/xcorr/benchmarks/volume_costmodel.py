@@ -26,8 +26,7 @@ import numpy as np
 import torch
 
 from .. import planner
-from .._checks import check_local_correlation, check_stereo_correlation
-from .._spec import VolumeSpec
+from ..volumes.spec import VolumeSpec, check_local_correlation, check_stereo_correlation
 
 Row = dict[str, Any]
 

@@ -19,11 +19,74 @@ padding, where the CUDA kernel reads outside its buffer.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from .._checks import check_flownet2_correlation, check_flownet2_settings
-from ..volumes import correlate
+from .._checks import (
+    check_feature_pair,
+    check_finite,
+    check_non_negative_int,
+    check_positive_int,
+)
+from ..volumes.api import correlate
+from ..volumes.spec import VolumeSpec
+
+#: pad_size, kernel_size, max_displacement, stride1, stride2 of flownet2-pytorch's Correlation.
+Flownet2Settings = tuple[int, int, int, int, int]
+
+
+def check_flownet2_settings(
+    pad_size: Any, kernel_size: Any, max_displacement: Any, stride1: Any, stride2: Any, corr_multiply: Any
+) -> Flownet2Settings:
+    """The settings of flownet2-pytorch's ``Correlation`` (ints, as its CUDA extension takes them)."""
+    check_finite(corr_multiply, "corr_multiply")
+    return (
+        check_non_negative_int(pad_size, "pad_size"),
+        check_positive_int(kernel_size, "kernel_size"),
+        check_non_negative_int(max_displacement, "max_displacement"),
+        check_positive_int(stride1, "stride1"),
+        check_positive_int(stride2, "stride2"),
+    )
+
+
+def check_flownet2_correlation(input1: Any, input2: Any, settings: Flownet2Settings) -> VolumeSpec:
+    """Validate the inputs of flownet2-pytorch's ``Correlation``; return its problem.
+
+    Its geometry, in the zero-padded input: output ``(y, x)`` compares the window of radius
+    ``kr = (kernel_size - 1) // 2`` centred at ``(y*stride1 + max_displacement, x*stride1 +
+    max_displacement)`` with the windows displaced by ``(i - R, j - R) * stride2``, ``R =
+    max_displacement // stride2``; the output is ``ceil((H + 2*pad_size - 2*(kr +
+    max_displacement)) / stride1)`` high, and every sum is divided by ``kernel_size**2 * C``.
+    """
+    B, C, H, W = check_feature_pair(input1, input2, ("input1", "input2"))
+    pad, k, md, s1, s2 = settings
+    kr = (k - 1) // 2
+    border = 2 * (kr + md)
+    if H + 2 * pad <= border or W + 2 * pad <= border:
+        raise ValueError(
+            f"the padded input must be larger than 2 * (kernel radius + max_displacement) = {border} in both "
+            f"dimensions (kernel_size {k}, max_displacement {md}); got input1 {(B, C, H, W)} with pad_size {pad}, "
+            f"{H + 2 * pad}x{W + 2 * pad}"
+        )
+    R = md // s2
+    start = md - pad - kr
+    return VolumeSpec(
+        shape=(B, C, H, W),
+        groups=1,
+        kernel=(2 * kr + 1, 2 * kr + 1),
+        kernel_dilation=(1, 1),
+        origin=(start, start),
+        stride=(s1, s1),
+        out_size=(-(-(H + 2 * pad - border) // s1), -(-(W + 2 * pad - border) // s1)),
+        dy=(-R * s2, s2, 2 * R + 1),
+        dx=(-R * s2, s2, 2 * R + 1),
+        scale=1.0 / (k * k * C),
+        dtype=input1.dtype,
+        device=input1.device,
+    )
+
 
 __all__ = ["Correlation"]
 

@@ -24,13 +24,68 @@ only), there is nothing to compile, and ``torch.onnx.export`` and ``torch.compil
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import nn
 
-from .._checks import check_pair, check_sampler_settings, check_spatial_correlation_sample
-from ..volumes import correlate
+from .._checks import (
+    Pair,
+    check_feature_pair,
+    check_pair,
+)
+from ..volumes.api import correlate
+from ..volumes.spec import VolumeSpec
+
+#: kernel_size, patch_size, stride, padding, dilation, dilation_patch of spatial-correlation-sampler.
+SamplerSettings = tuple[Pair, Pair, Pair, Pair, Pair, Pair]
+
+
+def check_sampler_settings(
+    kernel_size: Any, patch_size: Any, stride: Any, padding: Any, dilation: Any, dilation_patch: Any
+) -> SamplerSettings:
+    """The settings of ``spatial_correlation_sample`` as pairs (each an int or a pair of ints)."""
+    return (
+        check_pair(kernel_size, "kernel_size", 1),
+        check_pair(patch_size, "patch_size", 1),
+        check_pair(stride, "stride", 1),
+        check_pair(padding, "padding", 0),
+        check_pair(dilation, "dilation", 1),
+        check_pair(dilation_patch, "dilation_patch", 1),
+    )
+
+
+def check_spatial_correlation_sample(input1: Any, input2: Any, settings: SamplerSettings) -> VolumeSpec:
+    """Validate the inputs of ``spatial_correlation_sample``; return its problem.
+
+    The package's output size, ``(H + 2*padding - dilated kernel) // stride + 1``, and the
+    patch offsets of its CPU code, ``(p - (patch_size - 1) // 2) * dilation_patch`` for ``p <
+    patch_size``.
+    """
+    B, C, H, W = check_feature_pair(input1, input2, ("input1", "input2"))
+    (kh, kw), (ph, pw), (sh, sw), (padh, padw), (dh, dw), (dph, dpw) = settings
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if span_h > H + 2 * padh or span_w > W + 2 * padw:
+        raise ValueError(
+            f"the kernel must fit in the padded input: kernel_size {(kh, kw)} with dilation {(dh, dw)} spans "
+            f"{span_h}x{span_w}, but input1 {(B, C, H, W)} with padding {(padh, padw)} is "
+            f"{H + 2 * padh}x{W + 2 * padw}"
+        )
+    return VolumeSpec(
+        shape=(B, C, H, W),
+        groups=1,
+        kernel=(kh, kw),
+        kernel_dilation=(dh, dw),
+        origin=(-padh, -padw),
+        stride=(sh, sw),
+        out_size=((H + 2 * padh - span_h) // sh + 1, (W + 2 * padw - span_w) // sw + 1),
+        dy=(-((ph - 1) // 2) * dph, dph, ph),
+        dx=(-((pw - 1) // 2) * dpw, dpw, pw),
+        scale=1.0,
+        dtype=input1.dtype,
+        device=input1.device,
+    )
+
 
 __all__ = ["SpatialCorrelationSampler", "spatial_correlation_sample"]
 

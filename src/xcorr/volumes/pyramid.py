@@ -19,10 +19,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_corr_coords, check_corr_pyramid
-from ._compute import compute_dtype, empty_result, needs_grad
-from ._tracing import tracing
-from .planner import pyramid_level_dense, select_pyramid
+from .._compute import compute_dtype, empty_result, needs_grad
+from .._tracing import tracing
+from ..planner import pyramid_level_dense, select_pyramid
+from ..volumes.spec import check_corr_coords, check_corr_pyramid
 
 #: Bytes of the temporaries of one chunk of an on-demand lookup, and of every backward pass: the
 #: gathered windows (pixels x taps x C) or a chunk of one level's scores (pixels x level pixels).

@@ -6,13 +6,14 @@ from typing import Any, Callable, Literal, overload
 
 import torch
 
-from ._checks import check_choice, check_pixelwise, check_xcorr, plain
-from ._compute import compute_spec, computed, needs_grad
-from ._spec import Spec
-from ._tracing import tracing
-from ._trials import Trials
+from .._checks import check_choice, plain
+from .._compute import compute_spec, computed, needs_grad
+from .._tracing import tracing
+from ..correlation.spec import check_pixelwise, check_xcorr
+from ..planner import PLANNER, Choice, Measured
+from ..planning.trials import Trials
 from .backends import BACKENDS
-from .planner import PLANNER, Choice, Measured
+from .spec import Spec
 
 METHODS = ("auto", *BACKENDS)
 
@@ -127,7 +128,7 @@ def _runner(spec: Spec, method: str, grad: bool, bound: bool) -> Run:
     form for a cached eager call signature (``bound``), the backend's plain form otherwise
     (tracing: shapes may be symbolic, and the planner offers one method for every pass). A bound
     ``"auto"`` call whose problem has no measured winner yet tries the options on its repeated
-    calls (:mod:`xcorr._trials`)."""
+    calls (:mod:`xcorr.planning.trials`)."""
     inner, shape = compute_spec(spec), spec.out_shape
     option = PLANNER.select(spec, grad) if method == "auto" else method
     if not bound:

@@ -36,9 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_find_peaks, check_mask_weights, check_match
-from ._compute import HALF, computed, finite_footprint, needs_grad
-from .ops import choose_method, xcorr
+from .._compute import HALF, computed, finite_footprint, needs_grad
+from ..correlation.api import choose_method, xcorr
+from ..matching.checks import check_find_peaks, check_mask_weights, check_match
 
 Array = Union[np.ndarray, torch.Tensor]
 Peak = tuple[int, int, float]

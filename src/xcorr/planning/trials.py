@@ -2,7 +2,7 @@
 
 A call signature that :func:`xcorr.xcorr` sees again and again (a training loop, a tracker's every
 frame) is worth measuring, and a one-off call is not. So the cost model decides a signature's
-first calls, and its bound call (kept per signature, see :mod:`xcorr.ops`) then tries the other
+first calls, and its bound call (kept per signature, see :mod:`xcorr.correlation.api`) then tries the other
 options on the caller's own calls, one option at a time, and keeps the fastest: in the planner's
 measured winners, which :func:`xcorr.save_tuning` saves. Every option computes the same
 correlation exactly, so the results agree within float32 rounding whichever runs.

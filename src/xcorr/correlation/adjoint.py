@@ -12,7 +12,7 @@ For ``out = xcorr(x, z, mode, padding=p, stride=s, dilation=d)`` with output gra
 Each is a problem of its own shapes, for which another method may be the fastest: a depthwise
 template gradient has a template the size of the output and an output the size of the template,
 where convolution kernels are slow on some CPUs and FFT is not. The planner chooses a method for
-each pass (:mod:`xcorr._passes`); the direct backend computes its backward from the same rules.
+each pass (:mod:`xcorr.correlation.passes`); the direct backend computes its backward from the same rules.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from ._spec import Pair, Spec
+from .spec import Pair, Spec
 
 
 def stuff(g: torch.Tensor, stride: Pair) -> torch.Tensor:

@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_input
 
-from .._adjoint import fit, stuff
-from .._compute import needs_grad
-from .._spec import Pair, Spec
+from ..._compute import needs_grad
+from ..adjoint import fit, stuff
+from ..spec import Pair, Spec
 from ._base import Backend
 
 #: Beyond this many template taps, padding is applied by hand: conv2d's own padding then takes a

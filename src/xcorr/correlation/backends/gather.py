@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .._spec import Spec
-from .._tracing import tracing
+from ..._tracing import tracing
+from ..spec import Spec
 from ._base import Backend
 
 

@@ -1,4 +1,4 @@
-"""The record each backend module defines: what the planner and the ops need to know of a method."""
+"""The record each cost-volume backend module defines, and the reading of inputs every one of them shares."""
 
 from __future__ import annotations
 
@@ -8,41 +8,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .._spec import Spec, VolumeSpec
-
-#: ``run(x, z, spec)``: the correlation of validated inputs, differentiable in both.
-Run = Callable[[torch.Tensor, torch.Tensor, Spec], torch.Tensor]
-#: ``prepare(z, spec) -> run(x)``: the template's share of the work done once (template plans);
-#: ``run`` accepts searches of any batch that is a multiple of the templates'.
-Prepare = Callable[[torch.Tensor, Spec], Callable[[torch.Tensor], torch.Tensor]]
-#: ``bind(spec, grad) -> run(x, z)``: the method for eager calls of one signature, with what depends
-#: on the shapes alone (and on whether a backward pass follows) worked out once.
-Bind = Callable[[Spec, bool], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
-
-
-@dataclass(frozen=True)
-class Backend:
-    """One method of computing :func:`xcorr.xcorr`.
-
-    Attributes:
-        name: the ``method=`` name.
-        run: the plain form, also used while tracing (shapes may be symbolic there).
-        prepare: the template plan form.
-        bind: the bound form; by default the plain form with its spec filled in.
-    """
-
-    name: str
-    run: Run
-    prepare: Prepare
-    bind: Bind | None = None
-
-    def bound(self, spec: Spec, grad: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``run(x, z)`` for eager calls of ``spec``'s signature."""
-        if self.bind is not None:
-            return self.bind(spec, grad)
-        run = self.run
-        return lambda x, z: run(x, z, spec)
-
+from ..spec import VolumeSpec
 
 #: ``run(f1, f2, spec)``: the cost volume (B, G, Py*Px, Ho, Wo) of validated inputs, differentiable in both.
 VolumeRun = Callable[[torch.Tensor, torch.Tensor, VolumeSpec], torch.Tensor]
@@ -75,7 +41,7 @@ def zero_extended(t: torch.Tensor, rows: tuple[int, int, int], cols: tuple[int, 
 
 
 def window_sum(p: torch.Tensor, spec: VolumeSpec) -> torch.Tensor:
-    """Each output's sum of the products ``p`` (on :attr:`~xcorr._spec.VolumeSpec.product_grid`)
+    """Each output's sum of the products ``p`` (on :attr:`~xcorr.volumes.spec.VolumeSpec.product_grid`)
     over its kernel window, rows then columns; ``p`` itself for a one-tap kernel."""
     if spec.pointwise:
         return p

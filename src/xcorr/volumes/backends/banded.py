@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .._compute import needs_grad
-from .._spec import VolumeSpec
-from .._tracing import tracing
+from ..._compute import needs_grad
+from ..._tracing import tracing
+from ..spec import VolumeSpec
 from ._base import VolumeBackend, window_sum
 
 #: Bytes of one chunk's temporaries (the two tile operands and their product): small enough to stay

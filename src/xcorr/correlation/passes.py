@@ -1,7 +1,7 @@
 """A correlation whose forward and gradients may each run on a different method.
 
 The planner chooses a method per pass (:class:`Passes`): the forward problem, and the search- and
-template-gradient problems of :mod:`xcorr._adjoint`, each by its own constraints and costs. Where
+template-gradient problems of :mod:`xcorr.correlation.adjoint`, each by its own constraints and costs. Where
 one method wins every pass, that method runs alone (its own backward reuses what its forward
 kept, such as the FFT's spectra); otherwise :func:`run` runs the forward on one method and each
 gradient as a correlation on its own.
@@ -13,9 +13,9 @@ from typing import NamedTuple
 
 import torch
 
-from . import _adjoint
-from ._spec import Spec
+from . import adjoint as _adjoint
 from .backends import BACKENDS
+from .spec import Spec
 
 
 class Passes(NamedTuple):

@@ -1,7 +1,7 @@
 """Cost volumes for optical flow and stereo: two feature maps correlated over a window of displacements.
 
 Every cost volume (local correlation, the stereo volumes, the drop-ins of other packages) is one
-validated :class:`~xcorr._spec.VolumeSpec` and one call of :func:`correlate`, so the planner
+validated :class:`~xcorr.volumes.spec.VolumeSpec` and one call of :func:`correlate`, so the planner
 chooses the method for all of them (:func:`xcorr.planner.select_volume`):
 
 * ``"shifted"``: one shifted product of the maps per displacement. Memory-light, and what
@@ -17,11 +17,12 @@ from dataclasses import replace
 
 import torch
 
-from ._checks import check_choice, check_local_correlation, check_stereo_correlation
-from ._compute import compute_dtype, computed, needs_grad
-from ._spec import VolumeSpec
+from .. import planner
+from .._checks import check_choice
+from .._compute import compute_dtype, computed, needs_grad
+from ..volumes.spec import check_local_correlation, check_stereo_correlation
 from .backends import VOLUME_BACKENDS
-from .planner import select_volume
+from .spec import VolumeSpec
 
 __all__ = ["correlate", "local_correlation", "stereo_correlation"]
 
@@ -29,7 +30,7 @@ METHODS = ("auto", *VOLUME_BACKENDS)
 
 
 def correlate(f1: torch.Tensor, f2: torch.Tensor, spec: VolumeSpec, method: str = "auto") -> torch.Tensor:
-    r"""The cost volume of ``spec`` (see :class:`~xcorr._spec.VolumeSpec` for its definition).
+    r"""The cost volume of ``spec`` (see :class:`~xcorr.volumes.spec.VolumeSpec` for its definition).
 
     Args:
         f1 (Tensor[B, C, H, W]): first features, validated against ``spec``.
@@ -42,7 +43,7 @@ def correlate(f1: torch.Tensor, f2: torch.Tensor, spec: VolumeSpec, method: str 
         precision is computed in float32.
 
     Example:
-        >>> from xcorr._checks import check_local_correlation
+        >>> from xcorr.volumes.spec import check_local_correlation
         >>> f = torch.ones(1, 2, 3, 3)
         >>> spec = check_local_correlation(f, f, 1, 1, 1, 1, "none", "flat")
         >>> xcorr.volumes.correlate(f, f, spec)[0, 0, :, 1, 1]
@@ -51,7 +52,7 @@ def correlate(f1: torch.Tensor, f2: torch.Tensor, spec: VolumeSpec, method: str 
     method = check_choice(method, "method", METHODS)
     if method == "auto":
         # An empty batch runs no method (computed() makes its zeros): nothing to choose.
-        method = select_volume(spec, needs_grad(f1, f2)) if spec.batch else METHODS[1]
+        method = planner.select_volume(spec, needs_grad(f1, f2)) if spec.batch else METHODS[1]
     run = VOLUME_BACKENDS[method].run
     inner = replace(spec, dtype=compute_dtype(spec.dtype))
     return computed(lambda a, b: run(a, b, inner), spec.out_shape, f1, f2)

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from .._compute import finite_footprint, needs_grad
-from .._spec import Pair, Spec
+from ..._compute import finite_footprint, needs_grad
+from ..spec import Pair, Spec
 from ._base import Backend
 
 #: Bytes of search spectra one chunk transforms at a time. Small chunks keep the temporaries in

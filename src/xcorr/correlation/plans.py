@@ -6,11 +6,12 @@ from typing import Any
 
 import torch
 
-from ._checks import check_planned_search, check_search_shape, check_tensor, check_xcorr
-from ._compute import compute_dtype, compute_spec, computed, needs_grad
-from ._tracing import tracing
+from .._checks import check_tensor
+from .._compute import compute_dtype, compute_spec, computed, needs_grad
+from .._tracing import tracing
+from ..correlation.spec import check_planned_search, check_search_shape, check_xcorr
+from .api import resolve
 from .backends import BACKENDS
-from .ops import resolve
 
 
 class Plan:

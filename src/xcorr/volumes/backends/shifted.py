@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .._spec import VolumeSpec
+from ..spec import VolumeSpec
 from ._base import VolumeBackend, window_sum, zero_extended
 
 

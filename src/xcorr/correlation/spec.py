@@ -1,0 +1,172 @@
+"""The validated description of one correlation problem, shared by the planner and the backends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from .._checks import (
+    Pair,
+    check_choice,
+    check_pair,
+    check_same_kind,
+    check_tensor,
+)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Shapes and geometry of ``xcorr(x, z, ...)`` after validation.
+
+    ``k`` search items share each template (``B == Bz * k``); ``out_channels`` is 1 for
+    ``"naive"``, ``C`` for ``"depthwise"`` and ``K = Cz // C`` for ``"upchannel"``.
+    """
+
+    mode: str
+    x_shape: tuple[int, int, int, int]
+    z_shape: tuple[int, int, int, int]
+    padding: Pair
+    stride: Pair
+    dilation: Pair
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def batch(self) -> int:
+        return self.x_shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.x_shape[1]
+
+    @property
+    def templates(self) -> int:
+        return self.z_shape[0]
+
+    @property
+    def k(self) -> int:
+        """Search items per template."""
+        return self.batch // self.templates if self.templates else 0
+
+    @property
+    def out_channels(self) -> int:
+        if self.mode == "naive":
+            return 1
+        if self.mode == "depthwise":
+            return self.channels
+        return self.z_shape[1] // self.channels
+
+    @property
+    def padded_search(self) -> Pair:
+        (_, _, H, W), (ph, pw) = self.x_shape, self.padding
+        return H + 2 * ph, W + 2 * pw
+
+    @property
+    def dilated_template(self) -> Pair:
+        (_, _, h, w), (dh, dw) = self.z_shape, self.dilation
+        return dh * (h - 1) + 1, dw * (w - 1) + 1
+
+    @property
+    def out_size(self) -> Pair:
+        (Hp, Wp), (hd, wd), (sh, sw) = self.padded_search, self.dilated_template, self.stride
+        return (Hp - hd) // sh + 1, (Wp - wd) // sw + 1
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, self.out_channels, *self.out_size)
+
+    def with_batch(self, batch: int, templates: int | None = None) -> Spec:
+        """This problem with ``batch`` search items (a template plan meets searches of any such
+        batch) and, if given, ``templates`` templates (a chunk of the batch)."""
+        (B, C, H, W), (Bz, Cz, h, w) = self.x_shape, self.z_shape
+        templates = Bz if templates is None else templates
+        if batch == B and templates == Bz:
+            return self
+        return replace(self, x_shape=(batch, C, H, W), z_shape=(templates, Cz, h, w))
+
+
+MODES = ("naive", "depthwise", "upchannel")
+
+
+def _check_templates(xs: tuple[int, ...], zs: tuple[int, ...]) -> None:
+    """Template i serves search items i*k ... i*k+k-1, and templates are not empty."""
+    B, Bz, (h, w) = xs[0], zs[0], zs[-2:]
+    if Bz == 0 and B != 0:
+        raise ValueError(f"z has no templates (shape {zs}) but x has {B} search items")
+    if Bz and B % Bz:
+        raise ValueError(
+            f"x's batch must be a multiple of z's batch (template i serves search items i*k ... i*k+k-1); "
+            f"got x {xs} (B={B}) and z {zs} (Bz={Bz})"
+        )
+    if h == 0 or w == 0:
+        raise ValueError(f"z must have a non-empty template, got shape {zs}")
+
+
+def check_xcorr(x: Any, z: Any, mode: Any, padding: Any, stride: Any, dilation: Any) -> Spec:
+    check_tensor(x, "x", "B C H W")
+    check_tensor(z, "z", "Bz Cz h w")
+    check_same_kind(x, z)
+    mode = check_choice(mode, "mode", MODES)
+    spec = Spec(
+        mode=mode,
+        x_shape=tuple(x.shape),
+        z_shape=tuple(z.shape),
+        padding=check_pair(padding, "padding", 0),
+        stride=check_pair(stride, "stride", 1),
+        dilation=check_pair(dilation, "dilation", 1),
+        dtype=x.dtype,
+        device=x.device,
+    )
+    xs, zs = spec.x_shape, spec.z_shape
+    C, Cz = xs[1], zs[1]
+    if mode == "upchannel":
+        if C == 0 or Cz % C or Cz == 0:
+            raise ValueError(
+                f"mode 'upchannel' needs z's channels to be a positive multiple K*C of x's channels C; "
+                f"got x {xs} (C={C}) and z {zs} (Cz={Cz})"
+            )
+    elif Cz != C:
+        raise ValueError(
+            f"mode {mode!r} needs z to have as many channels as x; got x {xs} (C={C}) and z {zs} (Cz={Cz})"
+        )
+    _check_templates(xs, zs)
+    (Hp, Wp), (hd, wd) = spec.padded_search, spec.dilated_template
+    if hd > Hp or wd > Wp:
+        raise ValueError(
+            f"the template must fit in the padded search: z {zs} with dilation {spec.dilation} spans "
+            f"{hd}x{wd}, but x {xs} with padding {spec.padding} is {Hp}x{Wp}"
+        )
+    return spec
+
+
+def check_pixelwise(x: Any, z: Any) -> None:
+    """Validate the arguments of :func:`xcorr.pixelwise`."""
+    check_tensor(x, "x", "B C H W")
+    check_tensor(z, "z", "Bz C h w")
+    check_same_kind(x, z)
+    xs, zs = tuple(x.shape), tuple(z.shape)
+    C, Cz = xs[1], zs[1]
+    if Cz != C:
+        raise ValueError(f"pixelwise needs z to have as many channels as x; got x {xs} (C={C}) and z {zs} (Cz={Cz})")
+    _check_templates(xs, zs)
+
+
+def check_search_shape(value: Any) -> tuple[int, int, int, int]:
+    """A search shape ``(B, C, H, W)`` of non-negative ints, as planned for by :func:`xcorr.plan`."""
+    items = tuple(value) if isinstance(value, (tuple, list, torch.Size)) else None
+    if (
+        items is None
+        or len(items) != 4
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in items)
+    ):
+        raise TypeError(f"search_shape must be 4 non-negative ints (B, C, H, W), got {value!r}")
+    return items[0], items[1], items[2], items[3]
+
+
+def check_planned_search(x: Any, search_shape: tuple[int, int, int, int]) -> None:
+    """``x`` must match the planned search shape in channels and size (its batch may differ)."""
+    check_tensor(x, "x", "B C H W")
+    if tuple(x.shape[1:]) != tuple(search_shape[1:]):
+        raise ValueError(f"x must have the planned (C, H, W) = {tuple(search_shape[1:])}, got shape {tuple(x.shape)}")

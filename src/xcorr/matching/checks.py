@@ -1,0 +1,150 @@
+"""The checks of template matching and peak finding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._checks import (
+    _type_name,
+    check_choice,
+    check_same_kind,
+    check_tensor,
+)
+
+MATCH_METHODS = ("sqdiff", "sqdiff_normed", "ccorr", "ccorr_normed", "ccoeff", "ccoeff_normed")
+
+
+_ARRAY_DTYPES = ("uint8", "float32", "float64")
+
+
+_MASK_ARRAY_DTYPES = ("bool", "uint8", "float32", "float64")
+
+
+def check_match(image: Any, template: Any, method: Any, mask: Any) -> bool:
+    """Validate the arguments of :func:`xcorr.match_template`; return whether they are numpy arrays.
+
+    numpy inputs follow ``cv2.matchTemplate``: image (H, W) or (H, W, C), template (h, w) or
+    (h, w, C) of the same dtype. Tensors are batched: image (N, C, H, W), template (Nt, C, h, w).
+    """
+    check_choice(method, "method", MATCH_METHODS)
+    arrays = isinstance(image, np.ndarray), isinstance(template, np.ndarray)
+    tensors = isinstance(image, torch.Tensor), isinstance(template, torch.Tensor)
+    if all(arrays):
+        _check_match_arrays(image, template, mask)
+        return True
+    if all(tensors):
+        _check_match_tensors(image, template, mask)
+        return False
+    raise TypeError(
+        "image and template must both be numpy arrays (H, W[, C]) or both torch tensors (N, C, H, W); "
+        f"got image {_type_name(image)} and template {_type_name(template)}"
+    )
+
+
+def _check_match_arrays(image: Any, template: Any, mask: Any) -> None:
+    for name, a in (("image", image), ("template", template)):
+        if a.ndim not in (2, 3):
+            raise ValueError(f"{name} must be 2-D (H, W) or 3-D (H, W, C), got shape {a.shape}")
+        if a.dtype.name not in _ARRAY_DTYPES:
+            raise TypeError(f"{name} must have dtype {', '.join(_ARRAY_DTYPES)}; got {a.dtype.name}")
+    if image.dtype != template.dtype:
+        raise TypeError(
+            f"image and template must have the same dtype, got image {image.dtype.name} and template {template.dtype.name}"
+        )
+    channels = [a.shape[2] if a.ndim == 3 else 1 for a in (image, template)]
+    if channels[0] != channels[1] or channels[0] == 0:
+        raise ValueError(
+            f"image and template must have the same (non-zero) number of channels; got image {image.shape} "
+            f"({channels[0]} channels) and template {template.shape} ({channels[1]} channels)"
+        )
+    _check_fits(image.shape[:2], template.shape[:2], image.shape, template.shape)
+    if mask is None:
+        return
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"mask must be a numpy array like the template, got {_type_name(mask)}")
+    if mask.dtype.name not in _MASK_ARRAY_DTYPES:
+        raise TypeError(f"mask must have dtype {', '.join(_MASK_ARRAY_DTYPES)}; got {mask.dtype.name}")
+    mask_channels = mask.shape[2] if mask.ndim == 3 else 1
+    if mask.ndim not in (2, 3) or mask.shape[:2] != template.shape[:2] or mask_channels not in (1, channels[1]):
+        raise ValueError(
+            f"mask must have the template's size with 1 or {channels[1]} channels, (h, w) or (h, w, C); "
+            f"got mask {mask.shape} for template {template.shape}"
+        )
+
+
+def _check_match_tensors(image: torch.Tensor, template: torch.Tensor, mask: Any) -> None:
+    check_tensor(image, "image", "N C H W")
+    check_tensor(template, "template", "Nt C h w")
+    check_same_kind(image, template, ("image", "template"))
+    N, C, H, W = image.shape
+    Nt, Ct, h, w = template.shape
+    shapes = f"image {tuple(image.shape)} and template {tuple(template.shape)}"
+    if C != Ct or C == 0:
+        raise ValueError(f"image and template must have the same (non-zero) number of channels; got {shapes}")
+    if Nt == 0 or N % Nt:
+        raise ValueError(
+            f"image's batch N must be a multiple of the number of templates Nt >= 1 (template i serves "
+            f"images i*k ... i*k+k-1); got {shapes}"
+        )
+    _check_fits((H, W), (h, w), tuple(image.shape), tuple(template.shape))
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor like the template, got {_type_name(mask)}")
+    if not (mask.dtype.is_floating_point or mask.dtype in (torch.bool, torch.uint8)):
+        raise TypeError(f"mask must be floating-point, bool or uint8, got {mask.dtype}")
+    if mask.device != template.device:
+        raise ValueError(f"mask must be on the template's device {template.device}, got {mask.device}")
+    ok = 2 <= mask.dim() <= 4 and tuple(mask.shape[-2:]) == (h, w)
+    if ok and mask.dim() >= 3:
+        ok = mask.shape[-3] in (1, C) and (mask.dim() == 3 or mask.shape[0] in (1, Nt))
+    if not ok:
+        raise ValueError(
+            f"mask must be (h, w), (1 or C, h, w) or (1 or Nt, 1 or C, h, w) with the template's h, w; "
+            f"got mask {tuple(mask.shape)} for template {tuple(template.shape)}"
+        )
+
+
+def _check_fits(image_hw: Sequence[int], template_hw: Sequence[int], image_shape: Any, template_shape: Any) -> None:
+    shapes = f"image {tuple(image_shape)}, template {tuple(template_shape)}"
+    if min(template_hw) == 0:
+        raise ValueError(f"template must not be empty; got {shapes}")
+    if template_hw[0] > image_hw[0] or template_hw[1] > image_hw[1]:
+        raise ValueError(
+            f"template ({template_hw[0]}x{template_hw[1]}) must not be larger than the image "
+            f"({image_hw[0]}x{image_hw[1]}); got {shapes}"
+        )
+
+
+def check_mask_weights(mask: torch.Tensor, ccoeff: bool) -> None:
+    """Masks weigh template pixels: non-negative, and not all zero (per channel for ``ccoeff``)."""
+    if bool((mask < 0).any()):
+        raise ValueError(f"mask must be non-negative, got a minimum of {mask.min().item():g}")
+    totals = mask.sum((-2, -1))
+    if bool((totals == 0).any() if ccoeff else (totals.sum(-1) == 0).any()):
+        where = "in every channel " if ccoeff else ""
+        raise ValueError(f"mask must have a non-zero weight {where}(all zero: nothing to match)")
+
+
+def check_find_peaks(scores: Any, k: Any, min_distance: Any, largest: Any) -> None:
+    """Validate the arguments of :func:`xcorr.find_peaks`."""
+    if not isinstance(scores, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"scores must be a numpy array or torch tensor, got {_type_name(scores)}")
+    shape = tuple(scores.shape)
+    if not (len(shape) == 2 or (len(shape) == 4 and shape[1] == 1)):
+        raise ValueError(f"scores must be 2-D (H', W') or 4-D (N, 1, H', W'), got shape {shape}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {_type_name(k)}")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if min_distance is not None:
+        if isinstance(min_distance, bool) or not isinstance(min_distance, int):
+            raise TypeError(f"min_distance must be an int or None, got {_type_name(min_distance)}")
+        if min_distance < 1:
+            raise ValueError(f"min_distance must be at least 1, got {min_distance}")
+    if not isinstance(largest, bool):
+        raise TypeError(f"largest must be a bool, got {_type_name(largest)}")

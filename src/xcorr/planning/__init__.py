@@ -1,0 +1,1 @@
+"""The planning engine: the one place that chooses a method, for every family of problems."""
