@@ -8,7 +8,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import DEVICES
 
-from xcorr import planner
+import xcorr
+from xcorr.planning.engine import ENGINE
 
 
 @pytest.fixture(params=DEVICES)
@@ -18,9 +19,9 @@ def device(request):
 
 @pytest.fixture
 def fresh_planner():
-    """A planner without measured winners, back to its defaults afterwards."""
-    planner.clear_cache()
+    """A planning engine without measured winners, back to its defaults afterwards."""
+    xcorr.clear_cache()
     yield
-    planner.set_autotune(None)
-    planner.PLANNER.reset_constants()
-    planner.clear_cache()
+    xcorr.set_autotune(None)
+    ENGINE.reset_constants()
+    xcorr.clear_cache()

@@ -166,8 +166,8 @@ def test_gather_chunks_of_items(mode, Bz, items, monkeypatch):
     per_item = K * 3 * 3 * 11 * 10 * 8  # float64 maps: K x 3 x 3 taps x the padded 11 x 10 search
     monkeypatch.setattr(gather, "CHUNK_BYTES", items * per_item)
     calls = []
-    inner = gather._correlate
-    monkeypatch.setattr(gather, "_correlate", lambda x, *args: calls.append(x.shape[0]) or inner(x, *args))
+    inner = gather._correlate_chunk
+    monkeypatch.setattr(gather, "_correlate_chunk", lambda x, *args: calls.append(x.shape[0]) or inner(x, *args))
     x, z = make(4, Bz, 3, K, 9, 8, 3, 3, mode)
     out = xcorr.xcorr(x, z, mode, padding=1, method="gather")
     assert_close_rel(out, xcorr_reference(x, z, mode, 1))
@@ -222,8 +222,8 @@ def test_gather_bound_to_a_signature_equals_its_plain_form(mode, Bz, monkeypatch
     for padding, chunk in ((0, gather.CHUNK_BYTES), (1, gather.CHUNK_BYTES), (1, 1)):  # 1 byte: chunks
         monkeypatch.setattr(gather, "CHUNK_BYTES", chunk)
         spec = xcorr.correlation.spec.check_xcorr(x, z, mode, padding, 1, 1)
-        run = gather.BACKEND.bound(spec, False)
-        assert torch.equal(run(x, z), gather.xcorr(x, z, spec))
+        run = gather.BACKEND.bind(spec, False)
+        assert torch.equal(run(x, z), gather.correlate(x, z, spec))
         assert_close_rel(run(x, z), xcorr_reference(x, z, mode, padding))
 
 
@@ -234,10 +234,10 @@ def test_direct_bound_to_a_signature_equals_its_plain_form(mode, Bz):
 
     x, z = make(3, Bz, 2, 2, 9, 8, 3, 2, mode)
     spec = xcorr.correlation.spec.check_xcorr(x, z, mode, (1, 0), (2, 1), (1, 2))
-    run = direct.BACKEND.bound(spec, False)
-    assert torch.equal(run(x, z), direct.xcorr(x, z, spec))
+    run = direct.BACKEND.bind(spec, False)
+    assert torch.equal(run(x, z), direct.correlate(x, z, spec))
     assert_close_rel(run(x, z), xcorr_reference(x, z, mode, (1, 0), (2, 1), (1, 2)))
     # Bound for a backward pass, it takes the plain form, custom backward included.
     x.requires_grad_(True)
     z.requires_grad_(True)
-    assert torch.autograd.gradcheck(direct.BACKEND.bound(spec, True), (x, z), fast_mode=True)
+    assert torch.autograd.gradcheck(direct.BACKEND.bind(spec, True), (x, z), fast_mode=True)

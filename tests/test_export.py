@@ -12,6 +12,9 @@ import pytest
 import torch
 
 import xcorr
+from xcorr._tracing import exporting
+from xcorr.correlation.family import CORRELATION
+from xcorr.planning.engine import ENGINE
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -144,7 +147,7 @@ def test_the_graph_check_finds_a_convolution_by_the_template(dynamo):
 
 def test_auto_outside_export_follows_the_cost_model():
     x, z = inputs("xcorr-naive", 2)
-    assert not xcorr.planner.exporting()
+    assert not exporting()
     spec = xcorr.correlation.spec.check_xcorr(x, z, "naive", 0, 1, 1)
-    costs = xcorr.planner.estimate(spec)
-    assert xcorr.planner.select(spec) == min(xcorr.planner.candidates(spec), key=costs.get)
+    costs = ENGINE.estimate(spec)
+    assert ENGINE.decide(spec) == min(CORRELATION.candidates(spec), key=costs.get)

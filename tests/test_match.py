@@ -4,12 +4,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import xcorr.matching.api
 from helpers import LAYOUTS, relayout
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import xcorr
+import xcorr.matching.dense
+from xcorr.correlation.family import CORRELATION
+from xcorr.correlation.spec import check_xcorr
+from xcorr.planning.engine import ENGINE
 
 METHODS = ["sqdiff", "sqdiff_normed", "ccorr", "ccorr_normed", "ccoeff", "ccoeff_normed"]
 CV = {
@@ -107,11 +110,16 @@ def assert_like_opencv(out, expected, method):
         assert err <= 2e-5, f"relative error {err:.3g}"
 
 
+def forced_numerator(method):
+    """Matching's numerator computed by ``method``, whatever the planning engine would choose."""
+    return lambda xs, zs: (xcorr.xcorr(xs, zs, "naive", method=method), method)
+
+
 @pytest.fixture(params=["fft", "direct", "planner"])
 def route(request, monkeypatch):
     """Run a test with the numerator by FFT, by direct summation, then as the planner chooses."""
     if request.param != "planner":
-        monkeypatch.setattr(xcorr.matching.api, "choose_method", lambda *args, **kwargs: request.param)
+        monkeypatch.setattr(xcorr.matching.dense, "_numerator", forced_numerator(request.param))
     return request.param
 
 
@@ -438,7 +446,7 @@ def test_large_image_pieces_match_one_piece(monkeypatch):
     # The window statistics are computed in pieces; the seams must not show.
     x, z = torch_pair(3, 3, 2, 40, 37, 6, 5, torch.float32, seed=8)
     whole = {m: xcorr.match_template(x, z, m) for m in METHODS}
-    monkeypatch.setattr(xcorr.matching.api, "_PIECE", 200)
+    monkeypatch.setattr(xcorr.matching.dense, "_PIECE", 200)
     for m in METHODS:
         torch.testing.assert_close(
             xcorr.match_template(x, z, m), whole[m], rtol=0, atol=1e-5 * whole[m].abs().max().item()
@@ -458,27 +466,43 @@ def test_variance_survives_a_large_mean():
 
 
 @pytest.mark.parametrize("shape, tshape", [((30, 31), (3, 3)), ((300, 310), (40, 40))])
-def test_numerator_is_the_planners_correlation(monkeypatch, shape, tshape):
+def test_numerator_is_xcorrs_bound_call(monkeypatch, shape, tshape):
     calls = []
-    monkeypatch.setattr(xcorr.matching.api, "xcorr", lambda *a, **k: calls.append((a, k)) or xcorr.xcorr(*a, **k))
+    real = xcorr.matching.dense.correlation.bound
+    monkeypatch.setattr(xcorr.matching.dense.correlation, "bound", lambda *a, **k: calls.append(a) or real(*a, **k))
     image, template = image_pair(np.float32, 1, shape=shape, tshape=tshape)
     xcorr.match_template(image, template, "ccorr")
-    (((x, z, mode), kwargs),) = calls
-    assert mode == "naive" and kwargs == {"method": xcorr.choose_method(x, z, "naive")}
+    ((x, z, mode),) = calls
+    assert mode == "naive" and real(x, z, "naive").option == xcorr.choose_method(x, z, "naive")
+
+
+@pytest.mark.usefixtures("fresh_planner")
+def test_repeated_matching_picks_up_a_measured_winner():
+    """A training loop of match_template gets what a loop of xcorr gets: the options tried on its
+    repeated calls, and the winner kept for the numerator's problem."""
+    x = torch.rand(2, 1, 48, 48, requires_grad=True)
+    z = torch.rand(1, 1, 7, 7, requires_grad=True)
+    key = CORRELATION.key(check_xcorr(x, z, "naive", 0, 1, 1), True)
+    calls = 0
+    while not ENGINE.is_measured(key):
+        xcorr.match_template(x, z, "ccorr").sum().backward()
+        calls += 1
+        assert calls < 30
+    assert ENGINE.measured_winners()[key] in CORRELATION.options(check_xcorr(x, z, "naive", 0, 1, 1), True)
 
 
 @pytest.fixture
 def fast_outcomes(monkeypatch):
     """Whether each piece's float32 window sums were kept (True) or redone in float64 (False)."""
     outcomes = []
-    real = xcorr.matching.api._centred_energy_fast
+    real = xcorr.matching.dense._centred_energy_fast
 
     def spy(*args):
         out = real(*args)
         outcomes.append(out is not None)
         return out
 
-    monkeypatch.setattr(xcorr.matching.api, "_centred_energy_fast", spy)
+    monkeypatch.setattr(xcorr.matching.dense, "_centred_energy_fast", spy)
     return outcomes
 
 
@@ -696,10 +720,14 @@ BAD_INPUTS = [
         r"scores must be 2-D \(H', W'\) or 4-D \(N, 1, H', W'\), got shape \(5,\)",
     ),
     (lambda: xcorr.find_peaks(torch.zeros(2, 2, 3, 3)), ValueError, r"got shape \(2, 2, 3, 3\)"),
-    (lambda: xcorr.find_peaks(IMG, 0), ValueError, r"k must be at least 1, got 0"),
-    (lambda: xcorr.find_peaks(IMG, 1.5), TypeError, r"k must be an int, got float"),
-    (lambda: xcorr.find_peaks(IMG, min_distance=0), ValueError, r"min_distance must be at least 1, got 0"),
-    (lambda: xcorr.find_peaks(IMG, min_distance="far"), TypeError, r"min_distance must be an int or None, got str"),
+    (lambda: xcorr.find_peaks(IMG, 0), ValueError, r"k must be a positive int, got 0"),
+    (lambda: xcorr.find_peaks(IMG, 1.5), TypeError, r"k must be a positive int, got float 1\.5"),
+    (lambda: xcorr.find_peaks(IMG, min_distance=0), ValueError, r"min_distance must be a positive int, got 0"),
+    (
+        lambda: xcorr.find_peaks(IMG, min_distance="far"),
+        TypeError,
+        r"min_distance must be a positive int, got str 'far'",
+    ),
     (lambda: xcorr.find_peaks(IMG, largest=None), TypeError, r"largest must be a bool, got NoneType"),
 ]
 
@@ -763,11 +791,11 @@ def test_masked_scores_exact_on_dark_windows_of_photos(darkened, method):
 
 @pytest.mark.parametrize("route", ["fft", "direct"])
 def test_recomputed_windows_are_few_and_exact(darkened, monkeypatch, route):
-    monkeypatch.setattr(xcorr.matching.api, "choose_method", lambda *args, **kwargs: route)
+    monkeypatch.setattr(xcorr.matching.dense, "_numerator", forced_numerator(route))
     calls = []
-    real = xcorr.matching.api._Problem._recomputed
+    real = xcorr.matching.dense._Problem._recomputed
     monkeypatch.setattr(
-        xcorr.matching.api._Problem,
+        xcorr.matching.dense._Problem,
         "_recomputed",
         lambda self, num, inexact, *a: calls.append(int(inexact.sum())) or real(self, num, inexact, *a),
     )

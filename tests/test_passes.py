@@ -8,13 +8,13 @@ from helpers import assert_close_rel
 from reference import xcorr_reference
 
 import xcorr
-from xcorr import planner
 from xcorr.correlation import adjoint as _adjoint
 from xcorr.correlation import api as ops
+from xcorr.correlation import family
 from xcorr.correlation import passes as _passes
+from xcorr.correlation.family import CORRELATION, PER_PASS, pass_problems
 from xcorr.correlation.spec import check_xcorr
-
-PLANNER = planner.PLANNER
+from xcorr.planning.engine import ENGINE
 
 GEOMETRIES = [(0, 1, 1), (1, 2, 1), (2, 1, 2), (1, 3, 2)]  # padding, stride, dilation
 BATCHES = [(1, 1), (4, 2), (3, 3), (4, 1)]  # B, Bz
@@ -86,12 +86,12 @@ def test_only_the_needed_gradient_is_computed(monkeypatch):
 
 def test_per_pass_is_an_option_only_with_a_backward_pass_and_outside_tracing(monkeypatch):
     spec = check_xcorr(torch.empty(2, 4, 20, 20), torch.empty(1, 4, 5, 5), "depthwise", 0, 1, 1)
-    assert planner.PER_PASS not in PLANNER.options(spec, False)
-    assert PLANNER.options(spec, True)[-1] == planner.PER_PASS
-    assert planner.PER_PASS in PLANNER.estimate(spec, True) and planner.PER_PASS not in PLANNER.estimate(spec)
-    assert planner.PER_PASS not in PLANNER.options(replace(spec, x_shape=(0, 4, 20, 20)), True)
-    monkeypatch.setattr(planner, "tracing", lambda: True)
-    assert planner.PER_PASS not in PLANNER.options(spec, True)
+    assert PER_PASS not in CORRELATION.options(spec, False)
+    assert CORRELATION.options(spec, True)[-1] == PER_PASS
+    assert PER_PASS in ENGINE.estimate(spec, True) and PER_PASS not in ENGINE.estimate(spec)
+    assert PER_PASS not in CORRELATION.options(replace(spec, x_shape=(0, 4, 20, 20)), True)
+    monkeypatch.setattr(family, "tracing", lambda: True)
+    assert PER_PASS not in CORRELATION.options(spec, True)
 
 
 def test_the_planner_mixes_methods_when_the_model_says_so(monkeypatch):
@@ -99,7 +99,7 @@ def test_the_planner_mixes_methods_when_the_model_says_so(monkeypatch):
     z = torch.randn(3, 4, 9, 9, dtype=torch.float64, requires_grad=True)
     spec = check_xcorr(x, z, "depthwise", 0, 1, 1)
     costs = {"direct": 1.0, "fft": 5.0}
-    search, template = planner._pass_problems(spec)
+    search, template = pass_problems(spec)
     cheap = {template: {"direct": 3.0, "fft": 0.1, "gather": 9.0}, search: {"direct": 0.5, "fft": 2.0}}
 
     def estimate(s, grad=False, constants=None):
@@ -107,10 +107,10 @@ def test_the_planner_mixes_methods_when_the_model_says_so(monkeypatch):
             return {**costs, "direct": 9.0, "fft": 20.0} if grad else costs
         return cheap[s]
 
-    monkeypatch.setattr(planner, "_estimate", lambda s, grad, c: estimate(s, grad))
-    planner.set_autotune(False)
-    assert PLANNER.passes(spec, True) == _passes.Passes("direct", "direct", "fft")
-    assert PLANNER.passes(spec, False) == _passes.Passes("direct", "direct", "direct")
+    monkeypatch.setattr(CORRELATION, "method_estimates", lambda s, grad, c: estimate(s, grad))
+    xcorr.set_autotune(False)
+    assert CORRELATION.passes(ENGINE.decide(spec, True), spec) == _passes.Passes("direct", "direct", "fft")
+    assert CORRELATION.passes(ENGINE.decide(spec, False), spec) == _passes.Passes("direct", "direct", "direct")
     ran = []
     real = _passes.run
     monkeypatch.setattr(_passes, "run", lambda *a: ran.append(a[-1]) or real(*a))
@@ -130,10 +130,10 @@ def test_choose_method_measures_and_reports_every_pass():
     z = torch.randn(1, 3, 5, 5, requires_grad=True)
     measured = xcorr.choose_method(x, z, "depthwise", measure=True)
     assert set(measured.pass_timings) == {"forward", "search", "template"}
-    assert set(measured.timings) == {"direct", "fft", planner.PER_PASS}
+    assert set(measured.timings) == {"direct", "fft", PER_PASS}
     winners = {name: min(t, key=t.get) for name, t in measured.pass_timings.items()}
     best = min(measured.timings, key=measured.timings.get)
-    if best == planner.PER_PASS:
+    if best == PER_PASS:
         assert measured.passes == _passes.Passes(winners["forward"], winners["search"], winners["template"])
     else:
         assert measured.passes == _passes.Passes(best, best, best)
@@ -144,7 +144,8 @@ def test_choose_method_measures_and_reports_every_pass():
 
 
 def test_template_plans_keep_one_method(monkeypatch):
-    monkeypatch.setattr(PLANNER, "passes", lambda spec, grad=False: _passes.Passes("gather", "fft", "fft"))
+    monkeypatch.setattr(ENGINE, "decide", lambda spec, grad=False: PER_PASS)
+    monkeypatch.setattr(CORRELATION, "pass_methods", lambda spec: _passes.Passes("gather", "fft", "fft"))
     x, z = torch.randn(2, 3, 12, 12), torch.randn(1, 3, 4, 4, requires_grad=True)
     assert xcorr.plan(z, x.shape).method == "gather"
     assert ops.resolve(check_xcorr(x, z, "naive", 0, 1, 1), "auto", True) == "gather"

@@ -98,8 +98,8 @@ def test_a_plan_validates_each_kind_of_search_once(monkeypatch):
     z = torch.randn(1, 3, 3, 3)
     p = xcorr.plan(z, (2, 3, 8, 8), method="gather")
     checks = []
-    real = plans.check_xcorr
-    monkeypatch.setattr(plans, "check_xcorr", lambda *a: checks.append(a[0].shape) or real(*a))
+    real = plans.check_planned_search
+    monkeypatch.setattr(plans, "check_planned_search", lambda *a: checks.append(a[0].shape) or real(*a))
     x = torch.randn(2, 3, 8, 8)
     for _ in range(3):
         assert_close_rel(p(x), xcorr_reference(x, z))

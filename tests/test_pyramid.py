@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from reference import corr_pyramid_reference
 
 import xcorr
+import xcorr.volumes.family
 import xcorr.volumes.pyramid
 
 METHODS = ["all_pairs", "on_demand"]
@@ -231,17 +232,17 @@ def test_auto_follows_the_planner():
     assert xcorr.CorrPyramid(f1, f2, 2, 1).method == "all_pairs"
     # RAFT's sizes, as shapes only: the standard problem's volumes fit, the high-resolution ones not.
     assert (
-        xcorr.planner.pyramid_volume_bytes((2, 256, 46, 62), 4, torch.float32)
+        xcorr.volumes.family.pyramid_volume_bytes((2, 256, 46, 62), 4, torch.float32)
         == 2 * 2852 * (2852 + 23 * 31 + 11 * 15 + 5 * 7) * 4
     )
-    assert xcorr.planner.select_pyramid((2, 256, 46, 62), 4, torch.float16) == "all_pairs"
+    assert xcorr.volumes.family.select_pyramid((2, 256, 46, 62), 4, torch.float16) == "all_pairs"
     volume = (136 * 240) ** 2 * 4
     assert (
-        xcorr.planner.pyramid_volume_bytes((1, 256, 136, 240), 4, torch.float32)
+        xcorr.volumes.family.pyramid_volume_bytes((1, 256, 136, 240), 4, torch.float32)
         > volume
-        > (xcorr.planner.PYRAMID_VOLUME_BYTES)
+        > xcorr.volumes.family.PYRAMID_VOLUME_BYTES
     )
-    assert xcorr.planner.select_pyramid((1, 256, 136, 240), 4, torch.float32) == "on_demand"
+    assert xcorr.volumes.family.select_pyramid((1, 256, 136, 240), 4, torch.float32) == "on_demand"
     assert "method='all_pairs'" in repr(xcorr.CorrPyramid(f1, f2, 2, 1))
 
 
@@ -262,7 +263,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
 
 def test_on_demand_peak_memory_is_a_small_fraction_of_the_volume():
     # 128x160, C=32: the all-pairs volumes would take 1.8 GB; they are never made.
-    volume = xcorr.planner.pyramid_volume_bytes((1, 32, 128, 160), 4, torch.float32)
+    volume = xcorr.volumes.family.pyramid_volume_bytes((1, 32, 128, 160), 4, torch.float32)
     run = subprocess.run([sys.executable, "-c", textwrap.dedent(MEMORY_SCRIPT)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     grown = int(run.stdout.split()[-1])

@@ -6,12 +6,10 @@ from helpers import assert_close_rel
 from reference import xcorr_reference
 
 import xcorr
-from xcorr import planner
-from xcorr.correlation import api as ops
+from xcorr.correlation.family import CORRELATION
+from xcorr.planning import engine
 from xcorr.planning import trials as _trials
-
-PLANNER = planner.PLANNER
-
+from xcorr.planning.engine import ENGINE
 
 pytestmark = pytest.mark.usefixtures("fresh_planner")
 
@@ -87,7 +85,7 @@ def test_repeated_training_calls_measure_forward_and_backward_and_save_the_winne
     ref = xcorr_reference(x, z)
     want = torch.autograd.grad(ref.sum(), (x, z))
     spec = xcorr.correlation.spec.check_xcorr(x, z, "naive", 0, 1, 1)
-    pick = PLANNER.select(spec, True)
+    pick = ENGINE.decide(spec, True)
     # a budget that every option fits (the budget itself is tested above, on a fake clock)
     monkeypatch.setattr(_trials, "BUDGET_FRACTION", 100.0)
     noted = []
@@ -99,32 +97,32 @@ def test_repeated_training_calls_measure_forward_and_backward_and_save_the_winne
         assert_close_rel(out, ref)  # the same values whichever option runs
         for a, b in zip(got, want):
             assert_close_rel(a, b)
-    assert PLANNER.is_measured(spec, True)
+    assert ENGINE.is_measured(CORRELATION.key(spec, True))
     # the pick settled, then the others were timed (forward and backward: noted when the backward ended)
     assert noted[: _trials.SETTLE_CALLS] == [pick] * _trials.SETTLE_CALLS
-    assert set(noted) == set(PLANNER.options(spec, True))
+    assert set(noted) == set(CORRELATION.options(spec, True))
     path = tmp_path / "tuning.json"
     xcorr.save_tuning(path)
-    planner.clear_cache()
-    assert xcorr.load_tuning(path) >= 1 and PLANNER.is_measured(spec, True)
-    assert "loaded from" in PLANNER.tuning_source
+    xcorr.clear_cache()
+    assert xcorr.load_tuning(path) >= 1 and ENGINE.is_measured(CORRELATION.key(spec, True))
+    assert "loaded from" in ENGINE.tuning_source
 
 
 def test_calls_without_a_backward_end_the_trials_with_the_pick():
     x = torch.randn(2, 3, 15, 15, requires_grad=True)
     z = torch.randn(1, 3, 4, 4)
     spec = xcorr.correlation.spec.check_xcorr(x, z, "naive", 0, 1, 1)
-    pick = PLANNER.select(spec, True)
+    pick = ENGINE.decide(spec, True)
     for _ in range(_trials.SETTLE_CALLS + _trials.PENDING_CALLS + 3):
         xcorr.xcorr(x, z)  # grad mode on, but nobody calls backward
-    assert PLANNER.is_measured(spec, True)
-    assert PLANNER.measured_winners()[planner._key(spec, True)] == pick
+    assert ENGINE.is_measured(CORRELATION.key(spec, True))
+    assert ENGINE.measured_winners()[CORRELATION.key(spec, True)] == pick
 
 
 @pytest.mark.parametrize("setting", [False, True])
 def test_autotune_settings_turn_the_trials_off(setting, monkeypatch):
     made = []
-    monkeypatch.setattr(ops, "Trials", lambda *a, **k: made.append(a) or pytest.fail("trials made"))
+    monkeypatch.setattr(engine, "Trials", lambda *a, **k: made.append(a) or pytest.fail("trials made"))
     xcorr.set_autotune(setting)
     x, z = torch.randn(2, 3, 12, 12), torch.randn(1, 3, 4, 4)
     for _ in range(6):
@@ -134,10 +132,10 @@ def test_autotune_settings_turn_the_trials_off(setting, monkeypatch):
 
 def test_trials_are_made_once_per_signature_by_default(monkeypatch):
     made = []
-    real = ops.Trials
-    monkeypatch.setattr(ops, "Trials", lambda *a, **k: made.append(a[0]) or real(*a, **k))
+    real = engine.Trials
+    monkeypatch.setattr(engine, "Trials", lambda *a, **k: made.append(a[0]) or real(*a, **k))
     x, z = torch.randn(2, 3, 12, 12), torch.randn(1, 3, 4, 4)
-    pick = PLANNER.select(xcorr.correlation.spec.check_xcorr(x, z, "naive", 0, 1, 1))
+    pick = ENGINE.decide(xcorr.correlation.spec.check_xcorr(x, z, "naive", 0, 1, 1))
     for _ in range(30):
         xcorr.xcorr(x, z)
     assert len(made) == 1 and made[0][0] == pick

@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from reference import local_correlation_reference, stereo_reference, volume_reference
 
 import xcorr
+from xcorr.planning.engine import ENGINE
 from xcorr.volumes.api import correlate
 from xcorr.volumes.backends import VOLUME_BACKENDS
+from xcorr.volumes.family import VOLUMES, select_volume
 from xcorr.volumes.spec import VolumeSpec, check_local_correlation, check_stereo_correlation
 
 BACKENDS = list(VOLUME_BACKENDS)
@@ -372,35 +374,35 @@ def test_random_specs_match_the_definition(H, W, kernel, dilation, origin, strid
     assert_close_rel(correlate(f1, f2, spec, method), volume_reference(f1, f2, spec))
 
 
-# Planner.
+# Planning.
 
 
 def test_repeated_displacements_leave_the_banded_method_out():
     f1, f2 = pair(1, 2, 5, 6)
     spec = general_spec(f1, dx=(1, 0, 3))
-    assert xcorr.planner.volume_candidates(spec) == ["shifted"]
+    assert VOLUMES.options(spec) == ["shifted"]
     assert_close_rel(correlate(f1, f2, spec), volume_reference(f1, f2, spec))
 
 
 def test_auto_is_one_of_the_candidates_and_is_remembered():
     f1, f2 = pair(2, 8, 16, 16, torch.float32)
     spec = check_local_correlation(f1, f2, 4, 1, 1, 1, "mean", "flat")
-    method = xcorr.planner.select_volume(spec, grad=False)
-    assert method in xcorr.planner.volume_candidates(spec)
-    costs = xcorr.planner.volume_estimate(spec, grad=False)
-    assert method == min(xcorr.planner.volume_candidates(spec), key=costs.get)
+    method = select_volume(spec, grad=False)
+    assert method in VOLUMES.options(spec)
+    costs = ENGINE.estimate(spec, grad=False)
+    assert method == min(VOLUMES.options(spec), key=costs.get)
 
 
 def test_autotune_measures_cost_volumes_and_clear_cache_forgets_them():
     f1, f2 = pair(1, 4, 8, 8, torch.float32)
     spec = check_local_correlation(f1, f2, 2, 1, 1, 1, "none", "flat")
-    key = xcorr.planner._volume_key(spec, False)
+    key = VOLUMES.key(spec, False)
     try:
         xcorr.set_autotune(True)
         xcorr.local_correlation(f1, f2, 2)
-        assert xcorr.planner.PLANNER._measured[key] in BACKENDS
+        assert ENGINE.measured_winners()[key] in BACKENDS
         xcorr.clear_cache()
-        assert key not in xcorr.planner.PLANNER._measured
+        assert key not in ENGINE.measured_winners()
     finally:
         xcorr.set_autotune(None)
 

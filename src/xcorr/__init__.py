@@ -7,7 +7,7 @@ from .correlation.api import choose_method, pixelwise, xcorr
 from .correlation.plans import Plan, plan
 from .matching.api import find_peaks, match_template
 from .nn import DepthwiseXCorrHead, LocalCorrelation, SiamFCHead, StereoCorrelation, UpChannelHead, XCorr
-from .planner import clear_cache, load_tuning, save_tuning, set_autotune
+from .planning import clear_cache, load_tuning, save_tuning, set_autotune
 from .volumes.api import local_correlation, stereo_correlation
 from .volumes.pyramid import CorrPyramid
 

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 
 from ._tracing import tracing
-from .correlation.spec import Spec
 
 HALF = (torch.float16, torch.bfloat16)
+
+S = TypeVar("S", bound=Any)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -33,9 +34,15 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in HALF else dtype
 
 
-def compute_spec(spec: Spec) -> Spec:
-    """``spec`` as the backends see it: half precision becomes float32."""
+def compute_spec(spec: S) -> S:
+    """``spec`` (any validated problem with a ``dtype``) as the backends see it: half precision
+    becomes float32."""
     return replace(spec, dtype=torch.float32) if spec.dtype in HALF else spec
+
+
+def itemsize(dtype: torch.dtype) -> int:
+    """Bytes per element of a computation on ``dtype`` inputs (half precision runs in float32)."""
+    return 8 if compute_dtype(dtype) == torch.float64 else 4
 
 
 def needs_grad(*tensors: torch.Tensor) -> bool:

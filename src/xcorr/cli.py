@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--top-k", type=_positive, default=1, metavar="K", help="how many matches to report (default 1)")
     match.add_argument("--heatmap", metavar="OUT.png", help="write the image with its match boxes beside the score map")
     match.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    _add_bench(sub)
+    _add_fit(sub)
+    return parser
+
+
+def _add_bench(sub: Any) -> None:
     bench = sub.add_parser("bench", help="time xcorr against its peers and print a table")
     bench.add_argument(
         "--suite",
@@ -58,9 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--device", default="cpu", help="device to run on, e.g. cpu or cuda (default: cpu)")
     bench.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
+
+
+def _add_fit(sub: Any) -> None:
     fit = sub.add_parser(
         "fit",
-        help="fit the planner's cost-model constants on this machine",
+        help="fit the planning engine's cost-model constants on this machine",
         description="Time every method on random problems, fit the cost model's constants, and show how "
         "often the fitted model picks the fastest method on held-out problems.",
     )
@@ -85,11 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--save",
         action="store_true",
-        help="save the fitted constants in the profile the planner reads ($XCORR_PROFILE, by default "
+        help="save the fitted constants in the profile the planning engine reads ($XCORR_PROFILE, by default "
         "xcorr/profile.json in the user's cache directory), for this device kind, thread count and "
         "torch version",
     )
-    return parser
 
 
 def _positive(text: str) -> int:
@@ -206,11 +214,6 @@ def _torch_device(command: str, text: str):
 
 
 def _fit(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    import torch
-
-    from . import planner
     from .benchmarks import costmodel
 
     device = _torch_device("fit", args.device)
@@ -241,11 +244,41 @@ def _fit(args: argparse.Namespace) -> int:
 
     rows = costmodel.collect(train, device, progress)
     held_rows = costmodel.collect(held, device, progress)
-    current = planner.PLANNER.model_constants(device.type)
-    source = planner.PLANNER.constants_source(device.type)
+    fitted, report = _report_fit(rows, held_rows, device)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"train": rows, "held_out": held_rows, "fitted": dict(fitted), "evaluation": report},
+                f,
+                indent=1,
+            )
+    if args.save:
+        from .correlation.family import CORRELATION
+        from .planning import profile as _profile
+
+        info = {"problems": len(rows), "held_out": len(held_rows), "seed": args.seed, "evaluation": report["fitted"]}
+        try:
+            path = _profile.save_constants(device.type, {CORRELATION.name: dict(fitted)}, info)
+        except OSError as error:
+            print(f"xcorr fit: cannot save the profile: {error}", file=sys.stderr)
+            return 1
+        print(f"saved to {path}: the planning engine uses these constants from the next process on")
+    return 0
+
+
+def _report_fit(rows: list, held_rows: list, device: Any) -> tuple[Any, dict]:
+    """Fit on ``rows``, print the constants and how the current and the fitted ones pick on ``held_rows``."""
+    import torch
+
+    from .benchmarks import costmodel
+    from .correlation.family import CORRELATION
+    from .planning.engine import ENGINE
+
+    current = ENGINE.model_constants(CORRELATION, device.type)
+    source = ENGINE.constants_source(CORRELATION, device.type)
     fitted = costmodel.fit(rows, current)
     print(f"fitted on {len(rows)} problems ({device.type}, {torch.get_num_threads()} threads):")
-    print(f'    "{device.type}": {costmodel.constants_source(fitted)},')
+    print(costmodel.constants_source(fitted))
     report = {}
     for label, constants in (("current", current), ("fitted", fitted)):
         report[label] = costmodel.evaluate(held_rows, constants)
@@ -257,32 +290,7 @@ def _fit(args: argparse.Namespace) -> int:
                 f"{r['mean_loss']:.2f}x, worst {r['worst_loss']:.2f}x {r['worst']}"
             )
     print(f"current constants: {source}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {"train": rows, "held_out": held_rows, "fitted": dataclasses.asdict(fitted), "evaluation": report},
-                f,
-                indent=1,
-            )
-    if args.save:
-        from .planning import profile as _profile
-
-        try:
-            path = _profile.save_constants(
-                device.type,
-                dataclasses.asdict(fitted),
-                {
-                    "problems": len(rows),
-                    "held_out": len(held_rows),
-                    "seed": args.seed,
-                    "evaluation": report["fitted"],
-                },
-            )
-        except OSError as error:
-            print(f"xcorr fit: cannot save the profile: {error}", file=sys.stderr)
-            return 1
-        print(f"saved to {path}: the planner uses these constants from the next process on")
-    return 0
+    return fitted, report
 
 
 def _heatmap(path: str, image, scores, peaks, size: tuple[int, int], method: str) -> None:

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import planner
 from .correlation.api import xcorr
 from .correlation.spec import check_xcorr
 from .matching.api import find_peaks, match_template
+from .matching.checks import MATCH_METHODS
+from .planning.engine import ENGINE
 
 
 @dataclass
@@ -70,7 +71,7 @@ def run_seed_cases(channels: int = 256, search: int = 255, template: int = 127) 
     for case in CASES:
         x = torch.rand(case.batch, channels, search, search, generator=gen)
         z = torch.rand(case.batch, channels, template, template, generator=gen)
-        method = planner.select(check_xcorr(x, z, case.mode, 0, 1, 1))
+        method = ENGINE.decide(check_xcorr(x, z, case.mode, 0, 1, 1))
         with torch.no_grad():
             out = xcorr(x, z, case.mode)  # warm-up
             ours = _seconds(partial(xcorr, x, z, case.mode), repeats=3 if case.batch == 1 else 1)
@@ -94,7 +95,6 @@ def run_seed_cases(channels: int = 256, search: int = 255, template: int = 127) 
 
 #: Where the matching part writes its picture.
 MATCH_PNG = "xcorr-match-demo.png"
-MATCH_METHODS = ("sqdiff", "sqdiff_normed", "ccorr", "ccorr_normed", "ccoeff", "ccoeff_normed")
 
 
 def load_sample() -> np.ndarray:

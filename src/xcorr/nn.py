@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_features, check_finite, check_non_negative_int, check_pair, check_positive_int
-from .correlation.api import METHODS, xcorr
+from .correlation.api import xcorr
+from .correlation.family import CORRELATION
 from .correlation.spec import MODES
 from .volumes.api import local_correlation, stereo_correlation
 from .volumes.spec import LAYOUTS, NORMALIZE
@@ -68,7 +69,7 @@ class XCorr(nn.Module):
         self.padding = check_pair(padding, "padding", 0)
         self.stride = check_pair(stride, "stride", 1)
         self.dilation = check_pair(dilation, "dilation", 1)
-        self.method = check_choice(method, "method", METHODS)
+        self.method = check_choice(method, "method", CORRELATION.methods())
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return xcorr(

@@ -362,17 +362,17 @@ def _reference(p: Problem) -> tuple[Index, torch.Tensor]:
 
 def _method(p: Problem, grad: bool) -> str:
     """The method our call uses: the planner's choice for the volume, or the pyramid's."""
-    from .. import planner
+    from ..volumes import family as volumes_family
     from ..volumes import spec as volumes_spec
 
     if p.kind == "raft":
-        return planner.select_pyramid(p.shape, p.levels, torch.float32) if p.method == "auto" else p.method
+        return volumes_family.select_pyramid(p.shape, p.levels, torch.float32) if p.method == "auto" else p.method
     f = torch.empty(p.shape, device="meta")
     if p.kind == "local":
         spec = volumes_spec.check_local_correlation(f, f, p.reach, p.displacement_stride, 1, 1, "mean", "flat")
     else:
         spec = volumes_spec.check_stereo_correlation(f, f, p.reach, p.groups, "mean")
-    return planner.select_volume(replace(spec, device=_device()), grad)
+    return volumes_family.select_volume(replace(spec, device=_device()), grad)
 
 
 def _step(fn: Callable[..., torch.Tensor], tensors: tuple[torch.Tensor, ...], grad: bool) -> Callable[[], Any]:

@@ -22,7 +22,8 @@ from typing import Any, Callable, TextIO
 
 import torch
 
-from .. import planner
+from ..correlation.family import CORRELATION
+from ..planning.engine import ENGINE
 from . import OURS, Case
 
 #: Suite name -> module exposing ``cases() -> list[Case]``; imported only when run.
@@ -221,8 +222,8 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
         "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
-        "constants": planner.PLANNER.constants_source(device.type),
-        "tuning": planner.PLANNER.tuning_source,
+        "constants": ENGINE.constants_source(CORRELATION, device.type),
+        "tuning": ENGINE.tuning_source,
     }
 
 

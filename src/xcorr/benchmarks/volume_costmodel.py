@@ -1,40 +1,31 @@
-"""Fit the cost-volume model's constants (:class:`xcorr.planner.VolumeConstants`) to measured times.
+"""Fit the cost-volume model's constants (each volume backend's ``CONSTANTS``) to measured times.
 
 Random cost volumes (local correlations of FlowNetC's and PWC-Net's kinds, stereo volumes with
 and without groups) are timed with every method, forward and forward+backward, by
-:func:`xcorr.planner.volume_measure`. Every constant enters its method's estimate linearly, so
-each method's forward constants are fitted by non-negative least squares on relative error, with
-the feature of a constant read off :func:`xcorr.planner.volume_estimate` itself (that constant
-set to 1, the others to 0): the fit and the model cannot drift apart. The backward ratio of a
-method is the median of its measured (forward+backward) / forward - 1. :func:`accuracy` tells,
-on problems held out of the fit, how often the model picks the measured-fastest method and what
-a wrong pick costs.
+:meth:`xcorr.planning.engine.Engine.measure`, and fitted by :func:`xcorr.planning.fit.fit` from
+the terms each backend declares. :func:`accuracy` tells, on problems held out of the fit, how
+often the model picks the measured-fastest method and what a wrong pick costs.
 
 Fitting needs scipy (the ``bench`` and ``dev`` extras).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import statistics
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
-from .. import planner
+from ..planning import fit as fitting
+from ..planning.cost import Constants
+from ..planning.engine import ENGINE
+from ..volumes.family import VOLUMES
 from ..volumes.spec import VolumeSpec, check_local_correlation, check_stereo_correlation
 
 Row = dict[str, Any]
-
-#: The constants each method's forward estimate is fitted with.
-FORWARD = {
-    "shifted": ("shifted_call", "shifted_element", "shifted_output"),
-    "banded": ("banded_call", "banded_chunk", "banded_mac", "banded_band"),
-}
 
 
 def problems(count: int, seed: int = 0) -> list[VolumeSpec]:
@@ -63,69 +54,55 @@ def measure(specs: Sequence[VolumeSpec], backward_every: int = 3) -> list[Row]:
     every ``backward_every``-th problem (the backward ratios vary little)."""
     rows = []
     for i, spec in enumerate(specs):
-        allowed = list(planner.VOLUME_BACKENDS)
-        row: Row = {"spec": spec, "forward": planner.volume_measure(spec, False, allowed)}
+        allowed = VOLUMES.options(spec)
+        row: Row = {"spec": spec, "forward": ENGINE.measure(spec, False, allowed)}
         if i % backward_every == 0:
-            row["backward"] = planner.volume_measure(spec, True, allowed)
+            row["backward"] = ENGINE.measure(spec, True, allowed)
         rows.append(row)
     return rows
 
 
-def _unit(name: str) -> planner.VolumeConstants:
-    """Constants with ``name`` at 1 and every other cost at 0 (float64's ratio at 1)."""
-    values = {f.name: 0.0 for f in dataclasses.fields(planner.VolumeConstants)}
-    values.update({name: 1.0, "float64": 1.0})
-    return planner.VolumeConstants(**values)
+def builtin() -> Constants:
+    """The built-in CPU constants, whatever a profile says."""
+    found = VOLUMES.builtin_constants("cpu")
+    assert found is not None
+    return found[0]
 
 
-def _nnls(A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from scipy.optimize import nnls
-
-    return nnls(A, b)[0]
-
-
-def fit(rows: Sequence[Row]) -> planner.VolumeConstants:
+def fit(rows: Sequence[Row]) -> Constants:
     """Constants fitted to measured ``rows`` (see :func:`measure`)."""
-    values = dataclasses.asdict(planner.VOLUME_CONSTANTS["cpu"])
-    for method, names in FORWARD.items():
-        A = np.array([[planner.volume_estimate(r["spec"], False, _unit(n))[method] for n in names] for r in rows])
-        t = np.array([r["forward"][method] for r in rows])
-        # Relative error: each problem's row divided by its time.
-        values.update(zip(names, map(float, _nnls(A / t[:, None], np.ones(len(rows))))))
-    for method in FORWARD:
-        ratios = [r["backward"][method] / r["forward"][method] - 1 for r in rows if "backward" in r]
-        values[f"{method}_backward"] = max(0.0, statistics.median(ratios))
-    return planner.VolumeConstants(**values)
+    samples = [(r["spec"], r["forward"], r.get("backward", {})) for r in rows]
+    return fitting.fit(VOLUMES.backends, samples, builtin())
 
 
-def accuracy(rows: Sequence[Row], constants: planner.VolumeConstants) -> dict[str, float]:
+def accuracy(rows: Sequence[Row], constants: Constants) -> dict[str, float]:
     """On ``rows``: the share of problems where the model picks the measured-fastest method
     (forward and forward+backward), the median and largest time lost by its pick (relative to
     the fastest), and the median |log(estimate / measured)| of each method's forward time."""
     picks, losses = [], []
-    errors: dict[str, list[float]] = {m: [] for m in FORWARD}
+    errors: dict[str, list[float]] = {m: [] for m in VOLUMES.backends}
     for r in rows:
         for grad, key in ((False, "forward"), (True, "backward")):
             if key not in r:
                 continue
-            estimate = planner.volume_estimate(r["spec"], grad, constants)
+            estimate = VOLUMES.estimate(r["spec"], grad, constants)
             times = r[key]
-            pick, best = min(estimate, key=estimate.__getitem__), min(times.values())
+            pick, best = min(times, key=estimate.__getitem__), min(times.values())
             picks.append(times[pick] == best)
             losses.append(times[pick] / best - 1)
             if not grad:
-                for m in FORWARD:
+                for m in times:
                     errors[m].append(abs(math.log(estimate[m] / times[m])))
     result = {
         "picks_fastest": sum(picks) / len(picks),
         "median_loss": statistics.median(losses),
         "max_loss": max(losses),
     }
-    result.update({f"{m}_log_error": statistics.median(e) for m, e in errors.items()})
+    result.update({f"{m}_log_error": statistics.median(e) for m, e in errors.items() if e})
     return result
 
 
-def main(count: int = 20, held_out: int = 10, seed: int = 0) -> planner.VolumeConstants:
+def main(count: int = 20, held_out: int = 10, seed: int = 0) -> Constants:
     """Measure, fit on ``count`` problems, report the accuracy on ``held_out`` others; returns the constants."""
     specs = problems(count + held_out, seed)
     rows = measure(specs)

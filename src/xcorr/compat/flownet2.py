@@ -30,7 +30,7 @@ from .._checks import (
     check_non_negative_int,
     check_positive_int,
 )
-from ..volumes.api import correlate
+from ..volumes.api import bound
 from ..volumes.spec import VolumeSpec
 
 #: pad_size, kernel_size, max_displacement, stride1, stride2 of flownet2-pytorch's Correlation.
@@ -143,9 +143,10 @@ class Correlation(nn.Module):
         self.corr_multiply = corr_multiply
 
     def forward(self, input1: torch.Tensor, input2: torch.Tensor) -> torch.Tensor:
-        spec = check_flownet2_correlation(input1, input2, self._settings)
-        out = correlate(input1, input2, spec)
-        return out.reshape(spec.batch, spec.displacements, *spec.out_size)
+        settings = self._settings
+        run = bound("flownet2", input1, input2, settings, lambda: check_flownet2_correlation(input1, input2, settings))
+        spec = run.spec
+        return run(input1, input2).reshape(spec.batch, spec.displacements, *spec.out_size)
 
     def extra_repr(self) -> str:
         names = ("pad_size", "kernel_size", "max_displacement", "stride1", "stride2")

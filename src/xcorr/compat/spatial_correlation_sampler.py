@@ -34,7 +34,7 @@ from .._checks import (
     check_feature_pair,
     check_pair,
 )
-from ..volumes.api import correlate
+from ..volumes.api import bound
 from ..volumes.spec import VolumeSpec
 
 #: kernel_size, patch_size, stride, padding, dilation, dilation_patch of spatial-correlation-sampler.
@@ -135,10 +135,16 @@ def spatial_correlation_sample(
                 [0., 8., 8.],
                 [0., 8., 8.]])
     """
-    settings = check_sampler_settings(kernel_size, patch_size, stride, padding, dilation, dilation_patch)
-    spec = check_spatial_correlation_sample(input1, input2, settings)
-    out = correlate(input1, input2, spec)
-    return out.reshape(spec.batch, spec.dy[2], spec.dx[2], *spec.out_size)
+    given = (kernel_size, patch_size, stride, padding, dilation, dilation_patch)
+    run = bound(
+        "spatial_correlation_sample",
+        input1,
+        input2,
+        given,
+        lambda: check_spatial_correlation_sample(input1, input2, check_sampler_settings(*given)),
+    )
+    spec = run.spec
+    return run(input1, input2).reshape(spec.batch, spec.dy[2], spec.dx[2], *spec.out_size)
 
 
 class SpatialCorrelationSampler(nn.Module):

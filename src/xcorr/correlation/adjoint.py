@@ -4,7 +4,7 @@ For ``out = xcorr(x, z, mode, padding=p, stride=s, dilation=d)`` with output gra
 
 * the **search gradient** is a full correlation of ``g`` (spread by the stride) with the flipped
   template: one more :func:`xcorr.xcorr` problem (:func:`search_problem`), whose output is cut to
-  the padded search and stripped of the padding (:func:`fit`);
+  the padded search and stripped of the padding (:func:`crop_to_search`);
 * the **template gradient** correlates the search with ``g`` as the template, ``g``'s taps spaced
   by the stride and its outputs stepped by the dilation (:func:`template_problem`), the search
   items that share a template summed as channels.
@@ -25,18 +25,19 @@ import torch.nn.functional as F
 from .spec import Pair, Spec
 
 
-def stuff(g: torch.Tensor, stride: Pair) -> torch.Tensor:
-    """Spread ``g``'s last two dims by ``stride``, zeros between: the adjoint of striding."""
-    sh, sw = stride
-    if sh == sw == 1:
-        return g
-    *lead, Ho, Wo = g.shape
-    out = g.new_zeros(*lead, (Ho - 1) * sh + 1, (Wo - 1) * sw + 1)
-    out[..., ::sh, ::sw] = g
+def spread(t: torch.Tensor, factor: Pair) -> torch.Tensor:
+    """``t``'s last two dims spread by ``factor``, zeros between: a template dilated, or an output
+    gradient spread by the stride (the adjoint of striding)."""
+    fh, fw = factor
+    if fh == fw == 1:
+        return t
+    *lead, h, w = t.shape
+    out = t.new_zeros(*lead, (h - 1) * fh + 1, (w - 1) * fw + 1)
+    out[..., ::fh, ::fw] = t
     return out
 
 
-def fit(t: torch.Tensor, size: Pair, padding: Pair) -> torch.Tensor:
+def crop_to_search(t: torch.Tensor, size: Pair, padding: Pair) -> torch.Tensor:
     """Zero-extend ``t`` (the gradient of the padded search) to ``size``, then drop the padding."""
     (Hp, Wp), (ph, pw) = size, padding
     t = F.pad(t, (0, Wp - t.shape[-1], 0, Hp - t.shape[-2]))
@@ -44,7 +45,7 @@ def fit(t: torch.Tensor, size: Pair, padding: Pair) -> torch.Tensor:
 
 
 def search_problem(spec: Spec) -> Spec:
-    """The problem whose correlation is the search gradient (before :func:`fit`).
+    """The problem whose correlation is the search gradient (before :func:`crop_to_search`).
 
     Search: the output gradient spread by the stride, ``K`` channels; template: the flipped
     template (:func:`flipped_template`). Naive and up-channel become up-channel problems (each

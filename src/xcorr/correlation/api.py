@@ -1,63 +1,23 @@
-"""Public functionals: normalise the arguments, ask the planner, call a backend."""
+"""Public functionals: normalise the arguments, ask the planning engine for the bound call, run it."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, overload
+from typing import Any, Literal, overload
 
 import torch
 
-from .._checks import check_choice, plain
-from .._compute import compute_spec, computed, needs_grad
-from .._tracing import tracing
-from ..correlation.spec import check_pixelwise, check_xcorr
-from ..planner import PLANNER, Choice, Measured
-from ..planning.trials import Trials
-from .backends import BACKENDS
-from .spec import Spec
-
-METHODS = ("auto", *BACKENDS)
-
-Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from .._checks import check_choice
+from .._compute import computed, needs_grad
+from ..planning.engine import ENGINE, Bound, signature
+from .family import CORRELATION, Choice, Measured
+from .spec import Spec, check_pixelwise, check_xcorr
 
 
 def _signature(x: Any, z: Any, mode: Any, padding: Any, stride: Any, dilation: Any, method: Any) -> tuple | None:
-    """The cache key of an :func:`xcorr` call, or None where the call cannot be cached (arguments
-    that are not plain, or a tracer running: shapes may be symbolic there).
-
-    Validation depends only on the tensors' types, shapes, dtypes and devices and on the other
-    arguments' values when these are plain ints (or pairs) and strings, so a repeated call (a
-    tracker's every frame) skips validation, planning and the backend's shape work: the bound
-    call is kept in the planner's :attr:`~xcorr.planner.Planner.derived`, dropped with its decisions."""
-    if (
-        not (
-            isinstance(x, torch.Tensor)
-            and isinstance(z, torch.Tensor)
-            and type(mode) is str
-            and type(method) is str
-            and plain(padding)
-            and plain(stride)
-            and plain(dilation)
-        )
-        or tracing()
-    ):
-        return None
-    return (
-        "xcorr",
-        type(x),
-        type(z),
-        x.shape,
-        z.shape,
-        x.dtype,
-        z.dtype,
-        x.device,
-        z.device,
-        mode,
-        padding,
-        stride,
-        dilation,
-        method,
-        needs_grad(x, z),
-    )
+    """The cache key of an :func:`xcorr` call (see :func:`~xcorr.planning.engine.signature`): the
+    bound call is kept in the engine's :attr:`~xcorr.planning.engine.Engine.derived`, dropped with
+    its decisions."""
+    return signature("xcorr", (x, z), (mode, padding, stride, dilation, method))
 
 
 def xcorr(
@@ -105,46 +65,38 @@ def xcorr(
         tensor([9., 9., 9.])
     """
     call = _signature(x, z, mode, padding, stride, dilation, method)
-    run = PLANNER.derived.get(call) if call is not None else None
+    run = ENGINE.derived.get(call) if call is not None else None
     if run is None:
-        generation = PLANNER.generation
-        spec = check_xcorr(x, z, mode, padding, stride, dilation)
-        grad = needs_grad(x, z)
-        run = _runner(spec, check_choice(method, "method", METHODS), grad, bound=call is not None)
-        if call is not None:
-            PLANNER.remember(call, run, generation)
+        run = bound(x, z, mode, padding=padding, stride=stride, dilation=dilation, method=method)
     return run(x, z)
 
 
+def bound(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    mode: str = "naive",
+    *,
+    padding: Any = 0,
+    stride: Any = 1,
+    dilation: Any = 1,
+    method: str = "auto",
+) -> Bound:
+    """The bound call of :func:`xcorr` for these arguments, kept per call signature: what
+    :func:`xcorr` runs, and what callers that need to know which method ran use
+    (:meth:`~xcorr.planning.engine.Bound.call`)."""
+
+    def build() -> Bound:
+        spec = check_xcorr(x, z, mode, padding, stride, dilation)
+        return ENGINE.bind(spec, needs_grad(x, z), check_choice(method, "method", CORRELATION.methods()))
+
+    return ENGINE.cached(_signature(x, z, mode, padding, stride, dilation, method), build)
+
+
 def resolve(spec: Spec, method: Any, grad: bool) -> str:
-    """The checked ``method`` argument, with ``"auto"`` resolved by the planner to one method
+    """The checked ``method`` argument, with ``"auto"`` resolved by the engine to one method
     for every pass (template plans keep one method; their forward's)."""
-    method = check_choice(method, "method", METHODS)
-    return PLANNER.passes(spec, grad).forward if method == "auto" else method
-
-
-def _runner(spec: Spec, method: str, grad: bool, bound: bool) -> Run:
-    """``run(x, z)`` for ``spec`` with ``method`` (checked; ``"auto"`` asks the planner): the bound
-    form for a cached eager call signature (``bound``), the backend's plain form otherwise
-    (tracing: shapes may be symbolic, and the planner offers one method for every pass). A bound
-    ``"auto"`` call whose problem has no measured winner yet tries the options on its repeated
-    calls (:mod:`xcorr.planning.trials`)."""
-    inner, shape = compute_spec(spec), spec.out_shape
-    option = PLANNER.select(spec, grad) if method == "auto" else method
-    if not bound:
-        backend = BACKENDS[option]
-        return lambda x, z: computed(lambda x, z: backend.run(x, z, inner), shape, x, z)
-    run: Run
-    options = PLANNER.options(spec, grad) if method == "auto" and spec.batch else []
-    if len(options) > 1 and PLANNER.trials_enabled(spec) and not PLANNER.is_measured(spec, grad):
-        costs = PLANNER.estimate(spec, grad)
-        ordered = [option, *sorted((o for o in options if o != option), key=costs.__getitem__)]
-        run = Trials(
-            ordered, costs, lambda o: PLANNER.runner(inner, o, grad), grad, lambda w: PLANNER.record(spec, grad, w)
-        )
-    else:
-        run = PLANNER.runner(inner, option, grad)
-    return lambda x, z: computed(run, shape, x, z)
+    method = check_choice(method, "method", CORRELATION.methods())
+    return CORRELATION.passes(ENGINE.decide(spec, grad), spec).forward if method == "auto" else method
 
 
 def pixelwise(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -226,7 +178,7 @@ def choose_method(
     r"""The method ``xcorr.xcorr(x, z, ..., method="auto")`` would use, like scipy's ``choose_conv_method``.
 
     Hard constraints first (device, float32 precision, export), then the measured winners, then
-    the cost model (see :mod:`xcorr.planner`). A backward pass is assumed when ``x`` or ``z``
+    the cost model (see :mod:`xcorr.planning.engine`). A backward pass is assumed when ``x`` or ``z``
     requires grad and grad mode is on; then each pass (the forward, the search gradient, the
     template gradient) may run on a method of its own, chosen for that pass's problem.
 
@@ -239,9 +191,9 @@ def choose_method(
             cache the winners for ``method="auto"``, and return the timings too.
 
     Returns:
-        :class:`~xcorr.planner.Choice`: a str, ``"direct"``, ``"fft"`` or ``"gather"`` (the
+        :class:`~xcorr.correlation.family.Choice`: a str, ``"direct"``, ``"fft"`` or ``"gather"`` (the
         forward's method), whose ``.passes`` gives each pass's; with ``measure=True`` a
-        :class:`~xcorr.planner.Measured`, which unpacks as ``(method, {option: seconds})``, gives
+        :class:`~xcorr.correlation.family.Measured`, which unpacks as ``(method, {option: seconds})``, gives
         ``.passes`` and ``.pass_timings``, and says in ``.constants`` which cost-model constants
         are in force.
 
@@ -253,5 +205,5 @@ def choose_method(
     spec = check_xcorr(x, z, mode, padding, stride, dilation)
     if not isinstance(measure, bool):
         raise TypeError(f"measure must be a bool, got {measure!r}")
-    choice = PLANNER.choose(spec, needs_grad(x, z), measure, x, z)
+    choice = CORRELATION.choose(spec, needs_grad(x, z), measure, x, z)
     return choice if measure else choice.method

@@ -37,8 +37,8 @@ class Passes(NamedTuple):
 
 def search_gradient(g: torch.Tensor, z: torch.Tensor, spec: Spec, method: str) -> torch.Tensor:
     problem = _adjoint.search_problem(spec)
-    full = BACKENDS[method].run(_adjoint.stuff(g, spec.stride), _adjoint.flipped_template(z, spec), problem)
-    return _adjoint.fit(full, spec.padded_search, spec.padding)
+    full = BACKENDS[method].run(_adjoint.spread(g, spec.stride), _adjoint.flipped_template(z, spec), problem)
+    return _adjoint.crop_to_search(full, spec.padded_search, spec.padding)
 
 
 def template_gradient(x: torch.Tensor, g: torch.Tensor, spec: Spec, method: str) -> torch.Tensor:

@@ -9,9 +9,9 @@ import torch
 from .._checks import check_tensor
 from .._compute import compute_dtype, compute_spec, computed, needs_grad
 from .._tracing import tracing
-from ..correlation.spec import check_planned_search, check_search_shape, check_xcorr
 from .api import resolve
-from .backends import BACKENDS
+from .family import CORRELATION
+from .spec import check_planned_search, check_search_shape, check_xcorr
 
 
 class Plan:
@@ -21,7 +21,7 @@ class Plan:
     the search. A search of a new type, shape, dtype or device is validated on its first call only.
 
     Attributes:
-        method (str): the method the plan runs (chosen once: later planner changes do not move it).
+        method (str): the method the plan runs (chosen once: later changes of the planning engine's state do not move it).
         search_shape (tuple): the planned ``(B, C, H, W)``; calls may change ``B`` (a multiple
             of the number of templates) but not ``(C, H, W)``.
     """
@@ -35,7 +35,7 @@ class Plan:
         self._spec = check_xcorr(z.new_empty(()).expand(search_shape), z, mode, padding, stride, dilation)
         self.method = resolve(self._spec, method, grad=needs_grad(z))
         self.search_shape, self.z = search_shape, z
-        self._run = BACKENDS[self.method].prepare(z.to(compute_dtype(z.dtype)), compute_spec(self._spec))
+        self._run = CORRELATION.backends[self.method].prepare(z.to(compute_dtype(z.dtype)), compute_spec(self._spec))
         self._shapes: dict[tuple, tuple[int, int, int, int]] = {}  # validated searches -> output shape
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,9 +50,7 @@ class Plan:
 
     def _check(self, x: Any) -> tuple[int, int, int, int]:
         """The output shape for search ``x``, which must be as planned in (C, H, W)."""
-        check_planned_search(x, self.search_shape)
-        s = self._spec
-        return check_xcorr(x, self.z, s.mode, s.padding, s.stride, s.dilation).out_shape
+        return check_planned_search(x, self.z, self._spec).out_shape
 
     def __repr__(self) -> str:
         s = self._spec

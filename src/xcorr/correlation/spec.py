@@ -10,6 +10,7 @@ import torch
 from .._checks import (
     Pair,
     check_choice,
+    check_non_negative_int,
     check_pair,
     check_same_kind,
     check_tensor,
@@ -155,18 +156,18 @@ def check_pixelwise(x: Any, z: Any) -> None:
 
 def check_search_shape(value: Any) -> tuple[int, int, int, int]:
     """A search shape ``(B, C, H, W)`` of non-negative ints, as planned for by :func:`xcorr.plan`."""
-    items = tuple(value) if isinstance(value, (tuple, list, torch.Size)) else None
-    if (
-        items is None
-        or len(items) != 4
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in items)
-    ):
+    if not isinstance(value, (tuple, list, torch.Size)) or len(value) != 4:
         raise TypeError(f"search_shape must be 4 non-negative ints (B, C, H, W), got {value!r}")
-    return items[0], items[1], items[2], items[3]
+    B, C, H, W = (check_non_negative_int(v, f"search_shape[{i}] ({d})") for i, (v, d) in enumerate(zip(value, "BCHW")))
+    return B, C, H, W
 
 
-def check_planned_search(x: Any, search_shape: tuple[int, int, int, int]) -> None:
-    """``x`` must match the planned search shape in channels and size (its batch may differ)."""
+def check_planned_search(x: Any, z: torch.Tensor, spec: Spec) -> Spec:
+    """A search for a template plan of ``spec``: ``x`` as planned in (C, H, W) (its batch may
+    differ, a multiple of the templates'), of ``z``'s dtype and device; returns its problem."""
     check_tensor(x, "x", "B C H W")
-    if tuple(x.shape[1:]) != tuple(search_shape[1:]):
-        raise ValueError(f"x must have the planned (C, H, W) = {tuple(search_shape[1:])}, got shape {tuple(x.shape)}")
+    if tuple(x.shape[1:]) != tuple(spec.x_shape[1:]):
+        raise ValueError(f"x must have the planned (C, H, W) = {tuple(spec.x_shape[1:])}, got shape {tuple(x.shape)}")
+    check_same_kind(x, z)
+    _check_templates(tuple(x.shape), spec.z_shape)
+    return spec.with_batch(x.shape[0])

@@ -11,6 +11,7 @@ import torch
 from .._checks import (
     _type_name,
     check_choice,
+    check_positive_int,
     check_same_kind,
     check_tensor,
 )
@@ -137,14 +138,8 @@ def check_find_peaks(scores: Any, k: Any, min_distance: Any, largest: Any) -> No
     shape = tuple(scores.shape)
     if not (len(shape) == 2 or (len(shape) == 4 and shape[1] == 1)):
         raise ValueError(f"scores must be 2-D (H', W') or 4-D (N, 1, H', W'), got shape {shape}")
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {_type_name(k)}")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    check_positive_int(k, "k")
     if min_distance is not None:
-        if isinstance(min_distance, bool) or not isinstance(min_distance, int):
-            raise TypeError(f"min_distance must be an int or None, got {_type_name(min_distance)}")
-        if min_distance < 1:
-            raise ValueError(f"min_distance must be at least 1, got {min_distance}")
+        check_positive_int(min_distance, "min_distance")
     if not isinstance(largest, bool):
         raise TypeError(f"largest must be a bool, got {_type_name(largest)}")

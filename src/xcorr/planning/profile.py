@@ -30,7 +30,7 @@ import torch
 PROFILE_ENV = "XCORR_PROFILE"
 PROFILE_FORMAT = "xcorr-profile"
 TUNING_FORMAT = "xcorr-tuning"
-VERSION = 1
+VERSION = 2
 
 Key = tuple
 Machine = dict[str, Any]
@@ -111,11 +111,13 @@ def _warn(path: Path, why: str, what: str) -> None:
 
 
 def load_constants(
-    fields: Iterable[str], device_types: Iterable[str] = ("cpu", "cuda")
-) -> dict[str, tuple[dict[str, float], str]]:
-    """The profile's constants for this machine, by device type, each with its source's description.
+    families: dict[str, list[str]], device_types: Iterable[str] = ("cpu", "cuda")
+) -> dict[tuple[str, str], tuple[dict[str, float], str]]:
+    """The profile's constants for this machine, by (family, device type), each with its source's
+    description.
 
-    Entries whose names are not exactly ``fields`` are ignored (a profile of another version).
+    ``families`` maps each family's name to its constants' names; a family whose saved names are
+    not exactly these is ignored (a profile of another version, or of other backends).
     """
     path = profile_path()
     try:
@@ -125,7 +127,8 @@ def load_constants(
         return {}
     if data is None:
         return {}
-    wanted, found, matched = set(fields), {}, False
+    found: dict[tuple[str, str], tuple[dict[str, float], str]] = {}
+    matched = False
     entries = data.get("entries")
     if not isinstance(entries, list):
         _warn(path, "it has no list of entries", "profile")
@@ -138,15 +141,26 @@ def load_constants(
             if not isinstance(entry, dict) or entry.get("machine") != here:
                 continue
             matched = True
-            values = entry.get("constants")
-            if (
-                not isinstance(values, dict)
-                or set(values) != wanted
-                or not all(isinstance(v, (int, float)) for v in values.values())
-            ):
-                _warn(path, f"its entry for {describe(here)} does not hold this version's constants", "profile")
-                continue
-            found[device_type] = ({k: float(v) for k, v in values.items()}, f"profile {path} ({describe(here)})")
+            saved = entry.get("constants")
+            for family, names in families.items():
+                values = saved.get(family) if isinstance(saved, dict) else None
+                if values is None and isinstance(saved, dict):
+                    continue  # this family was not fitted here
+                if (
+                    not isinstance(values, dict)
+                    or set(values) != set(names)
+                    or not all(isinstance(v, (int, float)) for v in values.values())
+                ):
+                    _warn(
+                        path,
+                        f"its entry for {describe(here)} does not hold this version's {family} constants",
+                        "profile",
+                    )
+                    continue
+                found[family, device_type] = (
+                    {k: float(v) for k, v in values.items()},
+                    f"profile {path} ({describe(here)})",
+                )
     if not matched and entries:
         machines = "; ".join(
             describe(e["machine"])
@@ -162,8 +176,11 @@ def load_constants(
     return found
 
 
-def save_constants(device_type: str, constants: dict[str, float], info: dict[str, Any] | None = None) -> Path:
-    """Add (or replace) this machine's entry of the profile; returns the profile's path."""
+def save_constants(
+    device_type: str, constants: dict[str, dict[str, float]], info: dict[str, Any] | None = None
+) -> Path:
+    """Add (or replace) this machine's entry of the profile (``constants``: family -> name ->
+    value; families not given keep what the entry had); returns the profile's path."""
     path = profile_path()
     try:
         data = _read(path, PROFILE_FORMAT)
@@ -171,71 +188,72 @@ def save_constants(device_type: str, constants: dict[str, float], info: dict[str
         _warn(path, f"{error}; it is replaced", "profile")
         data = None
     here = machine(device_type)
-    entries = [e for e in (data or {}).get("entries", []) if isinstance(e, dict) and e.get("machine") != here]
-    entries.append({"machine": here, "constants": constants, **(info or {})})
+    old = [e for e in (data or {}).get("entries", []) if isinstance(e, dict)]
+    kept = next((e.get("constants") for e in old if e.get("machine") == here), None)
+    merged = {**(kept if isinstance(kept, dict) else {}), **constants}
+    entries = [e for e in old if e.get("machine") != here]
+    entries.append({"machine": here, "constants": merged, **(info or {})})
     _write(path, {"format": PROFILE_FORMAT, "version": VERSION, "entries": entries})
     return path
 
 
-def _key_to_json(key: Key) -> dict[str, Any]:
-    mode, x_shape, z_shape, padding, stride, dilation, dtype, device_type, device_index, grad = key
-    return {
-        "mode": mode,
-        "x": list(x_shape),
-        "z": list(z_shape),
-        "padding": list(padding),
-        "stride": list(stride),
-        "dilation": list(dilation),
-        "dtype": str(dtype).removeprefix("torch."),
-        "device": device_type,
-        "index": device_index,
-        "grad": grad,
-    }
+def _to_json(value: Any) -> Any:
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, tuple):
+        return [_to_json(v) for v in value]
+    return value
 
 
-def _key_from_json(k: dict[str, Any]) -> Key:
-    dtype = getattr(torch, k["dtype"])
-    if not isinstance(dtype, torch.dtype):
-        raise TypeError(k["dtype"])
+def _from_json(value: Any, field: str) -> Any:
+    if field == "dtype":
+        dtype = getattr(torch, str(value))
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(value)
+        return dtype
+    if isinstance(value, list):
+        return tuple(_from_json(v, "") for v in value)
+    if not (value is None or type(value) in (int, str, bool)):
+        raise TypeError(value)
+    return value
 
-    def ints(v: Any, n: int) -> tuple[int, ...]:
-        if not (isinstance(v, list) and len(v) == n and all(type(i) is int for i in v)):
-            raise TypeError(v)
-        return tuple(v)
 
-    index = k["index"]
-    if not (index is None or type(index) is int) or type(k["grad"]) is not bool or type(k["mode"]) is not str:
+def key_to_json(family: str, key: Key) -> dict[str, Any]:
+    """A family's key (a named tuple) as JSON: its fields, and the family's name."""
+    return {"family": family, **{name: _to_json(v) for name, v in key._asdict().items()}}  # type: ignore[attr-defined]
+
+
+def key_from_json(k: dict[str, Any], key_types: dict[str, type]) -> Key:
+    """The key that :func:`key_to_json` wrote, of the family it names (``key_types``: family
+    name -> its key's named-tuple type); raises KeyError or TypeError if it is not one."""
+    key_type = key_types[k["family"]]
+    fields = key_type._fields  # type: ignore[attr-defined]
+    if set(k) != {"family", *fields}:
+        raise TypeError(f"fields {sorted(k)}")
+    key = key_type(**{name: _from_json(k[name], name) for name in fields})
+    if type(key.grad) is not bool or type(key.device_type) is not str:
         raise TypeError(k)
-    return (
-        k["mode"],
-        ints(k["x"], 4),
-        ints(k["z"], 4),
-        ints(k["padding"], 2),
-        ints(k["stride"], 2),
-        ints(k["dilation"], 2),
-        dtype,
-        str(k["device"]),
-        index,
-        k["grad"],
-    )
+    return key
 
 
-def save_tuning(path: str | os.PathLike, winners: dict[Key, str]) -> None:
-    """Write ``winners`` (planner key -> method) with the machine each was measured on."""
-    devices = sorted({key[7] for key in winners})
+def save_tuning(path: str | os.PathLike, winners: dict[Key, str], families: dict[type, str]) -> None:
+    """Write ``winners`` (a family's key -> option) with the machine each was measured on
+    (``families``: key type -> family name)."""
+    devices = sorted({key.device_type for key in winners})  # type: ignore[attr-defined]
     _write(
         Path(path),
         {
             "format": TUNING_FORMAT,
             "version": VERSION,
             "machines": {d: machine(d) for d in devices},
-            "winners": [{"key": _key_to_json(k), "method": m} for k, m in winners.items()],
+            "winners": [{"key": key_to_json(families[type(k)], k), "method": m} for k, m in winners.items()],
         },
     )
 
 
-def load_tuning(path: str | os.PathLike) -> dict[Key, str]:
-    """The winners of a tuning file measured on this machine; the rest is ignored with one warning."""
+def load_tuning(path: str | os.PathLike, key_types: dict[str, type]) -> dict[Key, str]:
+    """The winners of a tuning file measured on this machine (``key_types``: family name -> its
+    key type); the rest is ignored with one warning."""
     path = Path(path)
     try:
         data = _read(path, TUNING_FORMAT)
@@ -247,9 +265,10 @@ def load_tuning(path: str | os.PathLike) -> dict[Key, str]:
         winners: dict[Key, str] = {}
         foreign = set()
         for row in rows:
-            key = _key_from_json(row["key"])
-            if machines.get(key[7]) != machine(key[7]):
-                foreign.add(key[7])
+            key = key_from_json(row["key"], key_types)
+            device_type = key.device_type  # type: ignore[attr-defined]
+            if machines.get(device_type) != machine(device_type):
+                foreign.add(device_type)
                 continue
             winners[key] = str(row["method"])
     except _Unusable as error:

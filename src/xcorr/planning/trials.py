@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-Run = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Run = Callable[..., torch.Tensor]
 
 #: Calls that run the model's pick before other options are tried.
 SETTLE_CALLS = 3
@@ -70,7 +70,7 @@ class Trials:
     Args:
         options: the allowed options, the model's pick first, then by estimated cost.
         estimates: estimated seconds per option.
-        make_run: ``run(x, z)`` of an option.
+        make_run: ``run(*inputs)`` of an option.
         grad: whether the calls are followed by a backward pass.
         record: keeps the winner (the planner's measured winners).
     """
@@ -101,15 +101,24 @@ class Trials:
             run = self._runs[option] = self._make_run(option)
         return run
 
-    def __call__(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        if self.winner is not None:
-            return self._run_of(self.winner)(x, z)
-        with self._lock:
-            option = self._next()
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.call(None, *inputs)
+
+    def call(self, ran: list[str] | None, *inputs: torch.Tensor) -> torch.Tensor:
+        """The call on ``inputs``; the option that runs it is appended to ``ran`` (if given)."""
+        option = self.winner
         if option is None:
-            assert self.winner is not None
-            return self._run_of(self.winner)(x, z)
-        return self._timed(option, x, z)
+            with self._lock:
+                option = self._next()
+            if option is not None:
+                if ran is not None:
+                    ran.append(option)
+                return self._timed(option, *inputs)
+            option = self.winner
+            assert option is not None
+        if ran is not None:
+            ran.append(option)
+        return self._run_of(option)(*inputs)
 
     def _next(self) -> str | None:
         """The option of the next call, or None once the winner is kept."""
@@ -150,11 +159,11 @@ class Trials:
             if option != self.options[0] and self.budget is not None:
                 self.spent += seconds - self.timings[self.options[0]]
 
-    def _timed(self, option: str, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _timed(self, option: str, *inputs: torch.Tensor) -> torch.Tensor:
         run = self._run_of(option)
         if not self.grad:
             start = time.perf_counter()
-            out = run(x, z)
+            out = run(*inputs)
             self._note(option, time.perf_counter() - start)
             return out
         began: list[float] = []
@@ -167,9 +176,9 @@ class Trials:
 
         with self._lock:
             self._pending += 1
-        x, z = _Stopwatch.apply(done, x, z)
+        inputs = _Stopwatch.apply(done, *inputs)
         start = time.perf_counter()
-        out = run(x, z)
+        out = run(*inputs)
         forward = time.perf_counter() - start
         (out,) = _Stopwatch.apply(lambda: began.append(time.perf_counter()), out)
         return out

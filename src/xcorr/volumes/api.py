@@ -2,7 +2,8 @@
 
 Every cost volume (local correlation, the stereo volumes, the drop-ins of other packages) is one
 validated :class:`~xcorr.volumes.spec.VolumeSpec` and one call of :func:`correlate`, so the planner
-chooses the method for all of them (:func:`xcorr.planner.select_volume`):
+chooses the method for all of them (:func:`xcorr.volumes.family.select_volume`), and each
+validated call is kept per call signature, as :func:`xcorr.xcorr` keeps its own:
 
 * ``"shifted"``: one shifted product of the maps per displacement. Memory-light, and what
   ``"auto"`` picks while a graph is exported.
@@ -13,20 +14,17 @@ chooses the method for all of them (:func:`xcorr.planner.select_volume`):
 
 from __future__ import annotations
 
-from dataclasses import replace
+from typing import Any, Callable
 
 import torch
 
-from .. import planner
 from .._checks import check_choice
-from .._compute import compute_dtype, computed, needs_grad
-from ..volumes.spec import check_local_correlation, check_stereo_correlation
-from .backends import VOLUME_BACKENDS
-from .spec import VolumeSpec
+from .._compute import needs_grad
+from ..planning.engine import ENGINE, Bound, signature
+from .family import VOLUMES
+from .spec import VolumeSpec, check_local_correlation, check_stereo_correlation
 
 __all__ = ["correlate", "local_correlation", "stereo_correlation"]
-
-METHODS = ("auto", *VOLUME_BACKENDS)
 
 
 def correlate(f1: torch.Tensor, f2: torch.Tensor, spec: VolumeSpec, method: str = "auto") -> torch.Tensor:
@@ -36,7 +34,7 @@ def correlate(f1: torch.Tensor, f2: torch.Tensor, spec: VolumeSpec, method: str 
         f1 (Tensor[B, C, H, W]): first features, validated against ``spec``.
         f2 (Tensor[B, C, H, W]): second features, of ``f1``'s shape, dtype and device.
         spec (VolumeSpec): the problem.
-        method (str): ``"auto"`` (the planner decides), or one of :data:`METHODS`.
+        method (str): ``"auto"`` (the planner decides), or one of the methods of :data:`xcorr.volumes.family.VOLUMES`.
 
     Returns:
         Tensor[B, G, Py*Px, Ho, Wo] of ``f1``'s dtype; differentiable in ``f1`` and ``f2``. Half
@@ -49,13 +47,15 @@ def correlate(f1: torch.Tensor, f2: torch.Tensor, spec: VolumeSpec, method: str 
         >>> xcorr.volumes.correlate(f, f, spec)[0, 0, :, 1, 1]
         tensor([2., 2., 2., 2., 2., 2., 2., 2., 2.])
     """
-    method = check_choice(method, "method", METHODS)
-    if method == "auto":
-        # An empty batch runs no method (computed() makes its zeros): nothing to choose.
-        method = planner.select_volume(spec, needs_grad(f1, f2)) if spec.batch else METHODS[1]
-    run = VOLUME_BACKENDS[method].run
-    inner = replace(spec, dtype=compute_dtype(spec.dtype))
-    return computed(lambda a, b: run(a, b, inner), spec.out_shape, f1, f2)
+    method = check_choice(method, "method", VOLUMES.methods())
+    return ENGINE.bind(spec, needs_grad(f1, f2), method)(f1, f2)
+
+
+def bound(name: str, f1: Any, f2: Any, settings: tuple, check: Callable[[], VolumeSpec]) -> Bound:
+    """The bound call of the cost volume ``name`` of ``f1`` and ``f2`` with ``settings``,
+    validated by ``check`` once per call signature (see :func:`~xcorr.planning.engine.signature`):
+    what every cost-volume API runs."""
+    return ENGINE.cached(signature(name, (f1, f2), settings), lambda: ENGINE.bind(check(), needs_grad(f1, f2)))
 
 
 def local_correlation(
@@ -110,12 +110,11 @@ def local_correlation(
                 [0., 0., 0.],
                 [0., 1., 0.]])
     """
-    spec = check_local_correlation(
-        f1, f2, max_displacement, displacement_stride, stride, kernel_size, normalize, layout
-    )
-    out = correlate(f1, f2, spec).squeeze(1)
+    settings = (max_displacement, displacement_stride, stride, kernel_size, normalize, layout)
+    run = bound("local_correlation", f1, f2, settings, lambda: check_local_correlation(f1, f2, *settings))
+    out = run(f1, f2).squeeze(1)
     if layout == "grid":
-        P = spec.dy[2]
+        P = run.spec.dy[2]
         return out.unflatten(1, (P, P))
     return out
 
@@ -158,6 +157,8 @@ def stereo_correlation(
         >>> xcorr.stereo_correlation(torch.ones(2, 8, 5, 6), torch.ones(2, 8, 5, 6), 4, groups=2).shape
         torch.Size([2, 2, 4, 5, 6])
     """
-    spec = check_stereo_correlation(left, right, max_disparity, groups, normalize)
-    out = correlate(left, right, spec)
+    settings = (max_disparity, groups, normalize)
+    out = bound("stereo_correlation", left, right, settings, lambda: check_stereo_correlation(left, right, *settings))(
+        left, right
+    )
     return out if groups is not None else out.squeeze(1)

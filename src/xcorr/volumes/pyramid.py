@@ -15,20 +15,30 @@ the samples of one window share their fractional offset, so a window is a biline
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .._compute import compute_dtype, empty_result, needs_grad
 from .._tracing import tracing
-from ..planner import pyramid_level_dense, select_pyramid
-from ..volumes.spec import check_corr_coords, check_corr_pyramid
+from ..planning.engine import ENGINE, signature
+from .family import PyramidSpec, pyramid_level_dense
+from .spec import check_corr_coords, check_corr_pyramid
 
 #: Bytes of the temporaries of one chunk of an on-demand lookup, and of every backward pass: the
 #: gathered windows (pixels x taps x C) or a chunk of one level's scores (pixels x level pixels).
 #: 8 MiB keeps a chunk in cache: 64-pixel chunks of 100 taps x 256 channels (6.5 MB) took a third
 #: of the time of 1024-pixel ones (RAFT's level 0 at 46x62, 2-core AVX2 CPU).
 CHUNK_BYTES = 8 << 20
+
+
+def _method(f1: torch.Tensor, f2: torch.Tensor, num_levels: int, radius: int, method: str) -> str:
+    """The validated arguments' method, ``"auto"`` decided by the planning engine."""
+    method = check_corr_pyramid(f1, f2, num_levels, radius, method)
+    if method != "auto":
+        return method
+    return ENGINE.decide(PyramidSpec(tuple(f1.shape), num_levels, radius, compute_dtype(f1.dtype), f1.device))
 
 
 class CorrPyramid:
@@ -58,8 +68,8 @@ class CorrPyramid:
             correlates the looked-up windows at each lookup, in chunks of
             :data:`CHUNK_BYTES` (RAFT's ``AlternateCorrBlock``, in plain PyTorch, any dtype:
             at 136x240 its peak memory is a small fraction of the 5.7 GB of the volumes);
-            ``"auto"`` (default) asks :func:`xcorr.planner.select_pyramid`, which takes the
-            volumes while they fit :data:`xcorr.planner.PYRAMID_VOLUME_BYTES`.
+            ``"auto"`` (default) asks the planning engine, which takes the volumes while they
+            fit :data:`xcorr.volumes.family.PYRAMID_VOLUME_BYTES`.
 
     Lookups return float32 for float16, bfloat16 and float32 features (half precision is
     computed in float32, as RAFT's ``.float()`` returns it) and float64 for float64 ones;
@@ -84,39 +94,23 @@ class CorrPyramid:
     def __init__(
         self, f1: torch.Tensor, f2: torch.Tensor, num_levels: int = 4, radius: int = 4, *, method: str = "auto"
     ) -> None:
-        method = check_corr_pyramid(f1, f2, num_levels, radius, method)
+        self.method = ENGINE.cached(
+            signature("CorrPyramid", (f1, f2), (num_levels, radius, method)),
+            lambda: _method(f1, f2, num_levels, radius, method),
+        )
         self.num_levels, self.radius = num_levels, radius
         self.shape = tuple(f1.shape)
         self.dtype = compute_dtype(f1.dtype)
-        self.method = select_pyramid(self.shape, num_levels, self.dtype) if method == "auto" else method
         B, C, H, W = self.shape
         f1c, f2c = f1.to(self.dtype), f2.to(self.dtype)
         self._empty = (f1c, f2c) if B == 0 else None
         # f1's pixels as rows (B, H*W, C), the 1/sqrt(C) folded in; -1 keeps the batch symbolic.
         self._rows1 = _scaled_rows(f1c, 1.0 / math.sqrt(C))
-        self._sizes: list[tuple[int, int]] = []
-        self._tables: list[torch.Tensor] = []
-        self._volumes: list[torch.Tensor | None] = []
-        level = f2c
-        for index in range(num_levels):
-            if index:
-                level = F.avg_pool2d(level, 2, stride=2)
-            Hl, Wl = level.shape[-2:]
-            rows = level.permute(0, 2, 3, 1).reshape(-1, C)
-            # f2's pooled pixels as rows, and one row of zeros that stands for "outside".
-            self._tables.append(torch.cat([rows, rows.new_zeros(1, C)]))
-            self._sizes.append((Hl, Wl))
-            self._volumes.append(self._volume(self._tables[-1], Hl * Wl) if self.method == "all_pairs" else None)
-
-    def _volume(self, table: torch.Tensor, pixels: int) -> torch.Tensor | None:
-        if self._empty is not None:
-            return None
-        level = table[:-1].reshape(-1, pixels, table.shape[1])
-        if tracing():
-            # Plain operations: autograd differentiates the gathers from it.
-            return torch.bmm(self._rows1, level.transpose(1, 2))
-        with torch.no_grad():  # the backward pass of _Windows does not need it
-            return torch.bmm(self._rows1, level.transpose(1, 2))
+        all_pairs = self.method == "all_pairs" and B > 0
+        self._levels = [
+            _Level(size, table, _level_volume(self._rows1, table, size[0] * size[1]) if all_pairs else None)
+            for size, table in _pooled_tables(f2c, num_levels)
+        ]
 
     def __repr__(self) -> str:
         return (
@@ -135,43 +129,79 @@ class CorrPyramid:
             Tensor[B, num_levels*(2r+1)**2, H, W], float32 (float64 for float64 features).
         """
         B, C, H, W = self.shape
-        check_corr_coords(coords, self.shape, self._tables[0].device)
-        K = 2 * self.radius + 1
+        check_corr_coords(coords, self.shape, self._rows1.device)
+        window = (2 * self.radius + 1) ** 2
         if self._empty is not None:
-            return empty_result((0, self.num_levels * K * K, H, W), *self._empty, coords)
+            return empty_result((0, self.num_levels * window, H, W), *self._empty, coords)
         xy = coords.to(self.dtype).reshape(-1, 2, H * W)
-        grad = not tracing() and needs_grad(self._rows1, self._tables[0])
+        if tracing():
+            levels = [
+                _lookup(self._rows1, level, xy, index, self.radius, False) for index, level in enumerate(self._levels)
+            ]
+            traced = torch.cat(levels, dim=1) if len(levels) > 1 else levels[0]
+            return traced.reshape(-1, self.num_levels * window, H, W).contiguous()
+        grad = needs_grad(self._rows1, self._levels[0].table)
         # Eager lookups write each level into the output, holding no level's result besides.
-        out = None if tracing() else xy.new_empty(B, self.num_levels * K * K, H, W)
-        levels = []
-        for index in range(self.num_levels):
-            (Hl, Wl), table, volume = self._sizes[index], self._tables[index], self._volumes[index]
-            # Far outside, every tap is outside: clamping there keeps the integer taps small
-            # without changing a value (nor a gradient: it is zero there).
-            x = (xy[:, 0] / 2**index).clamp(-(self.radius + 2), Wl + self.radius + 1)
-            y = (xy[:, 1] / 2**index).clamp(-(self.radius + 2), Hl + self.radius + 1)
-            x0, y0 = x.floor(), y.floor()
-            local, valid = _taps(x0.long() - self.radius, y0.long() - self.radius, Hl, Wl, 2 * self.radius + 2)
-            # With the volumes built, the backward pass is dense too: per chunk of pixels, the
-            # taps' gradient scattered into a row of scores and two matrix products (RAFT's
-            # level 0 at 46x62: a third of the time of the windows' gathers and scattered adds).
-            dense = volume is not None or pyramid_level_dense(Hl * Wl, self.radius)
-            if grad:
-                taps = _Windows.apply(self._rows1, table, local, valid, volume, dense, (Hl, Wl))
-            elif tracing():
-                taps = _traced(self._rows1, table, local, valid, volume, dense, Hl * Wl)
-            else:
-                taps = _eager(self._rows1, table, local, valid, volume, dense, Hl * Wl)
-            samples = _blend(taps, x - x0, y - y0, 2 * self.radius + 2).reshape(-1, H * W, K * K).transpose(1, 2)
-            del taps, local, valid
-            if out is None:
-                levels.append(samples)
-            else:
-                out[:, index * K * K : (index + 1) * K * K].copy_(samples.reshape(B, K * K, H, W))
-        if out is not None:
-            return out
-        traced = torch.cat(levels, dim=1) if len(levels) > 1 else levels[0]
-        return traced.reshape(-1, self.num_levels * K * K, H, W).contiguous()
+        out = xy.new_empty(B, self.num_levels * window, H, W)
+        for index, level in enumerate(self._levels):
+            samples = _lookup(self._rows1, level, xy, index, self.radius, grad)
+            out[:, index * window : (index + 1) * window].copy_(samples.reshape(B, window, H, W))
+        return out
+
+
+class _Level(NamedTuple):
+    """One level of the pyramid: its size, ``f2`` pooled to it as a table of pixel rows with a
+    last row of zeros that stands for "outside" (B*Hl*Wl + 1, C), and its volume against ``f1``
+    (B, H*W, Hl*Wl) where the volumes are built."""
+
+    size: tuple[int, int]
+    table: torch.Tensor
+    volume: torch.Tensor | None
+
+
+def _pooled_tables(f2: torch.Tensor, num_levels: int) -> list[tuple[tuple[int, int], torch.Tensor]]:
+    """Each level's size and table (see :class:`_Level`): ``f2`` average pooled ``l`` times."""
+    C = f2.shape[1]
+    level, tables = f2, []
+    for index in range(num_levels):
+        if index:
+            level = F.avg_pool2d(level, 2, stride=2)
+        rows = level.permute(0, 2, 3, 1).reshape(-1, C)
+        tables.append(((level.shape[-2], level.shape[-1]), torch.cat([rows, rows.new_zeros(1, C)])))
+    return tables
+
+
+def _level_volume(rows1: torch.Tensor, table: torch.Tensor, pixels: int) -> torch.Tensor:
+    """The correlations (B, H*W, pixels) of ``f1``'s rows with every pixel of one level's table."""
+    level = table[:-1].reshape(-1, pixels, table.shape[1])
+    if tracing():
+        # Plain operations: autograd differentiates the gathers from it.
+        return torch.bmm(rows1, level.transpose(1, 2))
+    with torch.no_grad():  # the backward pass of _Windows does not need it
+        return torch.bmm(rows1, level.transpose(1, 2))
+
+
+def _lookup(rows1: torch.Tensor, level: _Level, xy: torch.Tensor, index: int, radius: int, grad: bool) -> torch.Tensor:
+    """The window samples (B, (2r+1)**2, P) of level ``index`` around ``xy / 2**index`` (B, 2, P)."""
+    (Hl, Wl), table, volume = level
+    n = 2 * radius + 2
+    # Far outside, every tap is outside: clamping there keeps the integer taps small without
+    # changing a value (nor a gradient: it is zero there).
+    x = (xy[:, 0] / 2**index).clamp(-(radius + 2), Wl + radius + 1)
+    y = (xy[:, 1] / 2**index).clamp(-(radius + 2), Hl + radius + 1)
+    x0, y0 = x.floor(), y.floor()
+    local, valid = _taps(x0.long() - radius, y0.long() - radius, Hl, Wl, n)
+    # With the volumes built, the backward pass is dense too: per chunk of pixels, the taps'
+    # gradient scattered into a row of scores and two matrix products (RAFT's level 0 at 46x62:
+    # a third of the time of the windows' gathers and scattered adds).
+    dense = volume is not None or pyramid_level_dense(Hl * Wl, radius)
+    if grad:
+        taps = _Windows.apply(rows1, table, local, valid, volume, dense, (Hl, Wl))
+    elif tracing():
+        taps = _traced(rows1, table, local, valid, volume, dense, Hl * Wl)
+    else:
+        taps = _eager(rows1, table, local, valid, volume, dense, Hl * Wl)
+    return _blend(taps, x - x0, y - y0, n).reshape(-1, xy.shape[-1], (n - 1) ** 2).transpose(1, 2)
 
 
 def _scaled_rows(f1: torch.Tensor, scale: float) -> torch.Tensor:

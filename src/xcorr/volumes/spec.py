@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,7 +14,6 @@ from .._checks import (
     check_feature_pair,
     check_non_negative_int,
     check_positive_int,
-    check_same_kind,
     check_tensor,
 )
 
@@ -64,12 +63,6 @@ class VolumeSpec:
     @property
     def out_shape(self) -> tuple[int, int, int, int, int]:
         return (self.batch, self.groups, self.displacements, *self.out_size)
-
-    def with_batch(self, batch: int) -> VolumeSpec:
-        """This problem with ``batch`` items (a chunk of the batch)."""
-        if batch == self.batch:
-            return self
-        return replace(self, shape=(batch, *self.shape[1:]))
 
     @property
     def extent(self) -> Pair:
@@ -189,22 +182,10 @@ def check_corr_pyramid(f1: Any, f2: Any, num_levels: Any, radius: Any, method: A
     (the volume is divided by sqrt(C)); every level halves (rounding down) the size of the one
     before, and the coarsest, ``2**(num_levels - 1)`` times smaller, must keep a pixel.
     """
-    check_tensor(f1, "f1", "B C H W")
-    check_tensor(f2, "f2", "B C H W")
-    check_same_kind(f1, f2, ("f1", "f2"))
-    if f1.shape != f2.shape:
-        raise ValueError(
-            f"f1 and f2 must have the same shape (B, C, H, W), got f1 {tuple(f1.shape)} and f2 {tuple(f2.shape)}"
-        )
+    _, _, H, W = check_feature_pair(f1, f2, ("f1", "f2"))
     check_positive_int(num_levels, "num_levels")
     check_positive_int(radius, "radius")
     method = check_choice(method, "method", PYRAMID_METHODS)
-    _, C, H, W = f1.shape
-    if C == 0:
-        raise ValueError(
-            f"f1 and f2 must have at least one channel (the correlation is divided by sqrt(C)), got shape "
-            f"{tuple(f1.shape)}"
-        )
     smallest = 2 ** (num_levels - 1)
     if H < smallest or W < smallest:
         raise ValueError(

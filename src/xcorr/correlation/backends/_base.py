@@ -1,13 +1,16 @@
-"""The record each backend module defines: what the planner and the ops need to know of a method."""
+"""The record each correlation backend module defines: how the method runs, and the rules the
+planner applies to it (where it runs, what it can compute exactly, what it costs)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from ..spec import Spec
+from ...planning.cost import Terms
+from ..spec import MODES, Spec
 
 #: ``run(x, z, spec)``: the correlation of validated inputs, differentiable in both.
 Run = Callable[[torch.Tensor, torch.Tensor, Spec], torch.Tensor]
@@ -21,23 +24,39 @@ Bind = Callable[[Spec, bool], Callable[[torch.Tensor, torch.Tensor], torch.Tenso
 
 @dataclass(frozen=True)
 class Backend:
-    """One method of computing :func:`xcorr.xcorr`.
+    """One method of computing :func:`xcorr.xcorr`, with the rules the planner applies to it.
 
     Attributes:
         name: the ``method=`` name.
         run: the plain form, also used while tracing (shapes may be symbolic there).
         prepare: the template plan form.
-        bind: the bound form; by default the plain form with its spec filled in.
+        bind: the bound form for eager calls of one signature.
+        devices: the device types it runs on (None: every one).
+        modes: the modes ``"auto"`` may choose it for (an explicit ``method=`` runs every mode).
+        exportable: whether ``"auto"`` may choose it while a graph is exported (no convolution
+            with a run-time weight, nothing that depends on the batch size).
+        fits: the memory rule: whether ``"auto"`` may choose it for a problem.
+        exact: the precision rule: whether it keeps the promised precision for a problem; where
+            it does not and another allowed method does, ``"auto"`` drops it.
+        terms: what its cost-model estimate counts (None: it wins only by measurement).
+        constants: its built-in cost constants (nanoseconds) per CPU capability (``"AVX2"``,
+            ``"AVX512"``), fitted by ``python -m xcorr fit``.
     """
 
     name: str
     run: Run
     prepare: Prepare
-    bind: Bind | None = None
+    bind: Bind
+    devices: tuple[str, ...] | None = None
+    modes: tuple[str, ...] = MODES
+    exportable: bool = False
+    fits: Callable[[Spec], bool] = lambda spec: True
+    exact: Callable[[Spec], bool] = lambda spec: True
+    terms: Callable[[Spec], Terms] | None = None
+    constants: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
-    def bound(self, spec: Spec, grad: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """``run(x, z)`` for eager calls of ``spec``'s signature."""
-        if self.bind is not None:
-            return self.bind(spec, grad)
-        run = self.run
-        return lambda x, z: run(x, z, spec)
+    def allowed(self, spec: Spec) -> bool:
+        """Whether ``"auto"`` may choose it for ``spec`` (devices, modes and memory)."""
+        return (
+            (self.devices is None or spec.device.type in self.devices) and spec.mode in self.modes and self.fits(spec)
+        )

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ..._compute import finite_footprint, needs_grad
+from ...planning.cost import Terms
+from ..adjoint import spread
 from ..spec import Pair, Spec
 from ._base import Backend
 
@@ -84,16 +86,6 @@ def tile_length(padded: int, span: int) -> int:
     if best != whole and best_cost > (1 - TILE_MIN_SAVING) * _transform_cost(whole):
         return whole
     return best
-
-
-def _spread(z: torch.Tensor, dilation: Pair) -> torch.Tensor:
-    dh, dw = dilation
-    if dh == dw == 1:
-        return z
-    Bz, Cz, h, w = z.shape
-    zd = z.new_zeros(Bz, Cz, dh * (h - 1) + 1, dw * (w - 1) + 1)
-    zd[:, :, ::dh, ::dw] = z
-    return zd
 
 
 def _combine(X: torch.Tensor, Zc: torch.Tensor, mode: str, k: int, overwrite: bool = False) -> torch.Tensor:
@@ -154,10 +146,10 @@ def _conjugate_spectrum(zd: torch.Tensor, L: Pair) -> torch.Tensor:
     return torch.fft.rfft2(zd, s=L).conj_physical_()
 
 
-class _Valid(torch.autograd.Function):
-    """Valid, stride-1 correlation of searches ``x`` (B, C, H, W), zero-padded by ``padding``,
-    with dilated templates ``zd`` (Bz, Cz, hd, wd) at transform length ``L``; ``Zc``, the
-    conjugate template spectrum, may come precomputed (template plans)."""
+class _SpectralCorrelation(torch.autograd.Function):
+    """Valid, stride-1 correlation in the frequency domain, at transform length ``L``, of searches
+    ``x`` (B, C, H, W), zero-padded by ``padding``, with dilated templates ``zd`` (Bz, Cz, hd, wd);
+    ``Zc``, the conjugate template spectrum, may come precomputed (template plans)."""
 
     @staticmethod
     def forward(ctx, x, zd, Zc, mode, L, padding):
@@ -347,15 +339,17 @@ def _spectrum(zd: torch.Tensor, L: Pair) -> torch.Tensor:
         return _conjugate_spectrum(zd, L)
 
 
-def _valid(x: torch.Tensor, zd: torch.Tensor, Zc: torch.Tensor | None, spec: Spec, layout: Layout) -> torch.Tensor:
+def _correlate_chunk(
+    x: torch.Tensor, zd: torch.Tensor, Zc: torch.Tensor | None, spec: Spec, layout: Layout
+) -> torch.Tensor:
     """Stride-1 valid correlation of one chunk, whole or in overlap-save tiles."""
     if layout.n == (1, 1):
-        return _Valid.apply(x, zd, Zc, spec.mode, layout.L, spec.padding)
+        return _SpectralCorrelation.apply(x, zd, Zc, spec.mode, layout.L, spec.padding)
     (ph, pw), (nh, nw), step = spec.padding, layout.n, layout.step
     B = x.shape[0]
     # Tiles of one item are consecutive, so they keep sharing that item's template.
     tiles = _tiles(F.pad(x, (pw, pw, ph, ph)), layout.T, step, layout.n)
-    y = _Valid.apply(tiles, zd, Zc, spec.mode, layout.L, (0, 0))
+    y = _SpectralCorrelation.apply(tiles, zd, Zc, spec.mode, layout.L, (0, 0))
     K = y.shape[1]
     y = y.reshape(B, nh, nw, K, *step).permute(0, 3, 1, 4, 2, 5).reshape(B, K, nh * step[0], nw * step[1])
     return y[..., : layout.valid[0], : layout.valid[1]]
@@ -373,7 +367,7 @@ def _run(
     """
 
     def windows(mask: torch.Tensor) -> torch.Tensor:
-        return _chunked(mask, _spread(mask.new_ones(spec.z_shape), spec.dilation), None, spec, layout, False)
+        return _chunked(mask, spread(mask.new_ones(spec.z_shape), spec.dilation), None, spec, layout, False)
 
     return finite_footprint(lambda x: _chunked(x, zd, Zd, spec, layout, grad), x, windows)
 
@@ -403,7 +397,7 @@ def _chunked(
             Zc = _spectrum(zc, layout.L)
         xc = x if whole else x[:, cs]
         for row, (i, t) in zip(rows, chunks):
-            y = _valid(xc[i], zc[t], None if Zc is None else Zc[t], spec, layout)
+            y = _correlate_chunk(xc[i], zc[t], None if Zc is None else Zc[t], spec, layout)
             if out is None:
                 row.append(y)
             elif mode == "depthwise":
@@ -419,14 +413,15 @@ def _chunked(
     return out[..., ::sh, ::sw].contiguous()
 
 
-def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
-    return _run(x, _spread(z, spec.dilation), None, spec, Layout.of(spec), needs_grad(x, z))
+def correlate(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
+    """The correlation of ``spec`` by real FFTs."""
+    return _run(x, spread(z, spec.dilation), None, spec, Layout.of(spec), needs_grad(x, z))
 
 
 def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor], torch.Tensor]:
     """Template plans: the template's spectrum is taken once, from ``z``'s values now; gradients
     still flow to ``z``."""
-    layout, zd = Layout.of(spec), _spread(z, spec.dilation)
+    layout, zd = Layout.of(spec), spread(z, spec.dilation)
     Zd = _spectrum(zd, layout.L)
     return lambda x: _run(x, zd, Zd, spec.with_batch(x.shape[0]), layout, needs_grad(x, zd))
 
@@ -434,7 +429,49 @@ def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor], torch.Tenso
 def bind(spec: Spec, grad: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Eager calls of one signature: the transform layout worked out once."""
     layout, dilation = Layout.of(spec), spec.dilation
-    return lambda x, z: _run(x, _spread(z, dilation), None, spec, layout, grad)
+    return lambda x, z: _run(x, spread(z, dilation), None, spec, layout, grad)
 
 
-BACKEND = Backend("fft", run=xcorr, prepare=prepare, bind=bind)
+def terms(spec: Spec) -> Terms:
+    """The cost model's counts: the transforms' points (times ``log2`` of their length) and the
+    frequency-domain products, over the overlap-save tiles, and the chunks of bounded memory."""
+    B, C = spec.x_shape[:2]
+    Bz, Cz = spec.z_shape[:2]
+    K = spec.out_channels
+    layout = Layout.of(spec)
+    (nh, nw), (Lh, Lw) = layout.n, layout.L
+    points, bins = Lh * Lw, Lh * (Lw // 2 + 1)
+    transforms = (B * nh * nw * (C + K) + Bz * Cz) * points * math.log2(points)
+    products = B * nh * nw * bins * (C * K if spec.mode == "upchannel" else C)
+    return Terms(
+        {"fft_call": 1.0, "fft_chunk": float(chunk_count(spec)), "fft_point": transforms, "fft_product": products},
+        "fft_backward",
+        wide="float64_fft",
+    )
+
+
+#: Built-in constants per CPU capability (see :data:`xcorr.correlation.backends.direct.CONSTANTS`).
+CONSTANTS = {
+    "AVX512": {
+        "fft_call": 393000.0,
+        "fft_chunk": 0.0,
+        "fft_point": 0.133,
+        "fft_product": 2.78,
+        "fft_backward": 1.8,
+        "float64_fft": 1.7,
+    },
+    "AVX2": {
+        "fft_call": 264000.0,
+        "fft_chunk": 60500.0,
+        "fft_point": 0.186,
+        "fft_product": 4.74,
+        "fft_backward": 1.73,
+        "float64_fft": 1.7,
+    },
+}
+
+
+#: Runs where ``torch.fft`` has kernels.
+BACKEND = Backend(
+    "fft", run=correlate, prepare=prepare, bind=bind, devices=("cpu", "cuda"), terms=terms, constants=CONSTANTS
+)

@@ -21,7 +21,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..._compute import itemsize
 from ..._tracing import tracing
+from ...planning.cost import Terms
 from ..spec import Spec
 from ._base import Backend
 
@@ -97,11 +99,10 @@ def _items_per_chunk(spec: Spec) -> int | None:
 def maps_bytes(spec: Spec) -> int:
     """Bytes of one search item's tap-by-pixel product maps (half precision runs in float32)."""
     Hp, Wp = spec.padded_search
-    itemsize = 8 if spec.dtype == torch.float64 else 4
-    return spec.out_channels * spec.z_shape[-2] * spec.z_shape[-1] * Hp * Wp * itemsize
+    return spec.out_channels * spec.z_shape[-2] * spec.z_shape[-1] * Hp * Wp * itemsize(spec.dtype)
 
 
-def _correlate(x: torch.Tensor, z: torch.Tensor, spec: Spec, index: torch.Tensor | None) -> torch.Tensor:
+def _correlate_chunk(x: torch.Tensor, z: torch.Tensor, spec: Spec, index: torch.Tensor | None) -> torch.Tensor:
     """One chunk; ``index`` is the tap index of ``spec``'s geometry (None in depthwise mode)."""
     ph, pw = spec.padding
     search = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
@@ -119,16 +120,17 @@ def _index(spec: Spec, device: torch.device) -> torch.Tensor | None:
 def _run(x: torch.Tensor, z: torch.Tensor, spec: Spec, index: torch.Tensor | None, items: int | None) -> torch.Tensor:
     """All chunks of ``items`` search items (None: one chunk); every chunk shares the geometry, so the index."""
     if items is None:
-        return _correlate(x, z, spec, index)
+        return _correlate_chunk(x, z, spec, index)
     if spec.templates == 1:
         pairs = [(xc, z) for xc in x.split(items)]
     else:
         t = max(1, items // spec.k)  # whole templates with all of their items
         pairs = list(zip(x.split(t * spec.k), z.split(t)))
-    return torch.cat([_correlate(xc, zc, spec.with_batch(xc.shape[0], zc.shape[0]), index) for xc, zc in pairs])
+    return torch.cat([_correlate_chunk(xc, zc, spec.with_batch(xc.shape[0], zc.shape[0]), index) for xc, zc in pairs])
 
 
-def xcorr(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
+def correlate(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
+    """The correlation of ``spec`` by matrix products and gathers."""
     return _run(x, z, spec, _index(spec, x.device), _items_per_chunk(spec))
 
 
@@ -150,4 +152,68 @@ def prepare(z: torch.Tensor, spec: Spec) -> Callable[[torch.Tensor], torch.Tenso
     return run
 
 
-BACKEND = Backend("gather", run=xcorr, prepare=prepare, bind=bind)
+#: "auto" takes gather only while one search item's tap-by-pixel product maps fit in this many
+#: bytes (it works in chunks of items).
+MAX_BYTES = 1 << 30
+
+
+def fits(spec: Spec) -> bool:
+    """The memory rule: one item's product maps fit :data:`MAX_BYTES`."""
+    return maps_bytes(spec) <= MAX_BYTES
+
+
+def terms(spec: Spec) -> Terms:
+    """The cost model's counts: the tap-by-pixel product maps written then gathered, the padded
+    search, and the matrix product's multiply-adds."""
+    B, C = spec.x_shape[:2]
+    h, w = spec.z_shape[-2:]
+    K = spec.out_channels
+    (Ho, Wo), (Hp, Wp) = spec.out_size, spec.padded_search
+    search = B * C * Hp * Wp
+    return Terms(
+        {
+            "gather_call": 1.0,
+            "gather_element": B * K * h * w * (Hp * Wp + Ho * Wo),
+            "gather_search": search,
+            "gather_mac": search * K * h * w,
+        },
+        "gather_backward",
+        wide="float64_gather",
+    )
+
+
+#: Built-in constants per CPU capability (see :data:`xcorr.correlation.backends.direct.CONSTANTS`).
+CONSTANTS = {
+    "AVX512": {
+        "gather_call": 106000.0,
+        "gather_element": 0.389,
+        "gather_search": 0.225,
+        "gather_mac": 0.00803,
+        "gather_backward": 2.61,
+        "float64_gather": 2.2,
+    },
+    "AVX2": {
+        "gather_call": 121.0,
+        "gather_element": 1.18,
+        "gather_search": 0.705,
+        "gather_mac": 0.0155,
+        "gather_backward": 1.73,
+        "float64_gather": 2.2,
+    },
+}
+
+
+#: What "auto" picks while exporting (no convolution takes a run-time weight: TensorRT and mobile
+#: runtimes refuse those), and only in the modes that sum over channels: its depthwise path is a
+#: loop over the taps, never faster than "direct" in eager PyTorch.
+BACKEND = Backend(
+    "gather",
+    run=correlate,
+    prepare=prepare,
+    bind=bind,
+    modes=("naive", "upchannel"),
+    exportable=True,
+    fits=fits,
+    terms=terms,
+    constants=CONSTANTS,
+)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from ...planning.cost import Terms
 from ..spec import VolumeSpec
 
 #: ``run(f1, f2, spec)``: the cost volume (B, G, Py*Px, Ho, Wo) of validated inputs, differentiable in both.
@@ -16,15 +18,25 @@ VolumeRun = Callable[[torch.Tensor, torch.Tensor, VolumeSpec], torch.Tensor]
 
 @dataclass(frozen=True)
 class VolumeBackend:
-    """One method of computing a cost volume (:func:`xcorr.volumes.correlate`).
+    """One method of computing a cost volume (:func:`xcorr.volumes.correlate`), with the rules
+    the planner applies to it.
 
     Attributes:
         name: the ``method=`` name.
         run: the computation, also used while tracing (shapes may be symbolic there).
+        exportable: whether ``"auto"`` may choose it while a graph is exported.
+        fits: whether ``"auto"`` may choose it for a problem.
+        terms: what its cost-model estimate counts (None: it wins only by measurement).
+        constants: its built-in cost constants (nanoseconds) per CPU capability; the ``"AVX2"``
+            set serves every other kind.
     """
 
     name: str
     run: VolumeRun
+    exportable: bool = False
+    fits: Callable[[VolumeSpec], bool] = lambda spec: True
+    terms: Callable[[VolumeSpec], Terms] | None = None
+    constants: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 def zero_extended(t: torch.Tensor, rows: tuple[int, int, int], cols: tuple[int, int, int]) -> torch.Tensor:
@@ -38,6 +50,11 @@ def zero_extended(t: torch.Tensor, rows: tuple[int, int, int], cols: tuple[int, 
     if top or left or bottom or right:
         t = F.pad(t, (left, right, top, bottom))
     return t[..., r0 + top : r1 + top : rs, c0 + left : c1 + left : cs]
+
+
+def window_taps(spec: VolumeSpec) -> int:
+    """The rows plus columns of the kernel's window that :func:`window_sum` adds (0 for one tap)."""
+    return 0 if spec.pointwise else spec.kernel[0] + spec.kernel[1]
 
 
 def window_sum(p: torch.Tensor, spec: VolumeSpec) -> torch.Tensor:

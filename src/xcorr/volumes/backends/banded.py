@@ -35,8 +35,9 @@ import torch
 
 from ..._compute import needs_grad
 from ..._tracing import tracing
+from ...planning.cost import Terms
 from ..spec import VolumeSpec
-from ._base import VolumeBackend, window_sum
+from ._base import VolumeBackend, window_sum, window_taps
 
 #: Bytes of one chunk's temporaries (the two tile operands and their product): small enough to stay
 #: in the last-level cache between the product and the band's copy (PWC-Net's level 2 ran 1.5x
@@ -115,8 +116,8 @@ def _axis(grid: tuple[int, int, int], d: tuple[int, int, int], tile: int) -> tup
 
 
 @dataclass(frozen=True)
-class Plan:
-    """A banded problem: the two axes, the groups, and the padding of the two inputs."""
+class TilePlan:
+    """How a banded problem is tiled: its two axes, the groups and channels, and the volume's scale."""
 
     y: Axis
     x: Axis
@@ -132,13 +133,14 @@ class Plan:
         return 4 * (C // G) * (M + N) + 4 * M * N
 
 
-def plan(spec: VolumeSpec, tiles: tuple[int, int] | None = None) -> tuple[Plan, tuple[bool, bool]]:
-    """The banded problem of ``spec`` with tiles of ``tiles`` (by default :func:`choose_tiles`)."""
+def tile_plan(spec: VolumeSpec) -> tuple[TilePlan, tuple[bool, bool]]:
+    """The tiling of ``spec`` (tiles of :func:`choose_tiles`), and whether its row and column
+    displacements run backwards."""
     rows, cols = spec.product_grid
-    th, tw = tiles if tiles is not None else choose_tiles(spec)
+    th, tw = choose_tiles(spec)
     y, fy = _axis(rows, spec.dy, th)
     x, fx = _axis(cols, spec.dx, tw)
-    return Plan(y, x, spec.groups, spec.channels, spec.scale), (fy, fx)
+    return TilePlan(y, x, spec.groups, spec.channels, spec.scale), (fy, fx)
 
 
 #: Positions of f1 per tile, at least (where a class has as many): narrower matrix products run
@@ -168,7 +170,7 @@ def choose_tiles(spec: VolumeSpec) -> tuple[int, int]:
     return best[2], best[3]
 
 
-def _valid(start: int, step: int, count: int, size: int) -> tuple[int, int]:
+def _index_range(start: int, step: int, count: int, size: int) -> tuple[int, int]:
     """The indices ``t0 ... t1-1`` of the positions ``start + t*step`` (``t < count``) inside ``[0, size)``."""
     t0 = -(start // step) if start < 0 else 0
     t1 = min(count, (size - 1 - start) // step + 1) if start <= size - 1 else 0
@@ -209,7 +211,7 @@ def _classed(
     (B, G, rows, cols, C/G): each group channels-last, so that a tile's row is one run of memory."""
     B, C, H, W = f.shape
     (r, rs, nr), (c, cs, nc) = rows, cols
-    (y0, y1), (x0, x1) = _valid(r, rs, nr, H), _valid(c, cs, nc, W)
+    (y0, y1), (x0, x1) = _index_range(r, rs, nr, H), _index_range(c, cs, nc, W)
     if _by_planes(B, groups, C) and y1 > y0 and x1 > x0:
         # The grid's part inside f, plane by plane, then placed among the zeros around it.
         Cg, ny, nx = C // groups, y1 - y0, x1 - x0
@@ -246,7 +248,7 @@ def _unclassed(
     """The adjoint of :func:`_classed`: add ``g`` (B, G, rows, cols, C/G) into ``grad`` (B, C, H, W)."""
     B, C, H, W = grad.shape
     (r, rs, nr), (c, cs, nc) = rows, cols
-    (y0, y1), (x0, x1) = _valid(r, rs, nr, H), _valid(c, cs, nc, W)
+    (y0, y1), (x0, x1) = _index_range(r, rs, nr, H), _index_range(c, cs, nc, W)
     if y1 > y0 and x1 > x0:
         dst = grad[..., r + y0 * rs : r + (y1 - 1) * rs + 1 : rs, c + x0 * cs : c + (x1 - 1) * cs + 1 : cs]
         G = g.shape[1]
@@ -265,9 +267,9 @@ def _unclassed(
         dst.add_(src * scale if scale != 1.0 else src)
 
 
-def _grids(plan: Plan, ay: int, ax: int) -> tuple[tuple, tuple, tuple, tuple]:
+def _grids(tiling: TilePlan, ay: int, ax: int) -> tuple[tuple, tuple, tuple, tuple]:
     """Rows and columns (start, step, count) of class ``(ay, ax)`` in f1 and in f2."""
-    y, x = plan.y, plan.x
+    y, x = tiling.y, tiling.x
     r1 = (y.f1_start(ay), y.lattice, y.tiles * y.tile)
     c1 = (x.f1_start(ax), x.lattice, x.tiles * x.tile)
     r2 = (y.f2_start(ay), y.dstep, y.f2_count(y.tiles))
@@ -275,10 +277,10 @@ def _grids(plan: Plan, ay: int, ax: int) -> tuple[tuple, tuple, tuple, tuple]:
     return r1, c1, r2, c2
 
 
-def _tiles_of(a: torch.Tensor, plan: Plan, t0: int, t1: int, out: torch.Tensor) -> torch.Tensor:
+def _tiles_of(a: torch.Tensor, tiling: TilePlan, t0: int, t1: int, out: torch.Tensor) -> torch.Tensor:
     """Tile rows ``t0 ... t1-1`` of a classed f1 copied into ``out``: (tiles, th*tw, C/G), in
     (item, group, tile row, tile) order."""
-    y, x = plan.y, plan.x
+    y, x = tiling.y, tiling.x
     a = a[:, :, t0 * y.tile : t1 * y.tile].unflatten(2, (t1 - t0, y.tile)).unflatten(4, (x.tiles, x.tile))
     a = a.permute(0, 1, 2, 4, 3, 5, 6)
     out = out[: a.shape[0] * a.shape[1] * a.shape[2] * a.shape[3]]
@@ -287,11 +289,11 @@ def _tiles_of(a: torch.Tensor, plan: Plan, t0: int, t1: int, out: torch.Tensor) 
 
 
 def _halos_of(
-    b: torch.Tensor, plan: Plan, t0: int, t1: int, out: torch.Tensor, flips: tuple[bool, bool] = (False, False)
+    b: torch.Tensor, tiling: TilePlan, t0: int, t1: int, out: torch.Tensor, flips: tuple[bool, bool]
 ) -> torch.Tensor:
     """The haloed f2 tiles of tile rows ``t0 ... t1-1`` of a classed f2 copied into ``out``: (tiles, Nh*Nw, C/G),
     each tile's rows (columns) in reverse order where ``flips`` says (see :func:`_band`)."""
-    y, x = plan.y, plan.x
+    y, x = tiling.y, tiling.x
     start = t0 * y.tile * y.m
     b = b[:, :, start : start + y.f2_count(t1 - t0)]
     b = b.unfold(2, y.halo, y.tile * y.m).unfold(3, x.halo, x.tile * x.m)  # (B, G, n, tiles_x, C/G, Nh, Nw)
@@ -303,12 +305,12 @@ def _halos_of(
     return out
 
 
-def _workspace(f: torch.Tensor, plan: Plan, chunks: list[tuple[int, int, int, int]]) -> tuple[torch.Tensor, ...]:
+def _workspace(f: torch.Tensor, tiling: TilePlan, chunks: list[tuple[int, int, int, int]]) -> tuple[torch.Tensor, ...]:
     """Buffers for the largest chunk's operands and product, reused by every chunk: a fresh
     temporary per chunk costs as much again in page faults."""
-    y, x = plan.y, plan.x
-    tiles = max((b1 - b0) * (t1 - t0) for b0, b1, t0, t1 in chunks) * plan.groups * x.tiles
-    M, N, K = y.tile * x.tile, y.halo * x.halo, plan.channels // plan.groups
+    y, x = tiling.y, tiling.x
+    tiles = max((b1 - b0) * (t1 - t0) for b0, b1, t0, t1 in chunks) * tiling.groups * x.tiles
+    M, N, K = y.tile * x.tile, y.halo * x.halo, tiling.channels // tiling.groups
     return f.new_empty(tiles, M, K), f.new_empty(tiles, N, K), f.new_empty(tiles, M, N)
 
 
@@ -317,7 +319,7 @@ def _flip_dims(flips: tuple[bool, bool]) -> list[int]:
     return [d for d, f in ((4, flips[0]), (5, flips[1])) if f]
 
 
-def _band(m: torch.Tensor, plan: Plan, batch: int, n: int, flips: tuple[bool, bool] = (False, False)) -> torch.Tensor:
+def _band(m: torch.Tensor, tiling: TilePlan, batch: int, n: int, flips: tuple[bool, bool]) -> torch.Tensor:
     """The band of the tile products ``m`` (tiles, th*tw, Nh*Nw), at the start of its storage:
     (B, G, n, tiles_x, th, tw, Py, Px).
 
@@ -325,12 +327,12 @@ def _band(m: torch.Tensor, plan: Plan, batch: int, n: int, flips: tuple[bool, bo
     displacement ``P-1-i`` of position ``r`` is then halo row ``Nh-Py - r*m + i``, a band with
     positive strides whose displacements come out in the volume's order (reversing the volume
     after took as long as the products: GwcNet)."""
-    y, x = plan.y, plan.x
+    y, x = tiling.y, tiling.x
     th, tw, Nh, Nw = y.tile, x.tile, y.halo, x.halo
     N = Nh * Nw
-    size = (batch, plan.groups, n, x.tiles, th, tw, y.P, x.P)
+    size = (batch, tiling.groups, n, x.tiles, th, tw, y.P, x.P)
     tile = th * tw * N
-    stride = (plan.groups * n * x.tiles * tile, n * x.tiles * tile, x.tiles * tile, tile)
+    stride = (tiling.groups * n * x.tiles * tile, n * x.tiles * tile, x.tiles * tile, tile)
     sy, sx = -1 if flips[0] else 1, -1 if flips[1] else 1
     # Both stay positive (Nh > m where th > 1, Nw > m where tw > 1); a size-1 dimension's is any.
     rows = max(0, tw * N + sy * y.m * Nw) if th > 1 else 0
@@ -340,11 +342,11 @@ def _band(m: torch.Tensor, plan: Plan, batch: int, n: int, flips: tuple[bool, bo
     return m.as_strided(size, (*stride, rows, cols, Nw, 1), offset)
 
 
-def chunking(plan: Plan, batch: int, itemsize: int) -> list[tuple[int, int, int, int]]:
+def chunking(tiling: TilePlan, batch: int, itemsize: int) -> list[tuple[int, int, int, int]]:
     """``(b0, b1, t0, t1)``: items and tile rows per chunk, under :data:`CHUNK_BYTES`. While
     tracing, every item is in each chunk (the batch may be symbolic; the graph must not depend on it)."""
-    per_row = plan.tile_bytes * itemsize // 4 * plan.groups * plan.x.tiles
-    T = plan.y.tiles
+    per_row = tiling.tile_bytes * itemsize // 4 * tiling.groups * tiling.x.tiles
+    T = tiling.y.tiles
     if batch == 0:
         return []
     if tracing():
@@ -360,52 +362,73 @@ def chunking(plan: Plan, batch: int, itemsize: int) -> list[tuple[int, int, int,
     return [(0, batch, 0, T)]
 
 
-def _grid(t: torch.Tensor, plan: Plan) -> torch.Tensor:
+def _grid(t: torch.Tensor, tiling: TilePlan) -> torch.Tensor:
     """The volume (B, G, Py, Px, rows, cols) as (B, G, Py, Px, tiles_y, th, classes_y, tiles_x, tw, classes_x):
     output row ``(t*th + r)*classes + a`` is row ``r`` of tile row ``t`` of class ``a``."""
-    y, x = plan.y, plan.x
-    return t.view(-1, plan.groups, y.P, x.P, y.tiles, y.tile, y.classes, x.tiles, x.tile, x.classes)
+    y, x = tiling.y, tiling.x
+    return t.view(-1, tiling.groups, y.P, x.P, y.tiles, y.tile, y.classes, x.tiles, x.tile, x.classes)
 
 
 def _forward(
     f1: torch.Tensor,
     f2: torch.Tensor,
-    plan: Plan,
-    kept: list[torch.Tensor] | None = None,
-    flips: tuple[bool, bool] = (False, False),
+    tiling: TilePlan,
+    kept: list[torch.Tensor] | None,
+    flips: tuple[bool, bool],
 ) -> torch.Tensor:
     """The volume (B, G, Py, Px, rows, cols) on whole tiles, its displacement axes reversed where
     ``flips`` says (see :func:`_band`); the classed inputs are appended to ``kept`` if given (the
     backward pass reads them again)."""
-    y, x, G = plan.y, plan.x, plan.groups
+    y, x, G = tiling.y, tiling.x, tiling.groups
     B = f1.shape[0]
     out = f1.new_empty(B, G, y.P, x.P, y.padded, x.padded)
-    grid = _grid(out, plan)
-    chunks = chunking(plan, B, f1.element_size())
-    wa, wb, wm = _workspace(f1, plan, chunks)
+    grid = _grid(out, tiling)
+    chunks = chunking(tiling, B, f1.element_size())
+    wa, wb, wm = _workspace(f1, tiling, chunks)
     for ay in range(y.classes):
         for ax in range(x.classes):
-            r1, c1, r2, c2 = _grids(plan, ay, ax)
-            a_cl, b_cl = _classed(f1, r1, c1, G, plan.scale), _classed(f2, r2, c2, G)
+            r1, c1, r2, c2 = _grids(tiling, ay, ax)
+            a_cl, b_cl = _classed(f1, r1, c1, G, tiling.scale), _classed(f2, r2, c2, G)
             if kept is not None:
                 kept += [a_cl, b_cl]
             for b0, b1, t0, t1 in chunks:
-                a, b = _tiles_of(a_cl[b0:b1], plan, t0, t1, wa), _halos_of(b_cl[b0:b1], plan, t0, t1, wb, flips)
+                a, b = _tiles_of(a_cl[b0:b1], tiling, t0, t1, wa), _halos_of(b_cl[b0:b1], tiling, t0, t1, wb, flips)
                 m = torch.bmm(a, b.transpose(1, 2), out=wm[: a.shape[0]])
-                band = _band(m, plan, b1 - b0, t1 - t0, flips)
+                band = _band(m, tiling, b1 - b0, t1 - t0, flips)
                 grid[b0:b1, :, :, :, t0:t1, :, ay, :, :, ax].copy_(band.permute(0, 1, 6, 7, 2, 4, 3, 5))
     return out
 
 
-def _add_halos(gb: torch.Tensor, g_cl: torch.Tensor, plan: Plan, b0: int, b1: int, t0: int, t1: int) -> None:
-    """Add the haloed tiles' gradients ``gb`` (tiles, Nh*Nw, C/G) into the classed f2 gradient ``g_cl``.
+def _put_tiles(ga: torch.Tensor, ga_cl: torch.Tensor, tiling: TilePlan, b0: int, b1: int, t0: int, t1: int) -> None:
+    """Write the tiles' gradients ``ga`` (tiles, th*tw, C/G) into tile rows ``t0 ... t1-1`` of the
+    classed f1 gradient ``ga_cl``: the adjoint of :func:`_tiles_of`."""
+    y, x, n = tiling.y, tiling.x, t1 - t0
+    ga = ga.reshape(b1 - b0, tiling.groups, n, x.tiles, y.tile, x.tile, -1)
+    dst = ga_cl[b0:b1, :, t0 * y.tile : t1 * y.tile].unflatten(2, (n, y.tile))
+    dst.unflatten(4, (x.tiles, x.tile)).copy_(ga.permute(0, 1, 2, 4, 3, 5, 6))
+
+
+def _add_halos(
+    gb: torch.Tensor,
+    g_cl: torch.Tensor,
+    tiling: TilePlan,
+    b0: int,
+    b1: int,
+    t0: int,
+    t1: int,
+    flips: tuple[bool, bool],
+) -> None:
+    """Add the haloed tiles' gradients ``gb`` (tiles, Nh*Nw, C/G), reversed where ``flips`` says,
+    into the classed f2 gradient ``g_cl``: the adjoint of :func:`_halos_of`.
 
     Tiles step ``sy = th*m`` rows and ``sx = tw*m`` columns, so block ``(ky, kx)`` of every tile
     (rows ``ky*sy ...``, columns ``kx*sx ...`` of it) lands on a grid of its own, without overlap:
     one strided add per block."""
-    y, x, G = plan.y, plan.x, plan.groups
+    y, x, G = tiling.y, tiling.x, tiling.groups
     sy, sx, n = y.tile * y.m, x.tile * x.m, t1 - t0
     gb = gb.reshape(b1 - b0, G, n, x.tiles, y.halo, x.halo, -1)
+    if flips[0] or flips[1]:  # back to the halos' own order
+        gb = gb.flip(_flip_dims(flips))
     for ky in range(-(-y.halo // sy)):
         hk = min(sy, y.halo - ky * sy)
         rows = g_cl[b0:b1, :, (t0 + ky) * sy : (t0 + ky + n) * sy].unflatten(2, (n, sy))[:, :, :, :hk]
@@ -416,50 +439,65 @@ def _add_halos(gb: torch.Tensor, g_cl: torch.Tensor, plan: Plan, b0: int, b1: in
             dst.add_(src.permute(0, 1, 2, 4, 3, 5, 6))
 
 
+def _class_gradients(
+    g_class: torch.Tensor,
+    a_cl: torch.Tensor,
+    b_cl: torch.Tensor,
+    tiling: TilePlan,
+    chunks: list[tuple[int, int, int, int]],
+    workspace: tuple[torch.Tensor, ...],
+    needs: tuple,
+    flips: tuple[bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of one class's classed f1 and f2 (``a_cl``, ``b_cl``) where ``needs`` says,
+    from its output gradient ``g_class`` (B, G, Py, Px, tiles_y, th, tiles_x, tw). Per chunk, the
+    output gradient fills the band of the product's gradient, which then meets each operand in one
+    product. The f2 gradient has room for the last tiles' blocks past the halo's end (they add
+    zeros there)."""
+    y, x = tiling.y, tiling.x
+    wa, wb, wm = workspace
+    sy, sx = y.tile * y.m, x.tile * x.m
+    ga_cl = torch.empty_like(a_cl) if needs[0] else None
+    rows, cols = (y.tiles + -(-y.halo // sy)) * sy, (x.tiles + -(-x.halo // sx)) * sx
+    gb_cl = a_cl.new_zeros(a_cl.shape[0], tiling.groups, rows, cols, a_cl.shape[-1]) if needs[1] else None
+    for b0, b1, t0, t1 in chunks:
+        a, b = _tiles_of(a_cl[b0:b1], tiling, t0, t1, wa), _halos_of(b_cl[b0:b1], tiling, t0, t1, wb, flips)
+        chunk = g_class[b0:b1, :, :, :, t0:t1].permute(0, 1, 4, 6, 5, 7, 2, 3)
+        _band(wm, tiling, b1 - b0, t1 - t0, flips).copy_(chunk)
+        grad = wm[: a.shape[0]]
+        if ga_cl is not None:
+            _put_tiles(torch.bmm(grad, b), ga_cl, tiling, b0, b1, t0, t1)
+        if gb_cl is not None:
+            _add_halos(torch.bmm(grad.transpose(1, 2), a), gb_cl, tiling, b0, b1, t0, t1, flips)
+    return ga_cl, gb_cl
+
+
 def _backward(
     g: torch.Tensor,
     classed: list[torch.Tensor],
     shape: tuple[int, ...],
-    plan: Plan,
+    tiling: TilePlan,
     needs: tuple,
-    flips: tuple[bool, bool] = (False, False),
+    flips: tuple[bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The gradients of f1 and f2 (of ``shape``) where ``needs`` says, from the output gradient
-    ``g`` and the classed inputs of the forward pass."""
-    y, x, G = plan.y, plan.x, plan.groups
-    B = shape[0]
-    grid = _grid(g.contiguous(), plan)
+    ``g`` and the classed inputs of the forward pass (f1's and f2's of each class, in turn)."""
+    y, x = tiling.y, tiling.x
+    grid = _grid(g.contiguous(), tiling)
     g1 = g.new_zeros(shape) if needs[0] else None
     g2 = g.new_zeros(shape) if needs[1] else None
-    chunks = chunking(plan, B, g.element_size())
-    wa, wb, full = _workspace(g, plan, chunks)
+    chunks = chunking(tiling, shape[0], g.element_size())
+    workspace = _workspace(g, tiling, chunks)
     # The product's gradient is zero off the band, whose places are the same in every chunk.
-    full.zero_()
-    sy, sx = y.tile * y.m, x.tile * x.m
+    workspace[2].zero_()
     for ay in range(y.classes):
         for ax in range(x.classes):
-            r1, c1, r2, c2 = _grids(plan, ay, ax)
+            r1, c1, r2, c2 = _grids(tiling, ay, ax)
             a_cl, b_cl = classed[2 * (ay * x.classes + ax)], classed[2 * (ay * x.classes + ax) + 1]
-            ga_cl = torch.empty_like(a_cl) if g1 is not None else None
-            # Room for the last tiles' blocks past the halo's end (they add zeros there).
-            rows, cols = (y.tiles + -(-y.halo // sy)) * sy, (x.tiles + -(-x.halo // sx)) * sx
-            gb_cl = a_cl.new_zeros(B, G, rows, cols, a_cl.shape[-1]) if g2 is not None else None
-            for b0, b1, t0, t1 in chunks:
-                n, items = t1 - t0, b1 - b0
-                a, b = _tiles_of(a_cl[b0:b1], plan, t0, t1, wa), _halos_of(b_cl[b0:b1], plan, t0, t1, wb, flips)
-                chunk = grid[b0:b1, :, :, :, t0:t1, :, ay, :, :, ax].permute(0, 1, 4, 6, 5, 7, 2, 3)
-                _band(full, plan, items, n, flips).copy_(chunk)
-                if ga_cl is not None:
-                    ga = torch.bmm(full[: a.shape[0]], b).reshape(items, G, n, x.tiles, y.tile, x.tile, -1)
-                    dst = ga_cl[b0:b1, :, t0 * y.tile : t1 * y.tile].unflatten(2, (n, y.tile))
-                    dst.unflatten(4, (x.tiles, x.tile)).copy_(ga.permute(0, 1, 2, 4, 3, 5, 6))
-                if gb_cl is not None:
-                    gb = torch.bmm(full[: a.shape[0]].transpose(1, 2), a)
-                    if flips[0] or flips[1]:  # back to the halos' own order
-                        gb = gb.view(items, G, n, x.tiles, y.halo, x.halo, -1).flip(_flip_dims(flips))
-                    _add_halos(gb, gb_cl, plan, b0, b1, t0, t1)
+            g_class = grid[..., ay, :, :, ax]
+            ga_cl, gb_cl = _class_gradients(g_class, a_cl, b_cl, tiling, chunks, workspace, needs, flips)
             if g1 is not None and ga_cl is not None:
-                _unclassed(ga_cl, g1, r1, c1, plan.scale)
+                _unclassed(ga_cl, g1, r1, c1, tiling.scale)
             if g2 is not None and gb_cl is not None:
                 _unclassed(gb_cl, g2, r2, c2)
     return g1, g2
@@ -467,24 +505,23 @@ def _backward(
 
 class _Banded(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, f1, f2, plan, flips):
+    def forward(ctx, f1, f2, tiling, flips):
         kept: list[torch.Tensor] = []
-        out = _forward(f1, f2, plan, kept, flips)
+        out = _forward(f1, f2, tiling, kept, flips)
         ctx.save_for_backward(*kept)
-        ctx.plan, ctx.shape, ctx.flips = plan, tuple(f1.shape), flips
+        ctx.tiling, ctx.shape, ctx.flips = tiling, tuple(f1.shape), flips
         return out
 
     @staticmethod
     def backward(ctx, g):
-        g1, g2 = _backward(g, list(ctx.saved_tensors), ctx.shape, ctx.plan, ctx.needs_input_grad[:2], ctx.flips)
+        g1, g2 = _backward(g, list(ctx.saved_tensors), ctx.shape, ctx.tiling, ctx.needs_input_grad[:2], ctx.flips)
         return g1, g2, None, None
 
 
-def run_plan(
-    f1: torch.Tensor, f2: torch.Tensor, spec: VolumeSpec, plan: Plan, flips: tuple[bool, bool]
-) -> torch.Tensor:
-    """The volume of ``spec`` by ``plan`` (see :func:`plan`)."""
-    out = _Banded.apply(f1, f2, plan, flips) if needs_grad(f1, f2) else _forward(f1, f2, plan, None, flips)
+def cost_volume(f1: torch.Tensor, f2: torch.Tensor, spec: VolumeSpec) -> torch.Tensor:
+    """The cost volume of ``spec`` as tiled products (see :func:`tile_plan`)."""
+    tiling, flips = tile_plan(spec)
+    out = _Banded.apply(f1, f2, tiling, flips) if needs_grad(f1, f2) else _forward(f1, f2, tiling, None, flips)
     (_, _, nr), (_, _, nc) = spec.product_grid
     if out.shape[-2] != nr or out.shape[-1] != nc:
         out = out[..., :nr, :nc]
@@ -492,9 +529,46 @@ def run_plan(
     return out.contiguous()
 
 
-def volume(f1: torch.Tensor, f2: torch.Tensor, spec: VolumeSpec) -> torch.Tensor:
-    banded, flips = plan(spec)
-    return run_plan(f1, f2, spec, banded, flips)
+def fits(spec: VolumeSpec) -> bool:
+    """The band needs distinct displacements along each axis (a step of 0 repeats one)."""
+    return not ((spec.dy[1] == 0 and spec.dy[2] > 1) or (spec.dx[1] == 0 and spec.dx[2] > 1))
 
 
-VOLUME_BACKEND = VolumeBackend("banded", run=volume)
+def terms(spec: VolumeSpec) -> Terms:
+    """The cost model's counts: a few operations per chunk of tiles, the tile products'
+    multiply-adds (the band's and the waste's: the copies of the operands grow with them), and
+    the elements of the volume copied out of them."""
+    B, C = spec.shape[:2]
+    G, P = spec.groups, spec.displacements
+    Ho, Wo = spec.out_size
+    tiling, _ = tile_plan(spec)
+    y, x = tiling.y, tiling.x
+    classes = y.classes * x.classes
+    tiles = B * G * classes * y.tiles * x.tiles
+    M, N, K = y.tile * x.tile, y.halo * x.halo, C // G
+    return Terms(
+        {
+            "banded_call": 1.0,
+            "banded_chunk": float(classes * len(chunking(tiling, B, 4))),
+            "banded_mac": float(tiles * M * N * K),
+            "banded_band": float(B * G * P * y.padded * x.padded + B * G * P * Ho * Wo * (1 + window_taps(spec))),
+        },
+        "banded_backward",
+        wide="banded_float64",
+    )
+
+
+#: Built-in constants (see :data:`xcorr.volumes.backends.shifted.CONSTANTS`).
+CONSTANTS = {
+    "AVX2": {
+        "banded_call": 260000.0,
+        "banded_chunk": 290000.0,
+        "banded_mac": 0.104,
+        "banded_band": 1.70,
+        "banded_backward": 1.97,
+        "banded_float64": 2.0,
+    }
+}
+
+
+VOLUME_BACKEND = VolumeBackend("banded", run=cost_volume, fits=fits, terms=terms, constants=CONSTANTS)

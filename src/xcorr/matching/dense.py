@@ -1,0 +1,305 @@
+"""The unmasked scores: one correlation numerator and box-filtered window statistics.
+
+The correlation goes through :func:`xcorr.xcorr` (the planner chooses the method; channels summed,
+memory bounded by the backends' chunking), and the window sums and sums of squares come from box
+filters accumulated in float64, so the variance of a window survives even where it is tiny next to
+its mean. For float32 ``ccoeff`` the box filters run in float32 wherever a rounding bound shows the
+scores keep their precision, and in float64 elsewhere.
+
+Precision tricks, each exact in arithmetic:
+
+* ``ccoeff``: the template is centred, and each image shifted by its own mean, so the
+  correlation never subtracts two large numbers (``sum I*T' == sum (I - c)*T'`` when
+  ``sum T' == 0``).
+* ``sqdiff``: image and template are shifted by the template's mean before the expansion
+  ``sum T^2 - 2 sum I*T + sum I^2``, which leaves ``I - T`` unchanged.
+
+**Normed scores are exact on dark and flat windows.** A float32 FFT numerator's rounding error is
+about the same at every window (it scales with the energy of the whole transform), and a normed
+score divides it by the window's own spread, which is tiny on a dark or flat window. Each
+window's error gets a bound (:class:`_Rounding`: calibrated on photographs for FFT, the classic
+summation bound for the other methods); where the bound over the denominator may pass
+:data:`NUMERATOR_ERROR`, the numerator is correlated again in float64 (the bounding box of those
+windows, piece by piece). Every normed score is then within 2e-4 of its float64 value; on
+photographs few windows, often none, need it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..correlation import api as correlation
+from ..correlation.api import xcorr
+from ..correlation.family import CORRELATION, PER_PASS
+from .normalise import FLAT_TEMPLATE, _normalise
+from .rounding import _FLOAT32_UNIT, _Rounding
+
+#: Largest change of a normed score that the float32 numerator's rounding may cause; windows where
+#: it could be more are correlated again in float64. With :data:`_FAST_ERROR` (float32 window
+#: sums) and the float32 result's rounding, every normed score stays within 2e-4 of float64.
+NUMERATOR_ERROR = 5e-5
+
+# Box filters run on pieces of about this many elements: float64 temporaries then stay in cache
+# and below the size from which every allocation maps fresh, zero-filled pages.
+_PIECE = 1 << 19
+
+# Largest change of a ``ccoeff_normed`` score that float32 window sums may cause (half the
+# tolerance against OpenCV); see _centred_energy_fast.
+_FAST_ERROR = 1e-4
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """What the pieces of one unmasked call share.
+
+    Attributes:
+        x: the images (N, C, H, W); ``xs``, ``zs``: image and template as correlated (shifted).
+        num: the correlation of ``xs`` with ``zs`` (N, 1, H', W').
+        method: the score; ``k``: images per template.
+        tz2: (N,) float64 ``sum zs^2`` of each image's template.
+        tnorm: (N,) float64 the template's norm in the denominator (``zs``'s for ``ccoeff``).
+        flat: (N,) whether each image's template is flat (``ccoeff_normed``; else None).
+        rounding: the numerator's error bound, or None where it needs none (float64, unnormed).
+    """
+
+    x: torch.Tensor
+    xs: torch.Tensor
+    zs: torch.Tensor
+    num: torch.Tensor
+    method: str
+    k: int
+    tz2: torch.Tensor
+    tnorm: torch.Tensor
+    flat: torch.Tensor | None
+    rounding: _Rounding | None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.zs.shape[-2], self.zs.shape[-1]
+
+    def scale(self, images: slice) -> torch.Tensor:
+        return self.tnorm[images].view(-1, 1, 1, 1)
+
+    def energy(self, rows: slice, images: slice) -> torch.Tensor:
+        """The piece's window sums of squares of the image itself (unshifted), in float64."""
+        return _box(_squares(self.x[images, :, rows].double()), *self.size)
+
+    def numerator(
+        self, rows: slice, images: slice, den2: torch.Tensor, s2: torch.Tensor, factor: float = 1
+    ) -> torch.Tensor:
+        """The piece's numerators, correlated again in float64 at the windows where ``factor``
+        times the rounding bound may pass :data:`NUMERATOR_ERROR` of the denominator
+        ``tnorm * sqrt(den2)``; ``s2`` is the window's sum of squares of ``xs``."""
+        h, _ = self.size
+        num = self.num[images, :, rows.start : rows.stop - h + 1]
+        if self.rounding is None:
+            return num
+        limit = NUMERATOR_ERROR / factor * self.scale(images)
+        spread, local = self.rounding.spread[images] / limit, self.rounding.local[images] / limit
+        # Flat windows (den2 = 0) score the worst score whatever their numerator. One reduction
+        # settles the common case, where no window is near the bound (0.1 ms at 961x961, where
+        # a comparison map and its any() take 1.1 ms).
+        if bool((local == 0).all()):
+            if not bool((den2.flatten(1).amin(1).view(-1, 1, 1, 1) < spread * spread).any()):
+                return num
+            inexact = den2 < spread * spread
+        else:
+            inexact = den2 < (spread + local * s2.sqrt()) ** 2
+        inexact &= den2 > 0
+        if not bool(inexact.any()):
+            return num
+        return self._recomputed(num, inexact, rows, images)
+
+    def _recomputed(self, num: torch.Tensor, inexact: torch.Tensor, rows: slice, images: slice) -> torch.Tensor:
+        """``num`` in float64, exact over the bounding box of each image's ``inexact`` windows."""
+        h, w = self.size
+        out = num.double()
+        for j in torch.nonzero(inexact.flatten(1).any(1)).flatten().tolist():
+            r, c = torch.nonzero(inexact[j, 0], as_tuple=True)
+            r0, r1, c0, c1 = int(r.min()), int(r.max()) + 1, int(c.min()), int(c.max()) + 1
+            n = images.start + j
+            top = rows.start + r0
+            crop = self.xs[n : n + 1, :, top : top + r1 - r0 + h - 1, c0 : c1 + w - 1].double()
+            out[j : j + 1, :, r0:r1, c0:c1] = xcorr(crop, self.zs[n // self.k : n // self.k + 1].double())
+        return out
+
+
+def _correlated(x: torch.Tensor, z: torch.Tensor, family: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image and template as ``family`` correlates them: shifted so that no large mean enters the
+    rounding (see the module's precision tricks)."""
+    if family == "ccoeff":
+        return x - x.detach().mean((2, 3), keepdim=True), z - z.mean((2, 3), keepdim=True)
+    if family == "sqdiff":
+        shift = z.detach().mean((2, 3), keepdim=True)
+        return x - shift.repeat_interleave(k, 0), z - shift
+    return x, z
+
+
+def _numerator(xs: torch.Tensor, zs: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """The correlation of ``xs`` with ``zs`` through :func:`xcorr.xcorr`'s bound call (kept per
+    call signature, repeated calls trying the options), and the backend whose forward computed
+    it: the numerator's error bound depends on it."""
+    bound = correlation.bound(xs, zs, "naive")
+    num, option = bound.call(xs, zs)
+    return num, CORRELATION.passes(option, bound.spec).forward if option == PER_PASS else option
+
+
+def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tensor:
+    family, normed = method.split("_")[0], method.endswith("_normed")
+    N, C, H, W = x.shape
+    h = z.shape[2]
+    xs, zs = _correlated(x, z, family, k)
+    num, chosen = _numerator(xs, zs)
+    if method in ("ccorr", "ccoeff"):
+        return num
+    tz2 = (zs.double() ** 2).sum((1, 2, 3)).repeat_interleave(k)
+    tnorm = tz2.sqrt() if family == "ccoeff" else (z.double() ** 2).sum((1, 2, 3)).sqrt().repeat_interleave(k)
+    flat = _flat_templates(z).repeat_interleave(k) if method == "ccoeff_normed" else None
+    rounding = _Rounding.of(xs, zs, num, chosen, k) if normed and num.dtype == torch.float32 else None
+    problem = _Problem(x, xs, zs, num, method, k, tz2, tnorm, flat, rounding)
+    score = {"ccorr": _ccorr_piece, "ccoeff": _ccoeff_piece, "sqdiff": _sqdiff_piece}[family]
+    # Float32 window sums (ccoeff) take pieces of as many bytes, so twice the elements.
+    piece = 2 * _PIECE if family == "ccoeff" and x.dtype == torch.float32 else _PIECE
+    pieces = [(images, score(problem, rows, images)) for rows, images in _pieces(N, C, H, W, h, piece)]
+    return _assemble(pieces, x.dtype)
+
+
+def _ccorr_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
+    """``ccorr_normed`` on one piece: the window's energy is the denominator's."""
+    energy = p.energy(rows, images)
+    num = p.numerator(rows, images, energy, energy)
+    return _normalise(num, energy, p.scale(images), p.method)
+
+
+def _ccoeff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
+    """``ccoeff_normed`` on one piece, OpenCV's flat-template rule included."""
+    h, w = p.size
+    band = p.xs[images, :, rows]
+    sums: tuple[torch.Tensor, torch.Tensor] | None = None
+    if band.dtype == torch.float32:
+        sums = _centred_energy_fast(band, h, w)
+    if sums is None:
+        band = band.double()
+        s2 = _box(_squares(band), h, w)
+        sums = _centred_energy(_box(band, h, w), s2, h * w), s2
+    diff2, s2 = sums
+    num = p.numerator(rows, images, diff2, s2)
+    score = _normalise(num, diff2, p.scale(images), p.method, lambda: p.energy(rows, images))
+    assert p.flat is not None  # ccoeff_normed's problems have the flat-template rule
+    flat = p.flat[images]
+    if bool(flat.any()):
+        score = torch.where(flat.view(-1, 1, 1, 1), torch.ones_like(score), score)
+    return score
+
+
+def _flat_templates(z: torch.Tensor) -> torch.Tensor:
+    """OpenCV's flat templates, centred in float64 as OpenCV does: a constant float32 template
+    centred in float32 keeps rounding residues (a variance near 1e-16) and would pass for a
+    non-flat one."""
+    z64 = z.detach().double()
+    h, w = z.shape[-2:]
+    return ((z64 - z64.mean((2, 3), keepdim=True)) ** 2).sum((1, 2, 3)) / (h * w) < FLAT_TEMPLATE
+
+
+def _sqdiff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
+    """``sqdiff`` or ``sqdiff_normed`` on one piece, from ``sum T^2 - 2 sum I*T + sum I^2``."""
+    h, w = p.size
+    sq = _box(_squares(p.xs[images, :, rows].double()), h, w)
+    tz2 = p.tz2[images].view(-1, 1, 1, 1)
+    if p.method == "sqdiff":
+        return (tz2 - 2 * p.numerator(rows, images, sq, sq) + sq).clamp_min(0)
+    energy = p.energy(rows, images)
+    num = p.numerator(rows, images, energy, sq, factor=2)
+    return _normalise((tz2 - 2 * num + sq).clamp_min(0), energy, p.scale(images), p.method)
+
+
+def _centred_energy(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
+    """``sum (I - mean)^2`` over each window from its sums ``s1`` (per channel) and ``s2``."""
+    if s1.shape[1] == 1:
+        return torch.addcmul(s2, s1, s1, value=-1 / n)
+    return s2 - (s1 * s1).sum(1, keepdim=True) / n
+
+
+def _centred_energy_fast(band: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`_centred_energy` of a float32 ``band`` with float32 window sums, and the window
+    sums of squares ``s2``; or None.
+
+    Sums by doubling (:func:`_slide`, down the rows, then along them) round each window sum by
+    at most ``gamma = 2 (ceil(log2 h) + ceil(log2 w) + 1)`` float32 units of its sum of
+    magnitudes, so ``s2`` and ``s1^2 / n`` are off by at most ``gamma * s2`` and ``2 gamma * s2``.
+    Where the variance left after the subtraction is at least ``3 gamma / (2 * _FAST_ERROR)`` of
+    ``s2``, that moves a normed score by at most ``_FAST_ERROR``; elsewhere (a low-contrast
+    window on a bright image, say) the float64 path redoes the piece (None). Half the bytes
+    of float64 and no prefix sums, whose float32 rounding would grow with the image.
+    """
+    gamma = 2 * ((h - 1).bit_length() + (w - 1).bit_length() + 1) * _FLOAT32_UNIT
+    s1 = _slide_columns(_slide(band, h), w)
+    s2 = _slide_columns(_slide(_squares(band), h), w)
+    diff2 = _centred_energy(s1, s2, h * w)
+    if bool(torch.add(diff2, s2, alpha=-3 * gamma / (2 * _FAST_ERROR)).amin() < 0):
+        return None
+    return diff2, s2
+
+
+def _slide_columns(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Sums of ``n`` consecutive columns, by doubling as :func:`_slide` does for rows."""
+    return _slide(x.transpose(-1, -2), n).transpose(-1, -2)
+
+
+def _squares(x: torch.Tensor) -> torch.Tensor:
+    """Squares summed over channels: box filters commute with the channel sum."""
+    return x * x if x.shape[1] == 1 else (x * x).sum(1, keepdim=True)
+
+
+def _pieces(N: int, C: int, H: int, W: int, h: int, size: int):
+    """Split the window statistics into (input rows, images) pieces of about ``size`` elements."""
+    if C * H * W > size:
+        step = max(4 * h, size // (C * W) - h + 1)  # overlap of h - 1 rows stays small
+        for n in range(N):
+            for top in range(0, H - h + 1, step):
+                yield slice(top, min(H, top + step + h - 1)), slice(n, n + 1)
+    else:
+        per = max(1, size // (C * H * W))
+        for n in range(0, N, per):
+            yield slice(0, H), slice(n, min(N, n + per))
+
+
+def _assemble(pieces, dtype: torch.dtype) -> torch.Tensor:
+    """Put the pieces back together: rows of one image first, then the images."""
+    if len(pieces) == 1:
+        return pieces[0][1].to(dtype)
+    images: list[torch.Tensor] = []
+    rows: list[torch.Tensor] = []
+    for i, (span, piece) in enumerate(pieces):
+        rows.append(piece.to(dtype))
+        if i + 1 == len(pieces) or pieces[i + 1][0] != span:
+            images.append(rows[0] if len(rows) == 1 else torch.cat(rows, 2))
+            rows = []
+    return torch.cat(images, 0)
+
+
+def _box(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Sums over every h x w window: a doubling pass down the rows, then a running sum along them."""
+    c = torch.cumsum(F.pad(_slide(x, h), (1, 0)), -1)
+    return c[..., w:] - c[..., :-w]
+
+
+def _slide(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Sums of ``n`` consecutive rows, by doubling: pairwise rounding, contiguous vector adds."""
+    length = x.shape[-2] - n + 1
+    out: torch.Tensor | None = None
+    span, pos = 1, 0
+    while n:
+        if n & 1:
+            part = x[..., pos : pos + length, :]
+            out = part if out is None else out + part
+            pos += span
+        n >>= 1
+        if n:
+            x = x[..., :-span, :] + x[..., span:, :]
+            span *= 2
+    assert out is not None  # n >= 1 sets it
+    return out

@@ -1,0 +1,57 @@
+"""OpenCV's rules for normed scores, shared by the unmasked and the masked scores: flat windows,
+flat templates, and ratios that rounding took past ±1."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._compute import needs_grad
+
+#: OpenCV's flat-window rule: a window is flat when its energy about its mean is at most
+#: ``min(FLAT_ABSOLUTE, FLAT_RELATIVE * its energy)`` (10 float32 epsilons relative; 0.5 absolute,
+#: which is below any non-flat window of integer-valued pixels).
+FLAT_RELATIVE = 10 * float(np.finfo(np.float32).eps)
+FLAT_ABSOLUTE = 0.5
+#: OpenCV's flat-template rule for ``ccoeff_normed``: summed channel variance below float64 epsilon.
+FLAT_TEMPLATE = float(np.finfo(np.float64).eps)
+#: OpenCV's limit on a ratio's magnitude (``common_matchTemplate`` in its ``templmatch.cpp``). By
+#: Cauchy-Schwarz no exact ratio passes ±1, so one below the limit was pushed past by rounding (by
+#: at most the 2e-4 that normed scores keep, here) and is clipped to ±1; one at or above it scores
+#: the worst score, as flat windows and zero templates do through their infinite ratio.
+RATIO_LIMIT = 1.125
+
+
+def _normalise(num, diff2, tnorm, method, energy=None) -> torch.Tensor:
+    """OpenCV's normalisation of ``num`` by ``sqrt(diff2) * tnorm``.
+
+    The ratio where it is below 1 in magnitude, ±1 where rounding took it just past (below
+    :data:`RATIO_LIMIT`), else the worst score (0, or 1 for ``sqdiff_normed``). A flat window
+    (``diff2`` at most ``min(0.5, 10 * FLT_EPSILON * energy)``) or a zero template has no ratio: the
+    worst score. ``energy`` (the window's sum of squares, or a function giving it) is needed only
+    where ``diff2 <= 0.5``; the common case costs a handful of vector operations.
+    """
+    worst = 1.0 if method == "sqdiff_normed" else 0.0
+    inv_t = torch.where(tnorm > 0, 1 / torch.where(tnorm > 0, tnorm, torch.ones_like(tnorm)), torch.zeros_like(tnorm))
+    if bool((diff2.amin() <= FLAT_ABSOLUTE) if diff2.numel() else False):
+        energy = energy() if callable(energy) else (diff2 if energy is None else energy)
+        flat = diff2 <= (FLAT_RELATIVE * energy).clamp_max(FLAT_ABSOLUTE)
+        ratio = num * torch.rsqrt(torch.where(flat, torch.ones_like(diff2), diff2)) * inv_t
+        ratio = torch.where(flat, torch.full_like(ratio, torch.inf), ratio)
+    else:
+        # No window is near flat, so the ratio needs no more than the numerator's precision:
+        # float32 passes from here on where the numerator is float32.
+        diff2 = diff2.to(num.dtype)
+        if needs_grad(num, diff2):
+            ratio = num * torch.rsqrt(diff2) * inv_t
+        else:
+            ratio = torch.rsqrt(diff2).mul_(num).mul_(inv_t)  # in place: fresh pages are costly
+    ratio = torch.where(tnorm > 0, ratio, torch.full_like(ratio, torch.inf)) if bool((tnorm == 0).any()) else ratio
+    if method == "sqdiff_normed":
+        return ratio.clamp_max(1)
+    low, high = torch.aminmax(ratio)
+    if low <= -RATIO_LIMIT or high >= RATIO_LIMIT:
+        ratio = torch.where(ratio.abs() < RATIO_LIMIT, ratio, torch.full_like(ratio, worst))
+    if low < -1 or high > 1:
+        return ratio.clamp(-1, 1)
+    return ratio

@@ -1,0 +1,68 @@
+"""The protocol a family of problems implements for the planning engine."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import torch
+
+from .cost import Constants
+
+Run = Callable[..., torch.Tensor]
+
+
+class Family(Protocol):
+    """What the engine needs of a family of problems."""
+
+    @property
+    def name(self) -> str:
+        """The family's name in tuning files and profiles."""
+        ...
+
+    @property
+    def spec_type(self) -> type:
+        """The class of its validated problems (its specs)."""
+        ...
+
+    @property
+    def key_type(self) -> type:
+        """The named tuple of its keys."""
+        ...
+
+    def key(self, spec: Any, grad: bool) -> tuple:
+        """The key of ``spec``'s problem (with whether a backward pass follows)."""
+        ...
+
+    def options(self, spec: Any, grad: bool) -> list[str]:
+        """The options the hard constraints allow, in order of preference among equals."""
+        ...
+
+    def methods(self) -> tuple[str, ...]:
+        """Every method a caller may name (``"auto"`` first)."""
+        ...
+
+    def option_names(self) -> tuple[str, ...]:
+        """Every option a decision may give (the methods, and options such as running each pass
+        on its own method)."""
+        ...
+
+    def estimate(self, spec: Any, grad: bool, constants: Constants) -> dict[str, float]:
+        """Estimated seconds of each option the model knows (others only win by measurement)."""
+        ...
+
+    def runner(self, spec: Any, option: str, grad: bool, plain: bool) -> Run:
+        """``run(*inputs)`` of a problem in its computed dtype: the bound form, or the ``plain``
+        form while tracing (shapes may be symbolic there)."""
+        ...
+
+    def random_inputs(self, spec: Any) -> tuple[torch.Tensor, ...]:
+        """Inputs of ``spec``'s shapes to measure on."""
+        ...
+
+    def builtin_constants(self, device_type: str) -> tuple[Constants, str] | None:
+        """The built-in constants for ``device_type`` and where they come from, or None."""
+        ...
+
+    def constant_names(self) -> list[str]:
+        """The names of the constants of every registered backend."""
+        ...

@@ -1,0 +1,270 @@
+"""Cost volumes and RAFT's correlation pyramid as the planning engine sees them: two families.
+
+:class:`VolumeFamily` plans every cost volume (:func:`xcorr.volumes.correlate`): the options
+its backends' rules allow, their cost terms, the bound call. :class:`PyramidFamily` plans
+:class:`xcorr.CorrPyramid`: whether the all-pairs volumes fit in memory, and per level whether it
+is correlated whole or window by window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple
+
+import torch
+
+from .._compute import itemsize
+from .._tracing import exporting
+from ..planning.cost import CPU_CAPABILITY, Constants, builtin_set, is_wide, seconds
+from ..planning.engine import ENGINE, Engine
+from .backends import VOLUME_BACKENDS, VolumeBackend
+from .spec import VolumeSpec
+
+
+class VolumeKey(NamedTuple):
+    """The key of a cost-volume problem in the engine's caches and in tuning files."""
+
+    shape: tuple[int, ...]
+    groups: int
+    kernel: tuple[int, int]
+    kernel_dilation: tuple[int, int]
+    origin: tuple[int, int]
+    stride: tuple[int, int]
+    out_size: tuple[int, int]
+    dy: tuple[int, int, int]
+    dx: tuple[int, int, int]
+    dtype: torch.dtype
+    device_type: str
+    device_index: int | None
+    grad: bool
+
+
+def _builtin(backends: Any, device_type: str, what: str) -> tuple[Constants, str] | None:
+    """The built-in CPU constants of ``backends`` (records with ``constants`` sets)."""
+    if device_type != "cpu":
+        return None
+    values: dict[str, float] = {}
+    for backend in backends:
+        values.update(builtin_set(backend.constants, CPU_CAPABILITY))
+    return Constants(values), f"built-in {what} set (fitted on a 2-core x86 CPU, AVX2, torch 2.13, 1 thread)"
+
+
+def _names(backends: Any) -> list[str]:
+    names: dict[str, None] = {}
+    for backend in backends:
+        for values in backend.constants.values():
+            names.update(dict.fromkeys(values))
+    return list(names)
+
+
+class VolumeFamily:
+    """Every cost volume: local correlation, stereo, the drop-ins of other packages."""
+
+    name = "volume"
+    spec_type = VolumeSpec
+    key_type = VolumeKey
+
+    def __init__(self, engine: Engine, backends: dict[str, VolumeBackend]) -> None:
+        self.engine, self.backends = engine, backends
+
+    def register(self, backend: VolumeBackend) -> None:
+        """Add (or replace) a method: it is validated, planned, measured and fitted from now on."""
+        self.backends[backend.name] = backend
+        self.engine.register(self)  # its decisions made again, its constants read again
+
+    def methods(self) -> tuple[str, ...]:
+        return ("auto", *self.backends)
+
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(self.backends)
+
+    def key(self, spec: VolumeSpec, grad: bool) -> VolumeKey:
+        return VolumeKey(
+            spec.shape,
+            spec.groups,
+            spec.kernel,
+            spec.kernel_dilation,
+            spec.origin,
+            spec.stride,
+            spec.out_size,
+            spec.dy,
+            spec.dx,
+            spec.dtype,
+            spec.device.type,
+            spec.device.index,
+            grad,
+        )
+
+    def options(self, spec: VolumeSpec, grad: bool = False) -> list[str]:
+        """The methods the hard constraints allow for ``spec``, in registry order."""
+        if exporting():
+            return [name for name, b in self.backends.items() if b.exportable]
+        return [name for name, b in self.backends.items() if b.fits(spec)]
+
+    def estimate(self, spec: VolumeSpec, grad: bool, constants: Constants) -> dict[str, float]:
+        wide = is_wide(spec.dtype)
+        return {n: seconds(b.terms(spec), grad, wide, constants) for n, b in self.backends.items() if b.terms}
+
+    def runner(self, spec: VolumeSpec, option: str, grad: bool, plain: bool) -> Callable[..., torch.Tensor]:
+        run = self.backends[option].run
+        return lambda f1, f2: run(f1, f2, spec)
+
+    def random_inputs(self, spec: VolumeSpec) -> tuple[torch.Tensor, ...]:
+        gen = torch.Generator(device=spec.device).manual_seed(0)
+        f1 = torch.randn(spec.shape, generator=gen, device=spec.device, dtype=spec.dtype)
+        f2 = torch.randn(spec.shape, generator=gen, device=spec.device, dtype=spec.dtype)
+        return f1, f2
+
+    def builtin_constants(self, device_type: str) -> tuple[Constants, str] | None:
+        return _builtin(self.backends.values(), device_type, "cost-volume")
+
+    def constant_names(self) -> list[str]:
+        return _names(self.backends.values())
+
+
+#: ``"auto"`` builds a correlation pyramid's all-pairs volumes (every level) while they take at
+#: most this many bytes, and correlates the looked-up windows on demand beyond: RAFT's standard
+#: problem (B2, C256, 46x62, 4 levels) takes 87 MB, its high-resolution one (B1, 136x240) 5.7 GB
+#: in float32. Within the budget the volumes win: they cost one matrix product per level, and
+#: RAFT looks the pyramid up 12 to 32 times.
+PYRAMID_VOLUME_BYTES = 1 << 30
+
+#: A pyramid level is correlated whole (a chunk of f1's pixels against every pixel of the level:
+#: one matrix product, then the windows picked from it) rather than window by window (a gather of
+#: each window's feature vectors, then dot products) where it has at most this many pixels per
+#: window tap: the matrix product does about that many times more multiply-adds per second
+#: (docs/performance.md).
+PYRAMID_DENSE_PIXELS_PER_TAP = 8
+
+
+@dataclass(frozen=True)
+class PyramidSpec:
+    """A validated correlation pyramid: features of ``shape`` (B, C, H, W), its levels and radius."""
+
+    shape: tuple[int, ...]
+    num_levels: int
+    radius: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def batch(self) -> int:
+        return self.shape[0]
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The shape of one lookup's output."""
+        B, _, H, W = self.shape
+        return (B, self.num_levels * (2 * self.radius + 1) ** 2, H, W)
+
+
+class PyramidKey(NamedTuple):
+    """The key of a pyramid problem."""
+
+    shape: tuple[int, ...]
+    num_levels: int
+    radius: int
+    dtype: torch.dtype
+    device_type: str
+    device_index: int | None
+    grad: bool
+
+
+def pyramid_volume_bytes(shape: tuple[int, ...], num_levels: int, dtype: torch.dtype) -> int:
+    """Bytes of the all-pairs volumes of every level for features of ``shape`` (B, C, H, W)."""
+    B, _, H, W = shape
+    # A batch that is a symbol (export with a dynamic batch) counts as one item: comparing it with
+    # the budget would bound the batch the exported graph accepts.
+    B = B if isinstance(B, int) else 1
+    return B * H * W * sum((H >> level) * (W >> level) for level in range(num_levels)) * itemsize(dtype)
+
+
+class PyramidFamily:
+    """RAFT's correlation pyramid: all pairs while the volumes fit the memory rule, else on demand."""
+
+    name = "pyramid"
+    spec_type = PyramidSpec
+    key_type = PyramidKey
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def methods(self) -> tuple[str, ...]:
+        return ("auto", "all_pairs", "on_demand")
+
+    def option_names(self) -> tuple[str, ...]:
+        return self.methods()[1:]
+
+    def key(self, spec: PyramidSpec, grad: bool) -> PyramidKey:
+        return PyramidKey(
+            spec.shape, spec.num_levels, spec.radius, spec.dtype, spec.device.type, spec.device.index, grad
+        )
+
+    def options(self, spec: PyramidSpec, grad: bool = False) -> list[str]:
+        """The memory rule: the all-pairs volumes while they fit :data:`PYRAMID_VOLUME_BYTES`."""
+        fits = pyramid_volume_bytes(spec.shape, spec.num_levels, spec.dtype) <= PYRAMID_VOLUME_BYTES
+        return ["all_pairs"] if fits else ["on_demand"]
+
+    def estimate(self, spec: PyramidSpec, grad: bool, constants: Constants) -> dict[str, float]:
+        return {}  # the memory rule leaves one option
+
+    def runner(self, spec: PyramidSpec, option: str, grad: bool, plain: bool) -> Callable[..., torch.Tensor]:
+        """``run(f1, f2, coords)``: the pyramid built with ``option`` and looked up once."""
+        from .pyramid import CorrPyramid
+
+        return lambda f1, f2, coords: CorrPyramid(f1, f2, spec.num_levels, spec.radius, method=option)(coords)
+
+    def random_inputs(self, spec: PyramidSpec) -> tuple[torch.Tensor, ...]:
+        gen = torch.Generator(device=spec.device).manual_seed(0)
+        B, _, H, W = spec.shape
+        f1 = torch.randn(spec.shape, generator=gen, device=spec.device, dtype=spec.dtype)
+        f2 = torch.randn(spec.shape, generator=gen, device=spec.device, dtype=spec.dtype)
+        coords = torch.rand((B, 2, H, W), generator=gen, device=spec.device, dtype=spec.dtype) * (min(H, W) - 1)
+        return f1, f2, coords
+
+    def builtin_constants(self, device_type: str) -> tuple[Constants, str] | None:
+        return (Constants(), "none needed: the memory rule decides") if device_type == "cpu" else None
+
+    def constant_names(self) -> list[str]:
+        return []
+
+    def level_dense(self, level_pixels: int, radius: int) -> bool:
+        """Whether a level of ``level_pixels`` pixels is correlated whole rather than window by
+        window (see :data:`PYRAMID_DENSE_PIXELS_PER_TAP`); a window reads ``(2r + 2)**2`` pixels."""
+        return level_pixels <= PYRAMID_DENSE_PIXELS_PER_TAP * (2 * radius + 2) ** 2
+
+
+#: The families of this process, with the registry of :mod:`xcorr.volumes.backends`.
+VOLUMES = VolumeFamily(ENGINE, VOLUME_BACKENDS)
+PYRAMIDS = PyramidFamily(ENGINE)
+ENGINE.register(VOLUMES)
+ENGINE.register(PYRAMIDS)
+
+
+def select_volume(spec: VolumeSpec, grad: bool = False) -> str:
+    """The method ``"auto"`` uses for a validated cost volume (see :func:`xcorr.volumes.correlate`).
+
+    Args:
+        spec: the validated problem.
+        grad: whether a backward pass will follow.
+    """
+    return ENGINE.decide(spec, grad)
+
+
+def select_pyramid(shape: tuple[int, ...], num_levels: int, dtype: torch.dtype) -> str:
+    """The method of ``CorrPyramid(..., method="auto")``: ``"all_pairs"`` while the volumes fit
+    :data:`PYRAMID_VOLUME_BYTES`, ``"on_demand"`` beyond.
+
+    Example:
+        >>> from xcorr.volumes.family import select_pyramid
+        >>> select_pyramid((2, 256, 46, 62), 4, torch.float32)
+        'all_pairs'
+        >>> select_pyramid((1, 256, 136, 240), 4, torch.float32)
+        'on_demand'
+    """
+    return ENGINE.decide(PyramidSpec(tuple(shape), num_levels, 1, dtype, torch.device("cpu")))
+
+
+def pyramid_level_dense(level_pixels: int, radius: int) -> bool:
+    """See :meth:`PyramidFamily.level_dense`."""
+    return PYRAMIDS.level_dense(level_pixels, radius)
