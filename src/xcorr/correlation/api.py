@@ -13,13 +13,6 @@ from .family import CORRELATION, Choice, Measured
 from .spec import Spec, check_pixelwise, check_xcorr
 
 
-def _signature(x: Any, z: Any, mode: Any, padding: Any, stride: Any, dilation: Any, method: Any) -> tuple | None:
-    """The cache key of an :func:`xcorr` call (see :func:`~xcorr.planning.engine.signature`): the
-    bound call is kept in the engine's :attr:`~xcorr.planning.engine.Engine.derived`, dropped with
-    its decisions."""
-    return signature("xcorr", (x, z), (mode, padding, stride, dilation, method))
-
-
 def xcorr(
     x: torch.Tensor,
     z: torch.Tensor,
@@ -64,7 +57,8 @@ def xcorr(
         >>> xcorr.xcorr(x, z, "depthwise")[0, :, 0, 0]
         tensor([9., 9., 9.])
     """
-    call = _signature(x, z, mode, padding, stride, dilation, method)
+    # The bound call of a repeated signature: one dictionary lookup (see planning.engine.signature).
+    call = signature("xcorr", (x, z), (mode, padding, stride, dilation, method))
     run = ENGINE.derived.get(call) if call is not None else None
     if run is None:
         run = bound(x, z, mode, padding=padding, stride=stride, dilation=dilation, method=method)
@@ -89,7 +83,7 @@ def bound(
         spec = check_xcorr(x, z, mode, padding, stride, dilation)
         return ENGINE.bind(spec, needs_grad(x, z), check_choice(method, "method", CORRELATION.methods()))
 
-    return ENGINE.cached(_signature(x, z, mode, padding, stride, dilation, method), build)
+    return ENGINE.cached(signature("xcorr", (x, z), (mode, padding, stride, dilation, method)), build)
 
 
 def resolve(spec: Spec, method: Any, grad: bool) -> str:

@@ -7,7 +7,7 @@ from typing import Optional, Union, cast
 import numpy as np
 import torch
 
-from .._compute import HALF
+from .._compute import compute_dtype
 from .checks import check_find_peaks, check_match
 from .peaks import _peaks
 from .scores import _scores
@@ -119,7 +119,7 @@ def _mask_tensor(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A tensor mask as 4-D weights in the template's ``dtype`` (float32 for half precision); a bool
     or uint8 mask as binary ones."""
     m = mask if mask.dtype.is_floating_point else (mask != 0)
-    m = m.to(dtype if dtype not in HALF else torch.float32)
+    m = m.to(compute_dtype(dtype))
     while m.dim() < 4:
         m = m.unsqueeze(0)
     return m

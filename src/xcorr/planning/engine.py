@@ -34,8 +34,7 @@ from typing import Any, Callable
 
 import torch
 
-from .._checks import plain
-from .._compute import compute_spec, computed, needs_grad
+from .._compute import compute_spec, computed
 from .._tracing import compiling, exporting, tracing
 from .cost import Constants
 from .family import Family, Run
@@ -75,21 +74,27 @@ def signature(name: str, tensors: Sequence[Any], settings: Sequence[Any]) -> tup
     Validation depends only on the tensors' types, shapes, dtypes and devices and on the plain
     settings' values, so a repeated call (a tracker's every frame, a training step) skips
     validation, planning and the backend's shape work."""
-    if tracing():
-        return None
+    # Every call of every API runs this first: plain loops and exact types, no helper calls.
+    no_grad = True
     key: list[Any] = [name]
     for t in tensors:
         if not isinstance(t, torch.Tensor):
             return None
-        key += (type(t), t.shape, t.dtype, t.device)
+        key.append((type(t), t.shape, t.dtype, t.device))
+        no_grad = no_grad and not t.requires_grad
     for value in settings:
-        if isinstance(value, str):
-            key.append(str(value))  # a str subclass (a Choice) keys as its text
-        elif value is None or plain(value):
-            key.append(value)
-        else:
-            return None
-    key.append(needs_grad(*tensors))
+        kind = type(value)
+        if kind is int or kind is str or value is None:
+            continue
+        if kind is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+            continue
+        if isinstance(value, str):  # a str subclass (a Choice) keys as its text
+            return signature(name, tensors, [str(v) if isinstance(v, str) else v for v in settings])
+        return None
+    if tracing():
+        return None
+    key += settings
+    key.append(not no_grad and torch.is_grad_enabled())
     return tuple(key)
 
 

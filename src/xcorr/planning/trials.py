@@ -102,6 +102,9 @@ class Trials:
         return run
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        winner = self.winner
+        if winner is not None:  # the steady state: one lookup
+            return self._runs[winner](*inputs)
         return self.call(None, *inputs)
 
     def call(self, ran: list[str] | None, *inputs: torch.Tensor) -> torch.Tensor:
