@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from .._tracing import exporting, tracing
-from ..planning.cost import CPU_CAPABILITY, Constants, builtin_set, is_wide, seconds
+from ..planning.cost import CPU_CAPABILITY, Constants, builtin_constants, constant_names, is_wide, seconds
 from ..planning.engine import ENGINE, Engine
 from . import adjoint, passes
 from .backends import BACKENDS, Backend
@@ -222,21 +222,14 @@ class CorrelationFamily:
         if device_type != "cpu":
             return None
         capability = capability or CPU_CAPABILITY
-        values: dict[str, float] = {}
-        for backend in self.backends.values():
-            values.update(builtin_set(backend.constants, capability))
         kind = capability if all(capability in b.constants for b in self.backends.values() if b.constants) else "AVX2"
         source = (
             f"built-in {kind} set (CPU capability {CPU_CAPABILITY}; fitted on a 2-core x86 CPU, torch 2.13, 2 threads)"
         )
-        return Constants(values), source
+        return builtin_constants(self.backends.values(), capability), source
 
     def constant_names(self) -> list[str]:
-        names: dict[str, None] = {}
-        for backend in self.backends.values():
-            for values in backend.constants.values():
-                names.update(dict.fromkeys(values))
-        return list(names)
+        return constant_names(self.backends.values())
 
     def choose(self, spec: Spec, grad: bool, measure: bool, x: Any = None, z: Any = None) -> Measured:
         """What :func:`xcorr.choose_method` returns: the methods and, when measured, the timings

@@ -13,7 +13,7 @@ extra counts, which is what lets the fit solve for them by least squares.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,3 +122,21 @@ def builtin_set(sets: Mapping[str, Mapping[str, float]], capability: str) -> Map
     if capability in sets:
         return sets[capability]
     return sets.get("AVX2", {})
+
+
+def builtin_constants(backends: Iterable[Any], capability: str) -> Constants:
+    """The built-in CPU constants of ``backends`` (records with a ``constants`` set per
+    capability) for ``capability``, each backend's by :func:`builtin_set`."""
+    values: dict[str, float] = {}
+    for backend in backends:
+        values.update(builtin_set(backend.constants, capability))
+    return Constants(values)
+
+
+def constant_names(backends: Iterable[Any]) -> list[str]:
+    """The names of the constants of ``backends``, in order of first appearance."""
+    names: dict[str, None] = {}
+    for backend in backends:
+        for values in backend.constants.values():
+            names.update(dict.fromkeys(values))
+    return list(names)

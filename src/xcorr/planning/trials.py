@@ -12,6 +12,7 @@ The policy:
 1. The first :data:`SETTLE_CALLS` calls run the model's pick; the fastest of them after the
    first (which pays one-time costs: kernel selection, transform plans) is its time ``t``.
 2. The budget is :data:`BUDGET_FRACTION` of :data:`BUDGET_CALLS` calls of the pick: ``5 t``.
+   Only the options estimated within :data:`NEAR_ESTIMATE` times the pick's cost are tried.
    Each other option, cheapest estimate first, runs :data:`TRIAL_CALLS` real calls (the first
    pays its one-time costs, the fastest is kept), as long as the extra time it is expected to
    cost (from its estimate, then from its first call) fits what is left of the budget; the extra
@@ -44,6 +45,11 @@ BUDGET_FRACTION = 0.05
 BUDGET_CALLS = 100
 #: Real calls per other option.
 TRIAL_CALLS = 2
+#: Only options estimated at most this many times the pick's cost are tried: the overshoot of a
+#: trial is one call of the option, and where the model errs on a far option that call can cost
+#: many budgets (FlowNetC B8 forward+backward: "shifted" estimated 5.3x "banded", measured 45x,
+#: one call 30 s). The options worth trying are the near ties, where the model is least sure.
+NEAR_ESTIMATE = 3.0
 #: Calls whose backward has not run yet (two branches of a step may share a signature), beyond
 #: which the calls are taken for calls without a backward pass and the trials end with the pick.
 PENDING_CALLS = 8
@@ -83,7 +89,9 @@ class Trials:
         grad: bool,
         record: Callable[[str], None],
     ) -> None:
-        self.options, self.estimates, self.grad = options, estimates, grad
+        pick = estimates.get(options[0], 0.0)
+        near = [o for o in options[1:] if estimates.get(o, float("inf")) <= NEAR_ESTIMATE * pick]
+        self.options, self.estimates, self.grad = [options[0], *near], estimates, grad
         self._make_run, self._record = make_run, record
         self._runs: dict[str, Run] = {}
         self.timings: dict[str, float] = {}

@@ -8,17 +8,16 @@ is correlated whole or window by window.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
 from .._compute import itemsize
 from .._tracing import exporting
-from ..planning.cost import CPU_CAPABILITY, Constants, builtin_set, is_wide, seconds
+from ..planning.cost import CPU_CAPABILITY, Constants, builtin_constants, constant_names, is_wide, seconds
 from ..planning.engine import ENGINE, Engine
 from .backends import VOLUME_BACKENDS, VolumeBackend
-from .spec import VolumeSpec
+from .spec import PyramidSpec, VolumeSpec
 
 
 class VolumeKey(NamedTuple):
@@ -37,24 +36,6 @@ class VolumeKey(NamedTuple):
     device_type: str
     device_index: int | None
     grad: bool
-
-
-def _builtin(backends: Any, device_type: str, what: str) -> tuple[Constants, str] | None:
-    """The built-in CPU constants of ``backends`` (records with ``constants`` sets)."""
-    if device_type != "cpu":
-        return None
-    values: dict[str, float] = {}
-    for backend in backends:
-        values.update(builtin_set(backend.constants, CPU_CAPABILITY))
-    return Constants(values), f"built-in {what} set (fitted on a 2-core x86 CPU, AVX2, torch 2.13, 1 thread)"
-
-
-def _names(backends: Any) -> list[str]:
-    names: dict[str, None] = {}
-    for backend in backends:
-        for values in backend.constants.values():
-            names.update(dict.fromkeys(values))
-    return list(names)
 
 
 class VolumeFamily:
@@ -106,8 +87,10 @@ class VolumeFamily:
         return {n: seconds(b.terms(spec), grad, wide, constants) for n, b in self.backends.items() if b.terms}
 
     def runner(self, spec: VolumeSpec, option: str, grad: bool, plain: bool) -> Callable[..., torch.Tensor]:
-        run = self.backends[option].run
-        return lambda f1, f2: run(f1, f2, spec)
+        backend = self.backends[option]
+        if plain:
+            return lambda f1, f2: backend.run(f1, f2, spec)
+        return backend.bind(spec, grad)
 
     def random_inputs(self, spec: VolumeSpec) -> tuple[torch.Tensor, ...]:
         gen = torch.Generator(device=spec.device).manual_seed(0)
@@ -116,10 +99,13 @@ class VolumeFamily:
         return f1, f2
 
     def builtin_constants(self, device_type: str) -> tuple[Constants, str] | None:
-        return _builtin(self.backends.values(), device_type, "cost-volume")
+        if device_type != "cpu":
+            return None
+        source = "built-in cost-volume set (fitted on a 2-core x86 CPU, AVX2, torch 2.13, 1 thread)"
+        return builtin_constants(self.backends.values(), CPU_CAPABILITY), source
 
     def constant_names(self) -> list[str]:
-        return _names(self.backends.values())
+        return constant_names(self.backends.values())
 
 
 #: ``"auto"`` builds a correlation pyramid's all-pairs volumes (every level) while they take at
@@ -135,27 +121,6 @@ PYRAMID_VOLUME_BYTES = 1 << 30
 #: window tap: the matrix product does about that many times more multiply-adds per second
 #: (docs/performance.md).
 PYRAMID_DENSE_PIXELS_PER_TAP = 8
-
-
-@dataclass(frozen=True)
-class PyramidSpec:
-    """A validated correlation pyramid: features of ``shape`` (B, C, H, W), its levels and radius."""
-
-    shape: tuple[int, ...]
-    num_levels: int
-    radius: int
-    dtype: torch.dtype
-    device: torch.device
-
-    @property
-    def batch(self) -> int:
-        return self.shape[0]
-
-    @property
-    def out_shape(self) -> tuple[int, ...]:
-        """The shape of one lookup's output."""
-        B, _, H, W = self.shape
-        return (B, self.num_levels * (2 * self.radius + 1) ** 2, H, W)
 
 
 class PyramidKey(NamedTuple):

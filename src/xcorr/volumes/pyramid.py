@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from .._compute import compute_dtype, empty_result, needs_grad
 from .._tracing import tracing
 from ..planning.engine import ENGINE, signature
-from .family import PyramidSpec, pyramid_level_dense
-from .spec import check_corr_coords, check_corr_pyramid
+from .family import pyramid_level_dense
+from .spec import PyramidSpec, check_corr_coords, check_corr_pyramid
 
 #: Bytes of the temporaries of one chunk of an on-demand lookup, and of every backward pass: the
 #: gathered windows (pixels x taps x C) or a chunk of one level's scores (pixels x level pixels).

@@ -87,6 +87,27 @@ class VolumeSpec:
         return (oy, 1, (Ho - 1) * sy + ey), (ox, 1, (Wo - 1) * sx + ex)
 
 
+@dataclass(frozen=True)
+class PyramidSpec:
+    """A validated correlation pyramid: features of ``shape`` (B, C, H, W), its levels and radius."""
+
+    shape: tuple[int, ...]
+    num_levels: int
+    radius: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def batch(self) -> int:
+        return self.shape[0]
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The shape of one lookup's output."""
+        B, _, H, W = self.shape
+        return (B, self.num_levels * (2 * self.radius + 1) ** 2, H, W)
+
+
 NORMALIZE = ("none", "mean", "sqrt")
 
 

@@ -24,6 +24,8 @@ class VolumeBackend:
     Attributes:
         name: the ``method=`` name.
         run: the computation, also used while tracing (shapes may be symbolic there).
+        bind: the bound form for eager calls of one signature, with what depends on the
+            shapes alone worked out once.
         exportable: whether ``"auto"`` may choose it while a graph is exported.
         fits: whether ``"auto"`` may choose it for a problem.
         terms: what its cost-model estimate counts (None: it wins only by measurement).
@@ -33,6 +35,7 @@ class VolumeBackend:
 
     name: str
     run: VolumeRun
+    bind: Callable[[VolumeSpec, bool], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
     exportable: bool = False
     fits: Callable[[VolumeSpec], bool] = lambda spec: True
     terms: Callable[[VolumeSpec], Terms] | None = None

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -520,7 +521,18 @@ class _Banded(torch.autograd.Function):
 
 def cost_volume(f1: torch.Tensor, f2: torch.Tensor, spec: VolumeSpec) -> torch.Tensor:
     """The cost volume of ``spec`` as tiled products (see :func:`tile_plan`)."""
+    return _tiled(f1, f2, spec, *tile_plan(spec))
+
+
+def bind(spec: VolumeSpec, grad: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Eager calls of one signature: the tiling worked out once."""
     tiling, flips = tile_plan(spec)
+    return lambda f1, f2: _tiled(f1, f2, spec, tiling, flips)
+
+
+def _tiled(
+    f1: torch.Tensor, f2: torch.Tensor, spec: VolumeSpec, tiling: TilePlan, flips: tuple[bool, bool]
+) -> torch.Tensor:
     out = _Banded.apply(f1, f2, tiling, flips) if needs_grad(f1, f2) else _forward(f1, f2, tiling, None, flips)
     (_, _, nr), (_, _, nc) = spec.product_grid
     if out.shape[-2] != nr or out.shape[-1] != nc:
@@ -571,4 +583,4 @@ CONSTANTS = {
 }
 
 
-VOLUME_BACKEND = VolumeBackend("banded", run=cost_volume, fits=fits, terms=terms, constants=CONSTANTS)
+VOLUME_BACKEND = VolumeBackend("banded", run=cost_volume, bind=bind, fits=fits, terms=terms, constants=CONSTANTS)

@@ -80,4 +80,11 @@ CONSTANTS = {
 
 
 #: Pad, Slice, Mul, ReduceSum and Concat nodes only: what "auto" picks while exporting.
-VOLUME_BACKEND = VolumeBackend("shifted", run=cost_volume, exportable=True, terms=terms, constants=CONSTANTS)
+VOLUME_BACKEND = VolumeBackend(
+    "shifted",
+    run=cost_volume,
+    bind=lambda spec, grad: lambda f1, f2: cost_volume(f1, f2, spec),
+    exportable=True,
+    terms=terms,
+    constants=CONSTANTS,
+)
