@@ -369,3 +369,16 @@ def test_compiles_without_graph_break_forward_and_backward(method, fresh_dynamo)
     f(*eager).backward()
     for c, e in zip(compiled, eager):
         assert_close_rel(c.grad, e.grad)
+
+
+def test_pyramids_of_one_signature_are_validated_and_planned_once(monkeypatch):
+    f1, f2, coords = make(1, 4, 8, 8)
+    xcorr.CorrPyramid(f1, f2, 2, 1)
+    checks = []
+    real = xcorr.volumes.pyramid.check_corr_pyramid
+    monkeypatch.setattr(xcorr.volumes.pyramid, "check_corr_pyramid", lambda *a: checks.append(a[2:]) or real(*a))
+    out = [xcorr.CorrPyramid(f1, f2, 2, 1)(coords) for _ in range(3)]
+    assert checks == [] and all(torch.equal(o, out[0]) for o in out)
+    xcorr.CorrPyramid(f1, f2, 2, 2)  # another radius: validated once
+    xcorr.CorrPyramid(f1, f2, 2, 2)
+    assert checks == [(2, 2, "auto")]

@@ -469,3 +469,28 @@ def test_compile_fullgraph_forward_and_backward(method):
 
 def test_tolerances_cover_the_dtypes():
     assert set(TOL) >= {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+
+
+@pytest.mark.usefixtures("fresh_planner")
+def test_repeated_calls_are_validated_and_planned_once_per_signature(monkeypatch):
+    import xcorr.volumes.api as api
+
+    f1, f2 = pair(2, 8, 9, 11, torch.float32)
+    first = xcorr.local_correlation(f1, f2, 2, normalize="mean")
+    stereo = xcorr.stereo_correlation(f1, f2, 3, groups=2)
+    checks, decisions = [], []
+    real_local, real_stereo, real_decide = api.check_local_correlation, api.check_stereo_correlation, ENGINE.decide
+    monkeypatch.setattr(api, "check_local_correlation", lambda *a: checks.append("local") or real_local(*a))
+    monkeypatch.setattr(api, "check_stereo_correlation", lambda *a: checks.append("stereo") or real_stereo(*a))
+    monkeypatch.setattr(ENGINE, "decide", lambda *a, **k: decisions.append(a) or real_decide(*a, **k))
+    for _ in range(3):  # the same signatures: neither validated nor planned again (each call may
+        # still try another method on its own calls: equal within float32 rounding)
+        assert_close_rel(xcorr.local_correlation(f1.clone(), f2.clone(), 2, normalize="mean"), first)
+        assert_close_rel(xcorr.stereo_correlation(f1, f2, 3, groups=2), stereo)
+    assert checks == [] and decisions == []
+    for _ in range(2):  # a new setting and a new dtype: each validated once
+        xcorr.local_correlation(f1, f2, 1, normalize="mean")
+        xcorr.local_correlation(f1.double(), f2.double(), 2, normalize="mean")
+    assert checks == ["local", "local"] and len(decisions) == 2
+    with pytest.raises(ValueError, match="max_displacement"):  # bad settings still say why, every time
+        xcorr.local_correlation(f1, f2, -1)

@@ -14,8 +14,9 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from .._tracing import exporting, tracing
-from ..planning.cost import CPU_CAPABILITY, Constants, builtin_constants, constant_names, is_wide, seconds
-from ..planning.engine import ENGINE, Engine
+from ..planning.cost import CPU_CAPABILITY, Constants, builtin_constants, is_wide, seconds
+from ..planning.engine import ENGINE
+from ..planning.family import Registry
 from . import adjoint, passes
 from .backends import BACKENDS, Backend
 from .passes import Passes
@@ -110,7 +111,7 @@ def pass_problems(spec: Spec) -> tuple[Spec, Spec]:
     return adjoint.search_problem(spec), adjoint.template_problem(spec)
 
 
-class CorrelationFamily:
+class CorrelationFamily(Registry[Backend]):
     """The correlations of :func:`xcorr.xcorr`, template plans and matching's numerators.
 
     Args:
@@ -121,22 +122,6 @@ class CorrelationFamily:
     name = "correlation"
     spec_type = Spec
     key_type = CorrelationKey
-
-    def __init__(self, engine: Engine, backends: dict[str, Backend]) -> None:
-        self.engine, self.backends = engine, backends
-
-    def register(self, backend: Backend) -> None:
-        """Add (or replace) a method: it is validated, planned, measured and fitted from now on."""
-        self.backends[backend.name] = backend
-        self.engine.register(self)  # its decisions made again, its constants read again
-
-    def unregister(self, name: str) -> None:
-        """Remove a method added by :meth:`register`."""
-        del self.backends[name]
-        self.engine.register(self)
-
-    def methods(self) -> tuple[str, ...]:
-        return ("auto", *self.backends)
 
     def option_names(self) -> tuple[str, ...]:
         return (*self.backends, PER_PASS)
@@ -227,9 +212,6 @@ class CorrelationFamily:
             f"built-in {kind} set (CPU capability {CPU_CAPABILITY}; fitted on a 2-core x86 CPU, torch 2.13, 2 threads)"
         )
         return builtin_constants(self.backends.values(), capability), source
-
-    def constant_names(self) -> list[str]:
-        return constant_names(self.backends.values())
 
     def choose(self, spec: Spec, grad: bool, measure: bool, x: Any = None, z: Any = None) -> Measured:
         """What :func:`xcorr.choose_method` returns: the methods and, when measured, the timings

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Generic, Protocol, TypeVar
 
 import torch
 
-from .cost import Constants
+from .cost import Constants, constant_names
 
 Run = Callable[..., torch.Tensor]
 
@@ -66,3 +66,35 @@ class Family(Protocol):
     def constant_names(self) -> list[str]:
         """The names of the constants of every registered backend."""
         ...
+
+
+B = TypeVar("B")
+
+
+class Registry(Generic[B]):
+    """What a family whose options are backend records shares: the registry (name -> record,
+    in order of preference among equals) and its changes, which the engine hears of.
+
+    Args:
+        engine: the engine that plans the family (it has ``register(family)``).
+        backends: the registry.
+    """
+
+    def __init__(self, engine: Any, backends: dict[str, B]) -> None:
+        self.engine, self.backends = engine, backends
+
+    def register(self, backend: B) -> None:
+        """Add (or replace) a method: it is validated, planned, measured and fitted from now on."""
+        self.backends[backend.name] = backend  # type: ignore[attr-defined]
+        self.engine.register(self)  # its decisions made again, its constants read again
+
+    def unregister(self, name: str) -> None:
+        """Remove a method added by :meth:`register`."""
+        del self.backends[name]
+        self.engine.register(self)
+
+    def methods(self) -> tuple[str, ...]:
+        return ("auto", *self.backends)
+
+    def constant_names(self) -> list[str]:
+        return constant_names(self.backends.values())

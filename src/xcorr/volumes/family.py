@@ -14,8 +14,9 @@ import torch
 
 from .._compute import itemsize
 from .._tracing import exporting
-from ..planning.cost import CPU_CAPABILITY, Constants, builtin_constants, constant_names, is_wide, seconds
+from ..planning.cost import CPU_CAPABILITY, Constants, builtin_constants, is_wide, seconds
 from ..planning.engine import ENGINE, Engine
+from ..planning.family import Registry
 from .backends import VOLUME_BACKENDS, VolumeBackend
 from .spec import PyramidSpec, VolumeSpec
 
@@ -38,23 +39,12 @@ class VolumeKey(NamedTuple):
     grad: bool
 
 
-class VolumeFamily:
+class VolumeFamily(Registry[VolumeBackend]):
     """Every cost volume: local correlation, stereo, the drop-ins of other packages."""
 
     name = "volume"
     spec_type = VolumeSpec
     key_type = VolumeKey
-
-    def __init__(self, engine: Engine, backends: dict[str, VolumeBackend]) -> None:
-        self.engine, self.backends = engine, backends
-
-    def register(self, backend: VolumeBackend) -> None:
-        """Add (or replace) a method: it is validated, planned, measured and fitted from now on."""
-        self.backends[backend.name] = backend
-        self.engine.register(self)  # its decisions made again, its constants read again
-
-    def methods(self) -> tuple[str, ...]:
-        return ("auto", *self.backends)
 
     def option_names(self) -> tuple[str, ...]:
         return tuple(self.backends)
@@ -103,9 +93,6 @@ class VolumeFamily:
             return None
         source = "built-in cost-volume set (fitted on a 2-core x86 CPU, AVX2, torch 2.13, 1 thread)"
         return builtin_constants(self.backends.values(), CPU_CAPABILITY), source
-
-    def constant_names(self) -> list[str]:
-        return constant_names(self.backends.values())
 
 
 #: ``"auto"`` builds a correlation pyramid's all-pairs volumes (every level) while they take at
