@@ -873,3 +873,18 @@ def test_non_finite_template_spoils_all_its_scores():
     z[1, 0, 1, 1] = float("nan")
     scores = xcorr.match_template(x, z, "ccorr_normed")
     assert torch.isfinite(scores[0]).all() and torch.isnan(scores[1]).all()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_float32_normed_gradients_follow_float64(channels):
+    # The float32 path (window sums, the numerator's corrections) keeps the autograd graph.
+    gen = torch.Generator().manual_seed(channels)
+    x = torch.rand(2, channels, 30, 31, generator=gen, requires_grad=True)
+    z = torch.rand(1, channels, 7, 6, generator=gen, requires_grad=True)
+    x64, z64 = (t.detach().double().requires_grad_() for t in (x, z))
+    for method in ("ccoeff_normed", "ccorr_normed", "sqdiff_normed"):
+        g = torch.randn(2, 1, 24, 26, generator=gen)
+        got = torch.autograd.grad(xcorr.match_template(x, z, method), (x, z), g)
+        want = torch.autograd.grad(xcorr.match_template(x64, z64, method), (x64, z64), g.double())
+        for a, b in zip(got, want):
+            assert (a.double() - b).abs().max() <= 1e-4 * b.abs().max()
