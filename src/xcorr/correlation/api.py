@@ -61,7 +61,7 @@ def xcorr(
     call = signature("xcorr", (x, z), (mode, padding, stride, dilation, method))
     run = ENGINE.derived.get(call) if call is not None else None
     if run is None:
-        run = bound(x, z, mode, padding=padding, stride=stride, dilation=dilation, method=method)
+        run = ENGINE.cached(call, lambda: _bind(x, z, mode, padding, stride, dilation, method))
     return run(x, z)
 
 
@@ -79,11 +79,14 @@ def bound(
     :func:`xcorr` runs, and what callers that need to know which method ran use
     (:meth:`~xcorr.planning.engine.Bound.call`)."""
 
-    def build() -> Bound:
-        spec = check_xcorr(x, z, mode, padding, stride, dilation)
-        return ENGINE.bind(spec, needs_grad(x, z), check_choice(method, "method", CORRELATION.methods()))
+    settings = (mode, padding, stride, dilation, method)
+    return ENGINE.cached(signature("xcorr", (x, z), settings), lambda: _bind(x, z, *settings))
 
-    return ENGINE.cached(signature("xcorr", (x, z), (mode, padding, stride, dilation, method)), build)
+
+def _bind(x: Any, z: Any, mode: Any, padding: Any, stride: Any, dilation: Any, method: Any) -> Bound:
+    """The validated call of :func:`xcorr`, bound by the planning engine."""
+    spec = check_xcorr(x, z, mode, padding, stride, dilation)
+    return ENGINE.bind(spec, needs_grad(x, z), check_choice(method, "method", CORRELATION.methods()))
 
 
 def resolve(spec: Spec, method: Any, grad: bool) -> str:

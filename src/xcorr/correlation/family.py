@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from .._tracing import exporting, tracing
-from ..planning.cost import CPU_CAPABILITY, Constants, builtin_constants, is_wide, seconds
+from ..planning.cost import CPU_CAPABILITY, Constants, builtin_constants
 from ..planning.engine import ENGINE
 from ..planning.family import Registry
 from . import adjoint, passes
@@ -154,14 +154,9 @@ class CorrelationFamily(Registry[Backend]):
         allowed = self.candidates(spec)
         return [*allowed, PER_PASS] if grad and spec.batch and not tracing() else allowed
 
-    def method_estimates(self, spec: Spec, grad: bool, constants: Constants) -> dict[str, float]:
-        """Seconds per method whose record has terms and serves ``spec``'s mode."""
-        wide = is_wide(spec.dtype)
-        return {
-            name: seconds(b.terms(spec), grad, wide, constants)
-            for name, b in self.backends.items()
-            if b.terms is not None and spec.mode in b.modes
-        }
+    def serves(self, backend: Backend, spec: Spec) -> bool:
+        """The model estimates the methods of ``spec``'s mode."""
+        return spec.mode in backend.modes
 
     def estimate(self, spec: Spec, grad: bool, constants: Constants) -> dict[str, float]:
         """:meth:`method_estimates`; with a backward pass also :data:`PER_PASS`: the sum of the

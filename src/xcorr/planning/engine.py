@@ -207,11 +207,11 @@ class Engine(State):
             self.invalidate()
         return timings
 
-    def bind(self, spec: Any, grad: bool, method: str = "auto", *, trials: bool = True) -> Bound:
+    def bind(self, spec: Any, grad: bool, method: str = "auto") -> Bound:
         """The bound call of a validated problem with ``method`` (``"auto"``: :meth:`decide`).
 
         While tracing, the plain form of the option. An ``"auto"`` call whose problem has no
-        measured winner yet, with ``trials``, tries the options on its repeated calls
+        measured winner yet tries the options on its repeated calls
         (:mod:`xcorr.planning.trials`): the model's pick first, then the others by estimate.
         """
         family = self.family_of(spec)
@@ -219,21 +219,21 @@ class Engine(State):
         option = self.decide(spec, grad) if method == "auto" else method
         if tracing():
             return Bound(family.runner(inner, option, grad, True), spec, option)
-        run: Run = family.runner(inner, option, grad, False)
-        if method == "auto" and trials and spec.batch:
+        if method == "auto" and spec.batch:
             key = family.key(spec, grad)
             options = family.options(spec, grad)
             if len(options) > 1 and self.trials_enabled(family, spec.device.type) and not self.is_measured(key):
                 costs = self.estimate(spec, grad)
                 others = sorted((o for o in options if o != option), key=lambda o: costs.get(o, float("inf")))
-                run = Trials(
+                trials = Trials(
                     [option, *others],
                     costs,
                     lambda o: family.runner(inner, o, grad, False),
                     grad,
                     lambda winner: self.record(key, winner),
                 )
-        return Bound(run, spec, option)
+                return Bound(trials, spec, option)
+        return Bound(family.runner(inner, option, grad, False), spec, option)
 
 
 #: The engine of this process.

@@ -6,7 +6,7 @@ from typing import Any, Callable, Generic, Protocol, TypeVar
 
 import torch
 
-from .cost import Constants, constant_names
+from .cost import Constants, constant_names, is_wide, seconds
 
 Run = Callable[..., torch.Tensor]
 
@@ -98,3 +98,16 @@ class Registry(Generic[B]):
 
     def constant_names(self) -> list[str]:
         return constant_names(self.backends.values())
+
+    def serves(self, backend: B, spec: Any) -> bool:
+        """Whether the cost model estimates ``backend`` for ``spec`` (every record with terms)."""
+        return True
+
+    def method_estimates(self, spec: Any, grad: bool, constants: Constants) -> dict[str, float]:
+        """Seconds per method whose record has terms and serves ``spec``."""
+        wide = is_wide(spec.dtype)
+        return {
+            name: seconds(b.terms(spec), grad, wide, constants)  # type: ignore[attr-defined]
+            for name, b in self.backends.items()
+            if b.terms is not None and self.serves(b, spec)  # type: ignore[attr-defined]
+        }

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .cost import Constants, Terms, is_wide, seconds
+from .cost import Constants, Terms, seconds
 
 #: A sample: (problem, forward seconds per option, forward+backward seconds per option).
 Sample = tuple[Any, Mapping[str, float], Mapping[str, float]]
@@ -116,12 +116,3 @@ def evaluate(family: Any, samples: Sequence[Sample], constants: Constants) -> di
             "worst": worst[1] if worst else None,
         }
     return out
-
-
-def wide_ratios(constants: Mapping[str, float], backends: Mapping[str, Any], spec: Any) -> dict[str, float]:
-    """The float64 ratios of ``backends`` for ``spec``'s kind of problem (what the fit keeps)."""
-    return {
-        b.terms(spec).wide: constants[b.terms(spec).wide]
-        for b in backends.values()
-        if b.terms is not None and is_wide(spec.dtype) and b.terms(spec).wide
-    }

@@ -140,23 +140,15 @@ class State:
             self._builtins[where] = family.builtin_constants(device_type)
         return self._builtins[where]
 
-    def constants(self, family: Family | str, device_type: str) -> Constants | None:
+    def constants(self, family: Family, device_type: str) -> Constants | None:
         """The constants in force for ``family`` on ``device_type``, or None where it has none
         (its problems are measured there)."""
         self._read_profile()
-        name = family if isinstance(family, str) else family.name
-        c = self._constants.get((name, device_type))
+        c = self._constants.get((family.name, device_type))
         if c is not None:
             return c
-        fam = family if not isinstance(family, str) else self._by_name(family)
-        builtin = self._builtin(fam, device_type)
+        builtin = self._builtin(family, device_type)
         return builtin[0] if builtin else None
-
-    def _by_name(self, name: str) -> Family:
-        for family in self._families.values():
-            if family.name == name:
-                return family
-        raise KeyError(name)
 
     def model_constants(self, family: Family, device_type: str) -> Constants:
         """The constants the cost model uses for ``device_type``: its own, or else the CPU's."""
@@ -164,14 +156,13 @@ class State:
         assert c is not None  # every family has built-in CPU constants
         return c
 
-    def constants_source(self, family: Family | str, device_type: str) -> str:
+    def constants_source(self, family: Family, device_type: str) -> str:
         """Where the constants in force for ``family`` on ``device_type`` come from."""
         self._read_profile()
-        name = family if isinstance(family, str) else family.name
-        source = self._sources.get((name, device_type))
+        source = self._sources.get((family.name, device_type))
         if source is not None:
             return source
-        builtin = self._builtin(self._by_name(name), device_type)
+        builtin = self._builtin(family, device_type)
         return builtin[1] if builtin else "none: every new problem is measured"
 
     # Measured winners.

@@ -14,7 +14,7 @@ import torch
 
 from .._compute import itemsize
 from .._tracing import exporting
-from ..planning.cost import CPU_CAPABILITY, Constants, builtin_constants, is_wide, seconds
+from ..planning.cost import CPU_CAPABILITY, Constants, builtin_constants
 from ..planning.engine import ENGINE, Engine
 from ..planning.family import Registry
 from .backends import VOLUME_BACKENDS, VolumeBackend
@@ -73,8 +73,7 @@ class VolumeFamily(Registry[VolumeBackend]):
         return [name for name, b in self.backends.items() if b.fits(spec)]
 
     def estimate(self, spec: VolumeSpec, grad: bool, constants: Constants) -> dict[str, float]:
-        wide = is_wide(spec.dtype)
-        return {n: seconds(b.terms(spec), grad, wide, constants) for n, b in self.backends.items() if b.terms}
+        return self.method_estimates(spec, grad, constants)
 
     def runner(self, spec: VolumeSpec, option: str, grad: bool, plain: bool) -> Callable[..., torch.Tensor]:
         backend = self.backends[option]
