@@ -63,6 +63,7 @@ class _Problem:
         tnorm: (N,) float64 the template's norm in the denominator (``zs``'s for ``ccoeff``).
         flat: (N,) whether each image's template is flat (``ccoeff_normed``; else None).
         rounding: the numerator's error bound, or None where it needs none (float64, unnormed).
+        shift2: (N,) float64 squared norm of the shift (per channel) from ``x`` to ``xs``.
         residual: (N, C) float64 sums of each image's float32 centred template ``zs``
             (``ccoeff_normed`` in float32; else None), see :func:`_without_residual`.
     """
@@ -77,6 +78,7 @@ class _Problem:
     tnorm: torch.Tensor
     flat: torch.Tensor | None
     rounding: _Rounding | None
+    shift2: torch.Tensor
     residual: torch.Tensor | None = None
 
     @property
@@ -87,8 +89,11 @@ class _Problem:
         return self.tnorm[images].view(-1, 1, 1, 1)
 
     def energy(self, rows: slice, images: slice) -> torch.Tensor:
-        """The piece's window sums of squares of the image itself (unshifted), in float64."""
-        return _box(_squares(self.x[images, :, rows].double()), *self.size)
+        """The piece's window sums of squares of the image itself (unshifted): by doubling in
+        float32 for a float32 image (sums of non-negative terms, each within ``gamma`` of
+        :func:`_fast_gamma` of its value, so no normed score moves by more than ``gamma``), in
+        float64 for a float64 one."""
+        return _window_squares(self.x[images, :, rows], *self.size)
 
     def numerator(
         self, rows: slice, images: slice, den2: torch.Tensor, s2: torch.Tensor, factor: float = 1
@@ -130,15 +135,18 @@ class _Problem:
         return out
 
 
-def _correlated(x: torch.Tensor, z: torch.Tensor, family: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image and template as ``family`` correlates them: shifted so that no large mean enters the
-    rounding (see the module's precision tricks)."""
+def _correlated(
+    x: torch.Tensor, z: torch.Tensor, family: str, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Image and template as ``family`` correlates them, shifted so that no large mean enters the
+    rounding (see the module's precision tricks), and the image's shift (N, C, 1, 1)."""
     if family == "ccoeff":
-        return x - x.detach().mean((2, 3), keepdim=True), z - z.mean((2, 3), keepdim=True)
+        shift = x.detach().mean((2, 3), keepdim=True)
+        return x - shift, z - z.mean((2, 3), keepdim=True), shift
     if family == "sqdiff":
         shift = z.detach().mean((2, 3), keepdim=True)
-        return x - shift.repeat_interleave(k, 0), z - shift
-    return x, z
+        return x - shift.repeat_interleave(k, 0), z - shift, shift.repeat_interleave(k, 0)
+    return x, z, x.new_zeros(x.shape[0], x.shape[1], 1, 1)
 
 
 def _numerator(xs: torch.Tensor, zs: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -154,7 +162,7 @@ def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tenso
     family, normed = method.split("_")[0], method.endswith("_normed")
     N, C, H, W = x.shape
     h = z.shape[2]
-    xs, zs = _correlated(x, z, family, k)
+    xs, zs, shift = _correlated(x, z, family, k)
     num, chosen = _numerator(xs, zs)
     if method in ("ccorr", "ccoeff"):
         return num
@@ -165,7 +173,8 @@ def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tenso
     residual = None
     if method == "ccoeff_normed" and num.dtype == torch.float32:
         residual = zs.detach().double().sum((2, 3)).repeat_interleave(k, 0)
-    problem = _Problem(x, xs, zs, num, method, k, tz2, tnorm, flat, rounding, residual)
+    shift2 = (shift.double() ** 2).sum((1, 2, 3))
+    problem = _Problem(x, xs, zs, num, method, k, tz2, tnorm, flat, rounding, shift2, residual)
     score = {"ccorr": _ccorr_piece, "ccoeff": _ccoeff_piece, "sqdiff": _sqdiff_piece}[family]
     # Float32 window sums (ccoeff) take pieces of as many bytes, so twice the elements.
     piece = 2 * _PIECE if family == "ccoeff" and x.dtype == torch.float32 else _PIECE
@@ -195,7 +204,9 @@ def _ccoeff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
     num = p.numerator(rows, images, diff2, s2)
     if p.residual is not None:
         num = _without_residual(num, s1, p.residual[images], h * w)
-    score = _normalise(num, diff2, p.scale(images), p.method, lambda: p.energy(rows, images))
+    # No window has more energy than this, so none is flat where diff2 passes its share of it.
+    most = (float(s2.detach().amax()) ** 0.5 + (h * w * float(p.shift2[images].amax())) ** 0.5) ** 2
+    score = _normalise(num, diff2, p.scale(images), p.method, lambda: p.energy(rows, images), most)
     assert p.flat is not None  # ccoeff_normed's problems have the flat-template rule
     flat = p.flat[images]
     if bool(flat.any()):
@@ -230,15 +241,42 @@ def _flat_templates(z: torch.Tensor) -> torch.Tensor:
 
 
 def _sqdiff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
-    """``sqdiff`` or ``sqdiff_normed`` on one piece, from ``sum T^2 - 2 sum I*T + sum I^2``."""
+    """``sqdiff`` or ``sqdiff_normed`` on one piece, from ``sum T^2 - 2 sum I*T + sum I^2``.
+
+    ``sum I^2`` (of the shifted image) is summed in float64, or for ``sqdiff_normed`` of a float32
+    image in float32 where its rounding (``gamma`` of :func:`_fast_gamma` of it) stays below
+    :data:`NUMERATOR_ERROR` of every window's denominator."""
     h, w = p.size
-    sq = _box(_squares(p.xs[images, :, rows].double()), h, w)
+    band = p.xs[images, :, rows]
     tz2 = p.tz2[images].view(-1, 1, 1, 1)
     if p.method == "sqdiff":
+        sq = _box(_squares(band.double()), h, w)
         return (tz2 - 2 * p.numerator(rows, images, sq, sq) + sq).clamp_min(0)
     energy = p.energy(rows, images)
+    sq = _window_squares(band, h, w)
+    if sq.dtype == torch.float32:
+        # Windows without energy are flat: they score 1 whatever their sums.
+        limit = (p.scale(images) * (NUMERATOR_ERROR / _fast_gamma(h, w))).to(sq.dtype)
+        if bool(((sq > torch.sqrt(energy).mul_(limit)) & (energy > 0)).any()):
+            sq = _box(_squares(band.double()), h, w)
     num = p.numerator(rows, images, energy, sq, factor=2)
     return _normalise((tz2 - 2 * num + sq).clamp_min(0), energy, p.scale(images), p.method)
+
+
+def _fast_gamma(h: int, w: int) -> float:
+    """The relative rounding of an ``h x w`` window sum of non-negative float32 terms by
+    doubling (:func:`_slide`, down the rows, then along them): each term passes through at most
+    ``ceil(log2 h) + ceil(log2 w) + 1`` additions, each rounding by a float32 unit (with a factor
+    2 of margin)."""
+    return 2 * ((h - 1).bit_length() + (w - 1).bit_length() + 1) * _FLOAT32_UNIT
+
+
+def _window_squares(band: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Window sums of squares (channels summed) of ``band``: by doubling in float32 for float32,
+    else in float64 by :func:`_box`."""
+    if band.dtype == torch.float32:
+        return _slide_columns(_slide(_squares(band), h), w)
+    return _box(_squares(band.double()), h, w)
 
 
 def _centred_energy(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
@@ -260,7 +298,7 @@ def _centred_energy_fast(band: torch.Tensor, h: int, w: int) -> tuple[torch.Tens
     window on a bright image, say) the float64 path redoes the piece (None). Half the bytes
     of float64 and no prefix sums, whose float32 rounding would grow with the image.
     """
-    gamma = 2 * ((h - 1).bit_length() + (w - 1).bit_length() + 1) * _FLOAT32_UNIT
+    gamma = _fast_gamma(h, w)
     s1 = _slide_columns(_slide(band, h), w)
     s2 = _slide_columns(_slide(_squares(band), h), w)
     diff2 = _centred_energy(s1, s2, h * w)

@@ -141,9 +141,12 @@ def _irfft2(Y: torch.Tensor, L: Pair, rows: slice, cols: slice) -> torch.Tensor:
 
 
 def _conjugate_spectrum(zd: torch.Tensor, L: Pair) -> torch.Tensor:
-    """``conj(rfft2(zd))`` at length ``L``, conjugated in place (the template is small, so
-    rfft2's own zero padding costs less than placing it: 0.56 vs 0.68 ms at 512x512)."""
-    return torch.fft.rfft2(zd, s=L).conj_physical_()
+    """``conj(rfft2(zd))`` at length ``L``, conjugated in place. The real transform runs on the
+    template's own rows only, the zero rows joining in the second, complex one: 45% less than
+    ``rfft2`` with its zero padding (a 64x64 template at 1024x1024: 1.6 vs 2.9 ms at one thread,
+    1.3 vs 2.3 at two; 128x128 at 2048x2048: 11.5 vs 20.5 ms at one)."""
+    rows = torch.fft.rfft(zd, n=L[1], dim=-1)
+    return torch.fft.fft(rows, n=L[0], dim=-2).conj_physical_()
 
 
 class _SpectralCorrelation(torch.autograd.Function):
