@@ -175,3 +175,49 @@ def test_flow_peer_formulations_are_correct():
     block = flow.CorrBlock(f1, f2, num_levels=3, radius=2)
     torch.testing.assert_close(block.lookup(coords), xcorr.CorrPyramid(f1, f2, 3, 2)(coords))
     assert block(coords).dtype == torch.float32  # as RAFT's CorrBlock returns it
+
+
+def test_a_case_runs_at_its_threads_for_torch_and_opencv_then_restores_them():
+    import cv2
+    import torch
+
+    seen = []
+
+    def setup():
+        return {OURS: lambda: seen.append((torch.get_num_threads(), cv2.getNumThreads())), "peer": lambda: None}
+
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    runner.time_case(Case("fake", "one thread", setup, 1.0, repeats=1, threads=1))
+    assert seen and set(seen) == {(1, 1)}
+    assert (torch.get_num_threads(), cv2.getNumThreads()) == before
+
+
+def test_profile_prints_the_stages_of_cases_that_measure_them(monkeypatch, capsys):
+    stages = {"numerator": 0.002, "window statistics": 0.001, "total": 0.004}
+    staged = Case("fake", "staged", counting_case([]).setup, 1.0, repeats=1, stages=lambda: dict(stages))
+    fake_suite(monkeypatch, [staged, counting_case([])])
+    results = runner.run(["fake"], profile=True)
+    assert results[0].stages == stages and results[1].stages == {}
+    out = capsys.readouterr().out
+    head, *rows = out.split("case (stages of ours, ms)")[1].splitlines()
+    assert "numerator" in head and "window statistics" in head and "other" in head
+    assert rows[1].split() == ["staged", "4", "2", "(50%)", "1", "(25%)", "1"]
+    assert not any(r.startswith("one") for r in rows)  # a case without stages is left out
+    runner.run(["fake"])
+    assert "case (stages" not in capsys.readouterr().out  # only with profile
+
+
+def test_match_suite_lists_photographs_one_thread_rows_a_batch_and_a_video():
+    from xcorr.benchmarks import match
+
+    cases = match.cases()
+    names = [c.name for c in cases]
+    assert len(names) == len(set(names))
+    assert any("photo camera" in n for n in names) and any("sqdiff_normed" in n for n in names)
+    ones = [c for c in cases if c.threads == 1]
+    assert len(ones) == len(match.ONE_THREAD) and all(c.name.endswith("(1 thread)") for c in ones)
+    assert all(c.target == match.ONE_THREAD_TARGET for c in ones)
+    assert {c.target for c in cases if c.threads is None and "batch" not in c.name and "video" not in c.name} == {
+        match.SINGLE_TARGET
+    }
+    assert all(c.stages is not None for c in cases)

@@ -888,3 +888,99 @@ def test_float32_normed_gradients_follow_float64(channels):
         want = torch.autograd.grad(xcorr.match_template(x64, z64, method), (x64, z64), g.double())
         for a, b in zip(got, want):
             assert (a.double() - b).abs().max() <= 1e-4 * b.abs().max()
+
+
+# --- match plans: one template, many images ------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype, channels", [(np.float32, 1), (np.uint8, 3), (np.float64, 1)])
+def test_match_plan_equals_match_template_on_every_image(method, dtype, channels):
+    rng = np.random.default_rng(3)
+    frames = [
+        (rng.random((s, s + 7) + ((channels,) if channels > 1 else ())) * 255).astype(dtype) for s in (41, 41, 57)
+    ]
+    template = frames[0][9:22, 5:20].copy()
+    plan = xcorr.match_plan(template, method)
+    for frame in frames:  # two image sizes: a numerator plan each
+        out = plan(frame)
+        assert out.dtype == np.float32
+        # The same scores, up to float32 rounding: the plan and repeated calls may pick different
+        # correlation methods.
+        ref = xcorr.match_template(frame, template, method)
+        np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6 * max(1.0, float(np.abs(ref).max())))
+
+
+@pytest.mark.parametrize("method", ["sqdiff_normed", "ccoeff_normed"])
+def test_match_plan_on_tensors_batches_masks_and_half(method):
+    x, z = torch.rand(6, 2, 30, 33), torch.rand(3, 2, 7, 6)
+    plan = xcorr.match_plan(z, method)
+    torch.testing.assert_close(plan(x), xcorr.match_template(x, z, method), rtol=0, atol=2e-6)
+    torch.testing.assert_close(plan(x[:3]), xcorr.match_template(x[:3], z, method), rtol=0, atol=2e-6)
+    mask = torch.rand(7, 6) > 0.3
+    masked = xcorr.match_plan(z, method, mask=mask)
+    torch.testing.assert_close(masked(x), xcorr.match_template(x, z, method, mask=mask), rtol=0, atol=2e-6)
+    half = xcorr.match_plan(z.half(), method)
+    torch.testing.assert_close(half(x.half()), xcorr.match_template(x.half(), z.half(), method), rtol=0, atol=2e-3)
+
+
+def test_match_plan_is_differentiable_in_the_image_only():
+    x = torch.rand(2, 1, 12, 11, dtype=torch.float64, requires_grad=True)
+    z = torch.rand(1, 1, 4, 5, dtype=torch.float64, requires_grad=True)
+    plan = xcorr.match_plan(z, "ccoeff_normed")
+    assert torch.autograd.gradcheck(plan, (x,))
+    plan(x).sum().backward()
+    assert z.grad is None
+
+
+def test_match_plan_reads_the_template_once():
+    template = IMG[2:5, 3:7].copy() + np.arange(12, dtype=np.float32).reshape(3, 4)
+    image = np.zeros_like(IMG)
+    image[4:7, 5:9] = template
+    plan = xcorr.match_plan(template)
+    before = plan(image)
+    template[:] = 0  # changed in place afterwards: the plan does not see it
+    np.testing.assert_array_equal(plan(image), before)
+
+
+PLAN_BAD_INPUTS = [
+    (lambda: xcorr.match_plan([[1.0]]), TypeError, r"template must be a numpy array \(h, w\[, C\]\) or a torch tensor"),
+    (lambda: xcorr.match_plan(np.zeros((2, 2, 2, 2), np.float32)), ValueError, r"template must be 2-D \(h, w\) or 3-D"),
+    (lambda: xcorr.match_plan(torch.zeros(3, 4)), ValueError, r"template must be 4-D"),
+    (lambda: xcorr.match_plan(TPL, "zncc"), ValueError, r"unknown method 'zncc'; valid values are"),
+    (lambda: xcorr.match_plan(TPL, mask=np.ones((2, 2), np.uint8)), ValueError, r"mask must have the template's size"),
+    (lambda: xcorr.match_plan(TPL)(torch.zeros(1, 1, 10, 12)), TypeError, r"image and template must both be numpy"),
+    (lambda: xcorr.match_plan(TPL)(IMG.astype(np.float64)), TypeError, r"image and template must have the same dtype"),
+    (
+        lambda: xcorr.match_plan(TPL)(IMG[:2]),
+        ValueError,
+        r"template \(3x4\) must not be larger than the image \(2x12\)",
+    ),
+    (
+        lambda: xcorr.match_plan(torch.zeros(2, 1, 3, 3))(torch.zeros(3, 1, 8, 8)),
+        ValueError,
+        r"image's batch N must be a multiple of the number of templates",
+    ),
+]
+
+
+@pytest.mark.parametrize("call, error, message", PLAN_BAD_INPUTS)
+def test_match_plan_bad_inputs(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.parametrize("method", ["ccorr", "ccorr_normed", "sqdiff_normed", "ccoeff_normed"])
+def test_stages_add_up_to_at_most_the_call(method):
+    from xcorr.matching.stages import STAGES, timed
+
+    image = np.random.default_rng(0).random((80, 90), dtype=np.float32)
+    template = image[10:30, 20:45].copy()
+    out, times = timed(lambda: xcorr.match_template(image, template, method))
+    ref = xcorr.match_template(image, template, method)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6 * max(1.0, float(np.abs(ref).max())))
+    assert set(times) == {*STAGES, "total"}
+    assert times["numerator"] > 0 and sum(times[s] for s in STAGES) <= times["total"]
+    assert (times["window statistics"] > 0) == method.endswith("_normed")
+    _, off = timed(lambda: None)
+    assert sum(off[s] for s in STAGES) == 0  # nothing is counted outside a match

@@ -6,6 +6,7 @@ from . import nn
 from .correlation.api import choose_method, pixelwise, xcorr
 from .correlation.plans import Plan, plan
 from .matching.api import find_peaks, match_template
+from .matching.plans import MatchPlan, match_plan
 from .nn import DepthwiseXCorrHead, LocalCorrelation, SiamFCHead, StereoCorrelation, UpChannelHead, XCorr
 from .planning import clear_cache, load_tuning, save_tuning, set_autotune
 from .volumes.api import local_correlation, stereo_correlation
@@ -22,6 +23,7 @@ __all__ = [
     "CorrPyramid",
     "DepthwiseXCorrHead",
     "LocalCorrelation",
+    "MatchPlan",
     "Plan",
     "SiamFCHead",
     "StereoCorrelation",
@@ -32,6 +34,7 @@ __all__ = [
     "find_peaks",
     "load_tuning",
     "local_correlation",
+    "match_plan",
     "match_template",
     "nn",
     "pixelwise",

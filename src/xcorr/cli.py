@@ -63,7 +63,12 @@ def _add_bench(sub: Any) -> None:
         help="timed calls per contender, at least (default: 7; fast contenders are timed for 0.5 s)",
     )
     bench.add_argument("--device", default="cpu", help="device to run on, e.g. cpu or cuda (default: cpu)")
-    bench.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
+    bench.add_argument(
+        "--threads", type=int, help="CPU threads for torch and OpenCV alike (default: each library's own choice)"
+    )
+    bench.add_argument(
+        "--profile", action="store_true", help="also print where our time goes, per stage, in the cases that say"
+    )
 
 
 def _add_fit(sub: Any) -> None:
@@ -182,8 +187,6 @@ def _match(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import torch
-
     from .benchmarks import runner
 
     suites = list(runner.SUITES) if args.suite == "all" else [args.suite]
@@ -191,11 +194,18 @@ def _bench(args: argparse.Namespace) -> int:
         if args.threads < 1:
             print(f"xcorr bench: --threads must be at least 1, got {args.threads}", file=sys.stderr)
             return 2
-        torch.set_num_threads(args.threads)
+        runner.set_threads(args.threads)
     if _torch_device("bench", args.device) is None:
         return 2
     try:
-        runner.run(suites, repeats=args.repeats, json_path=args.json, plot_path=args.plot, device=args.device)
+        runner.run(
+            suites,
+            repeats=args.repeats,
+            json_path=args.json,
+            plot_path=args.plot,
+            device=args.device,
+            profile=args.profile,
+        )
     except runner.Unavailable as error:
         print(f"xcorr bench: {error}", file=sys.stderr)
         return 2

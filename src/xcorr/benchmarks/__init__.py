@@ -25,3 +25,7 @@ class Case:
     #: Extra columns for the table, computed once after timing (e.g. the method ``auto`` picked
     #: and its float32 error); ``None`` for none.
     info: Callable[[], dict[str, Any]] | None = None
+    #: CPU threads the case runs at, torch's and OpenCV's alike (``None``: as the run was started).
+    threads: int | None = None
+    #: Seconds of one call of ours per stage (``--profile``), measured after timing; ``None``: none.
+    stages: Callable[[], dict[str, float]] | None = None

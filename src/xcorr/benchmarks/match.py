@@ -1,21 +1,27 @@
 """Suite "match": template matching against OpenCV, scikit-image and scipy.
 
 ZNCC (``ccoeff_normed``) on single grey images of growing size, a colour image, plain
-correlation (``ccorr``), and a batch of 64 image/template pairs through the tensor API (the
-peers loop over the batch). Each peer computes the same scores as ours: valid positions, float32
-images in [0, 1). scipy has no template matching, so its entry is what a scipy user writes:
-``scipy.signal.correlate`` for the numerator and for the window sums.
+correlation (``ccorr``), ``sqdiff_normed``, photographs (scikit-image's, with their dark and flat
+windows), a selection of these at one thread (torch and OpenCV alike), a batch of 64
+image/template pairs through the tensor API (the peers loop over the batch), and one template
+against the frames of a video through a match plan (the peers call ``matchTemplate`` per frame).
+Each peer computes the same scores as ours: valid positions, float32 images in [0, 1). scipy has
+no template matching, so its entry is what a scipy user writes: ``scipy.signal.correlate`` for
+the numerator and for the window sums. ``--profile`` adds where our time goes, per stage.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import statistics
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from ..matching.api import match_template
+from ..matching.plans import match_plan
+from ..matching.stages import timed
 from . import OURS, Case
 
 OPENCV, SKIMAGE, SCIPY = "opencv", "scikit-image", "scipy"
@@ -28,9 +34,29 @@ SINGLE = [
     ("zncc 1024 / 16", 1024, 16, 1, "ccoeff_normed"),
     ("zncc rgb 1024 / 48", 1024, 48, 3, "ccoeff_normed"),
     ("ccorr 1024 / 64", 1024, 64, 1, "ccorr"),
+    ("sqdiff_normed 1024 / 64", 1024, 64, 1, "sqdiff_normed"),
 ]
+#: (name, scikit-image photograph, template side, top-left corner of its crop, method).
+PHOTOS = [
+    ("zncc photo astronaut rgb 512 / 64 (face)", "astronaut", 64, (90, 190), "ccoeff_normed"),
+    ("zncc photo astronaut rgb 512 / 40 (face)", "astronaut", 40, (110, 200), "ccoeff_normed"),
+    ("zncc photo camera 512 / 64", "camera", 64, (70, 230), "ccoeff_normed"),
+]
+#: Cases run again at one thread, torch's and OpenCV's.
+ONE_THREAD = (
+    "zncc 512 / 32",
+    "zncc 1024 / 64",
+    "zncc rgb 1024 / 48",
+    "ccorr 1024 / 64",
+    "zncc photo astronaut rgb 512 / 64 (face)",
+    "zncc photo camera 512 / 64",
+)
 BATCH, BATCH_SIDE, BATCH_TEMPLATE = 64, 256, 24
-SINGLE_TARGET, BATCH_TARGET = 1.0, 0.7
+FRAMES, FRAME_SIDE, FRAME_TEMPLATE = 8, 1024, 64
+#: Targets: our median over the fastest peer's, at the default threads and at one.
+SINGLE_TARGET, ONE_THREAD_TARGET, BATCH_TARGET, VIDEO_TARGET = 0.8, 1.0, 0.5, 0.6
+#: Calls of ours whose stages (``--profile``) are summarised by their medians.
+STAGE_CALLS = 5
 
 
 def _installed(module: str) -> bool:
@@ -49,7 +75,7 @@ def _images(n: int, side: int, channels: int, template: int, seed: int = 0):
 def _opencv(method: str) -> Callable[[np.ndarray, np.ndarray], Any]:
     import cv2
 
-    code = {"ccoeff_normed": cv2.TM_CCOEFF_NORMED, "ccorr": cv2.TM_CCORR}[method]
+    code = {"ccoeff_normed": cv2.TM_CCOEFF_NORMED, "ccorr": cv2.TM_CCORR, "sqdiff_normed": cv2.TM_SQDIFF_NORMED}[method]
     return lambda image, template: cv2.matchTemplate(image, template, code)
 
 
@@ -79,36 +105,96 @@ def _scipy(method: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     return zncc if method == "ccoeff_normed" else ccorr
 
 
-def _single_case(name: str, side: int, tside: int, channels: int, method: str) -> Case:
-    def setup() -> dict[str, Callable[[], Any]]:
-        images, templates = _images(1, side, channels, tside)
-        image, template = images[0], templates[0]
-        fns = {OURS: lambda: match_template(image, template, method)}
-        if _installed("cv2"):
-            opencv = _opencv(method)
-            fns[OPENCV] = lambda: opencv(image, template)
-        if _installed("skimage") and method == "ccoeff_normed":
-            fns[SKIMAGE] = lambda: _skimage(image, template)
-        if _installed("scipy"):
-            scipy_fn = _scipy(method)
-            fns[SCIPY] = lambda: scipy_fn(image, template)
-        return fns
+def _stages(ours: Callable[[], Any]) -> Callable[[], dict[str, float]]:
+    """Our call's seconds per stage, the median of :data:`STAGE_CALLS` calls each."""
 
-    return Case("match", name, setup, SINGLE_TARGET)
+    def measure() -> dict[str, float]:
+        runs = [timed(ours)[1] for _ in range(STAGE_CALLS)]
+        return {name: statistics.median(r[name] for r in runs) for name in runs[0]}
+
+    return measure
+
+
+def _photo(name: str) -> np.ndarray | None:
+    """scikit-image's photograph ``name`` as float32 in [0, 1), or None without scikit-image."""
+    if not _installed("skimage"):
+        return None
+    from skimage import data
+
+    return getattr(data, name)().astype(np.float32) / 255
+
+
+def _contenders(image: np.ndarray, template: np.ndarray, method: str) -> dict[str, Callable[[], Any]]:
+    fns: dict[str, Callable[[], Any]] = {OURS: lambda: match_template(image, template, method)}
+    if _installed("cv2"):
+        opencv = _opencv(method)
+        fns[OPENCV] = lambda: opencv(image, template)
+    if _installed("skimage") and method == "ccoeff_normed":
+        fns[SKIMAGE] = lambda: _skimage(image, template)
+    if _installed("scipy") and method in ("ccoeff_normed", "ccorr"):
+        scipy_fn = _scipy(method)
+        fns[SCIPY] = lambda: scipy_fn(image, template)
+    return fns
+
+
+def _single_case(name: str, side: int, tside: int, channels: int, method: str, threads: int | None = None) -> Case:
+    def inputs() -> tuple[np.ndarray, np.ndarray]:
+        images, templates = _images(1, side, channels, tside)
+        return images[0], templates[0]
+
+    def stages() -> dict[str, float]:
+        image, template = inputs()
+        return _stages(lambda: match_template(image, template, method))()
+
+    return Case(
+        "match",
+        name if threads is None else f"{name} (1 thread)",
+        lambda: _contenders(*inputs(), method),
+        SINGLE_TARGET if threads is None else ONE_THREAD_TARGET,
+        threads=threads,
+        stages=stages,
+    )
+
+
+def _photo_case(
+    name: str, photo: str, tside: int, corner: tuple[int, int], method: str, threads: int | None = None
+) -> Case:
+    def inputs() -> tuple[np.ndarray, np.ndarray]:
+        image = _photo(photo)
+        assert image is not None  # the case is listed only with scikit-image installed
+        r, c = corner
+        return image, image[r : r + tside, c : c + tside].copy()
+
+    def stages() -> dict[str, float]:
+        image, template = inputs()
+        return _stages(lambda: match_template(image, template, method))()
+
+    return Case(
+        "match",
+        name if threads is None else f"{name} (1 thread)",
+        lambda: _contenders(*inputs(), method),
+        SINGLE_TARGET if threads is None else ONE_THREAD_TARGET,
+        threads=threads,
+        stages=stages,
+    )
 
 
 def _batch_case() -> Case:
-    def setup() -> dict[str, Callable[[], Any]]:
+    def inputs() -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
         images, templates = _images(BATCH, BATCH_SIDE, 1, BATCH_TEMPLATE, seed=1)
-        x = torch.from_numpy(images).unsqueeze(1)
-        z = torch.from_numpy(templates).unsqueeze(1)
-        pairs = list(zip(images, templates))
+        return images, templates, torch.from_numpy(images).unsqueeze(1), torch.from_numpy(templates).unsqueeze(1)
 
-        def ours() -> Any:
+    def ours(x: torch.Tensor, z: torch.Tensor) -> Callable[[], Any]:
+        def call() -> Any:
             with torch.no_grad():
                 return match_template(x, z)
 
-        fns: dict[str, Callable[[], Any]] = {OURS: ours}
+        return call
+
+    def setup() -> dict[str, Callable[[], Any]]:
+        images, templates, x, z = inputs()
+        pairs = list(zip(images, templates))
+        fns: dict[str, Callable[[], Any]] = {OURS: ours(x, z)}
         if _installed("cv2"):
             opencv = _opencv("ccoeff_normed")
             fns[OPENCV] = lambda: [opencv(i, t) for i, t in pairs]
@@ -119,9 +205,47 @@ def _batch_case() -> Case:
             fns[SCIPY] = lambda: [scipy_fn(i, t) for i, t in pairs]
         return fns
 
-    return Case("match", f"zncc batch {BATCH} x {BATCH_SIDE} / {BATCH_TEMPLATE} (tensors)", setup, BATCH_TARGET)
+    def stages() -> dict[str, float]:
+        return _stages(ours(*inputs()[2:]))()
+
+    name = f"zncc batch {BATCH} x {BATCH_SIDE} / {BATCH_TEMPLATE} (tensors)"
+    return Case("match", name, setup, BATCH_TARGET, stages=stages)
+
+
+def _video_case() -> Case:
+    """One template against every frame of a video, through a match plan: time per video."""
+
+    def inputs() -> tuple[np.ndarray, np.ndarray]:
+        frames, templates = _images(FRAMES, FRAME_SIDE, 1, FRAME_TEMPLATE, seed=2)
+        return frames, templates[0]
+
+    def setup() -> dict[str, Callable[[], Any]]:
+        frames, template = inputs()
+        plan = match_plan(template)
+        fns: dict[str, Callable[[], Any]] = {OURS: lambda: [plan(f) for f in frames]}
+        if _installed("cv2"):
+            opencv = _opencv("ccoeff_normed")
+            fns[OPENCV] = lambda: [opencv(f, template) for f in frames]
+        return fns
+
+    def stages() -> dict[str, float]:
+        frames, template = inputs()
+        plan = match_plan(template)
+        return _stages(lambda: [plan(f) for f in frames])()
+
+    name = f"zncc video {FRAMES} x {FRAME_SIDE} / {FRAME_TEMPLATE} (match plan)"
+    return Case("match", name, setup, VIDEO_TARGET, repeats=5, stages=stages)
 
 
 def cases() -> list[Case]:
-    """The match suite: six single-image cases and one batch case."""
-    return [_single_case(*row) for row in SINGLE] + [_batch_case()]
+    """The match suite: single images (random and photographs), some at one thread, a batch and
+    a video."""
+    single = {row[0]: row for row in SINGLE}
+    photos = {row[0]: row for row in PHOTOS} if _installed("skimage") else {}
+    out = [_single_case(*row) for row in SINGLE] + [_photo_case(*row) for row in photos.values()]
+    for name in ONE_THREAD:
+        if name in single:
+            out.append(_single_case(*single[name], threads=1))
+        elif name in photos:
+            out.append(_photo_case(*photos[name], threads=1))
+    return out + [_batch_case(), _video_case()]

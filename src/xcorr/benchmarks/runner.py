@@ -16,7 +16,8 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, TextIO
 
@@ -63,6 +64,8 @@ class Result:
     target: float | None
     samples: dict[str, int] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    #: Seconds of our call per stage (``--profile``), where the case measures them.
+    stages: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float | None:
@@ -99,6 +102,34 @@ def load(name: str) -> list[Case]:
     return list(module.cases())
 
 
+def set_threads(n: int) -> None:
+    """Run torch and, where installed, OpenCV on ``n`` CPU threads: peers timed side by side
+    get the same number."""
+    torch.set_num_threads(n)
+    if importlib.util.find_spec("cv2") is not None:
+        import cv2
+
+        cv2.setNumThreads(n)
+
+
+@contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """Inside the block, torch and OpenCV run on ``n`` threads (unchanged for ``None``)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    cv2 = importlib.import_module("cv2") if importlib.util.find_spec("cv2") is not None else None
+    cv2_before = cv2.getNumThreads() if cv2 is not None else None
+    set_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if cv2 is not None:
+            cv2.setNumThreads(cv2_before)
+
+
 def _call(fn: Callable[[], Any], device: torch.device) -> float:
     start = time.perf_counter()
     fn()
@@ -107,7 +138,7 @@ def _call(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def time_case(case: Case, repeats: int = REPEATS, device: str | torch.device = "cpu") -> Result:
+def time_case(case: Case, repeats: int = REPEATS, device: str | torch.device = "cpu", profile: bool = False) -> Result:
     """Warm up, then time the contenders in interleaved rounds; medians per contender.
 
     Every round runs the contenders still being timed in a freshly shuffled order (seeded, so
@@ -120,9 +151,15 @@ def time_case(case: Case, repeats: int = REPEATS, device: str | torch.device = "
 
     The case's inputs are made on ``device`` (as the default device during ``setup``); the calls
     are timed outside that context, whose per-call dispatch cost would otherwise weigh on every
-    small operation.
+    small operation. The case runs at its own thread count where it sets one
+    (:attr:`Case.threads`), and with ``profile`` its stages of our call are measured afterwards
+    (:attr:`Case.stages`).
     """
-    device = torch.device(device)
+    with threads(case.threads):
+        return _time_case(case, repeats, torch.device(device), profile)
+
+
+def _time_case(case: Case, repeats: int, device: torch.device, profile: bool) -> Result:
     with device:
         contenders = case.setup()
     names = list(contenders)
@@ -166,6 +203,8 @@ def time_case(case: Case, repeats: int = REPEATS, device: str | torch.device = "
     if case.info is not None:
         with device:
             result.info = case.info()
+    if case.stages is not None and profile:
+        result.stages = case.stages()
     return result
 
 
@@ -205,12 +244,31 @@ def table(results: Sequence[Result]) -> str:
                 "" if error is None else f"{error:.1e}",
             ]
         )
+    return _text_table(head, rows)
+
+
+def stage_table(results: Sequence[Result]) -> str:
+    """Our time per stage (ms, median calls) in the cases that measure their stages, with the
+    share of the call each takes."""
+    shown = [r for r in results if r.stages]
+    if not shown:
+        return "no case of these suites measures its stages"
+    names = [n for n in shown[0].stages if n != "total"]
+    head = ["case (stages of ours, ms)", "total", *names, "other"]
+    rows = []
+    for r in shown:
+        total = r.stages["total"]
+        parts = [r.stages.get(n, 0.0) for n in names]
+        rows.append([r.case, _ms(total), *(f"{_ms(t)} ({t / total:.0%})" for t in parts), _ms(total - sum(parts))])
+    return _text_table(head, rows)
+
+
+def _text_table(head: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     fmt = lambda cells: "  ".join(  # noqa: E731
         str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
     ).rstrip()
-    lines = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
-    return "\n".join(lines)
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
@@ -278,8 +336,10 @@ def run(
     plot_path: str | None = None,
     out: TextIO | None = None,
     device: str | torch.device = "cpu",
+    profile: bool = False,
 ) -> list[Result]:
-    """Run the named suites and print the table; returns the results.
+    """Run the named suites and print the table; returns the results. With ``profile``, a second
+    table shows where our time goes in the cases that measure their stages.
 
     Suites that cannot run here are reported (with the reason) and skipped; if none can run,
     :class:`Unavailable` is raised.
@@ -310,12 +370,14 @@ def run(
             bar.set_description(case.name)
         else:
             print(f"  running {case.name} ...", file=sys.stderr, flush=True)
-        results.append(time_case(case, repeats, device))
+        results.append(time_case(case, repeats, device, profile))
         if bar is not None:
             bar.update()
     if bar is not None:
         bar.close()
     print(table(results), file=out)
+    if profile:
+        print(stage_table(results), file=out)
     if json_path:
         write_json(json_path, results, device)
         print(f"wrote {json_path}", file=out)

@@ -101,18 +101,19 @@ def _from_arrays(image: np.ndarray, template: np.ndarray, mask: np.ndarray | Non
     """numpy arguments as tensors (1, C, H, W): float64 for a float64 image, else float32; a bool or
     uint8 mask as binary weights."""
     dtype = torch.float64 if image.dtype == np.float64 else torch.float32
-
-    def tensor(a: np.ndarray, dt: torch.dtype) -> torch.Tensor:
-        a = a.reshape(*a.shape[:2], -1)
-        if a.dtype == np.uint8:
-            a = a.astype(np.float32)
-        t = torch.from_numpy(np.ascontiguousarray(a) if a.flags.writeable else a.copy())
-        return t.permute(2, 0, 1).unsqueeze(0).to(dt).contiguous()
-
     m = None
     if mask is not None:
-        m = tensor((mask != 0) if mask.dtype.kind in "bu" else mask, dtype).to(dtype)
-    return tensor(image, dtype), tensor(template, dtype), m
+        m = _array_tensor((mask != 0) if mask.dtype.kind in "bu" else mask, dtype).to(dtype)
+    return _array_tensor(image, dtype), _array_tensor(template, dtype), m
+
+
+def _array_tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """A numpy (H, W) or (H, W, C) array as a tensor (1, C, H, W) of ``dtype`` (a view where it can be)."""
+    a = a.reshape(*a.shape[:2], -1)
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(a) if a.flags.writeable else a.copy())
+    return t.permute(2, 0, 1).unsqueeze(0).to(dtype).contiguous()
 
 
 def _mask_tensor(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -46,6 +46,22 @@ def check_match(image: Any, template: Any, method: Any, mask: Any) -> bool:
     )
 
 
+def check_match_template(template: Any, method: Any, mask: Any) -> bool:
+    """Validate the arguments of :func:`xcorr.match_plan` by :func:`check_match`'s rules that
+    need no image; return whether the template is a numpy array."""
+    if isinstance(template, np.ndarray):
+        if template.ndim not in (2, 3):
+            raise ValueError(f"template must be 2-D (h, w) or 3-D (h, w, C), got shape {template.shape}")
+    elif isinstance(template, torch.Tensor):
+        check_tensor(template, "template", "Nt C h w")
+    else:
+        raise TypeError(
+            f"template must be a numpy array (h, w[, C]) or a torch tensor (Nt, C, h, w); got {_type_name(template)}"
+        )
+    # The template is an image it fits in: the remaining rules (dtype, channels, mask) are the same.
+    return check_match(template, template, method, mask)
+
+
 def _check_match_arrays(image: Any, template: Any, mask: Any) -> None:
     for name, a in (("image", image), ("template", template)):
         if a.ndim not in (2, 3):

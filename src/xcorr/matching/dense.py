@@ -27,15 +27,18 @@ photographs few windows, often none, need it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from .._compute import needs_grad
 from ..correlation import api as correlation
 from ..correlation.api import xcorr
 from ..correlation.family import CORRELATION, PER_PASS
 from .normalise import FLAT_TEMPLATE, _normalise
 from .rounding import _FLOAT32_UNIT, _Rounding
+from .stages import stage
 
 #: Largest change of a normed score that the float32 numerator's rounding may cause; windows where
 #: it could be more are correlated again in float64. With :data:`_FAST_ERROR` (float32 window
@@ -135,18 +138,36 @@ class _Problem:
         return out
 
 
-def _correlated(
-    x: torch.Tensor, z: torch.Tensor, family: str, k: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Image and template as ``family`` correlates them, shifted so that no large mean enters the
-    rounding (see the module's precision tricks), and the image's shift (N, C, 1, 1)."""
+def _correlated(x: torch.Tensor, z: torch.Tensor, family: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image and template as ``family`` correlates them: shifted so that no large mean enters the
+    rounding (see the module's precision tricks)."""
+    zs, shift = _shifted_template(z, family)
+    return _shifted_image(x, family, shift, k)[0], zs
+
+
+def _shifted_template(z: torch.Tensor, family: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The template as ``family`` correlates it (``ccoeff``: centred; ``sqdiff``: shifted by its
+    mean, with the images), and that shift of the images (``sqdiff``; else None)."""
     if family == "ccoeff":
-        shift = x.detach().mean((2, 3), keepdim=True)
-        return x - shift, z - z.mean((2, 3), keepdim=True), shift
+        return z - z.mean((2, 3), keepdim=True), None
     if family == "sqdiff":
         shift = z.detach().mean((2, 3), keepdim=True)
-        return x - shift.repeat_interleave(k, 0), z - shift, shift.repeat_interleave(k, 0)
-    return x, z, x.new_zeros(x.shape[0], x.shape[1], 1, 1)
+        return z - shift, shift
+    return z, None
+
+
+def _shifted_image(
+    x: torch.Tensor, family: str, shift: torch.Tensor | None, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images as ``family`` correlates them (``ccoeff``: each minus its own mean; ``sqdiff``:
+    minus its template's ``shift``), and the shift taken (N, C, 1, 1)."""
+    if family == "ccoeff":
+        shift = x.detach().mean((2, 3), keepdim=True)
+    elif shift is not None:
+        shift = shift.repeat_interleave(k, 0)
+    else:
+        return x, x.new_zeros(x.shape[0], x.shape[1], 1, 1)
+    return x - shift, shift
 
 
 def _numerator(xs: torch.Tensor, zs: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -158,21 +179,64 @@ def _numerator(xs: torch.Tensor, zs: torch.Tensor) -> tuple[torch.Tensor, str]:
     return num, CORRELATION.passes(option, bound.spec).forward if option == PER_PASS else option
 
 
-def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class _Template:
+    """What the unmasked scores need of the templates alone (Nt of them): computed once per call,
+    or once for every image by a match plan (:class:`xcorr.MatchPlan`).
+
+    Attributes:
+        z: the templates (Nt, C, h, w); ``zs``: as correlated (centred, or shifted by ``shift``).
+        shift: (Nt, C, 1, 1) the shift of ``sqdiff``'s images (the template's mean), else None.
+        tz2: (Nt,) float64 ``sum zs^2``; ``tnorm``: (Nt,) the template's norm in the denominator.
+        flat: (Nt,) OpenCV's flat templates (``ccoeff_normed``; else None).
+        residual: (Nt, C) float64 sums of float32 ``zs`` (``ccoeff_normed``; else None).
+    """
+
+    z: torch.Tensor
+    zs: torch.Tensor
+    shift: torch.Tensor | None
+    tz2: torch.Tensor
+    tnorm: torch.Tensor
+    flat: torch.Tensor | None
+    residual: torch.Tensor | None
+
+    @staticmethod
+    def of(z: torch.Tensor, method: str) -> _Template:
+        family = method.split("_")[0]
+        zs, shift = _shifted_template(z, family)
+        tz2 = (zs.double() ** 2).sum((1, 2, 3))
+        tnorm = tz2.sqrt() if family == "ccoeff" else (z.double() ** 2).sum((1, 2, 3)).sqrt()
+        flat = _flat_templates(z) if method == "ccoeff_normed" else None
+        residual = None
+        if method == "ccoeff_normed" and z.dtype == torch.float32:
+            residual = zs.detach().double().sum((2, 3))
+        return _Template(z, zs, shift, tz2, tnorm, flat, residual)
+
+
+def _dense(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    method: str,
+    k: int,
+    template: _Template | None = None,
+    numerator: Callable[[torch.Tensor], tuple[torch.Tensor, str]] | None = None,
+) -> torch.Tensor:
+    """The unmasked scores of images ``x`` against templates ``z``, ``k`` images per template;
+    ``template`` (``z``'s part) and ``numerator`` (``xs -> (num, backend)``) come from a match plan."""
     family, normed = method.split("_")[0], method.endswith("_normed")
     N, C, H, W = x.shape
     h = z.shape[2]
-    xs, zs, shift = _correlated(x, z, family, k)
-    num, chosen = _numerator(xs, zs)
+    t = template or _Template.of(z, method)
+    xs, shift = _shifted_image(x, family, t.shift, k)
+    zs = t.zs
+    with stage("numerator"):
+        num, chosen = numerator(xs) if numerator is not None else _numerator(xs, zs)
     if method in ("ccorr", "ccoeff"):
         return num
-    tz2 = (zs.double() ** 2).sum((1, 2, 3)).repeat_interleave(k)
-    tnorm = tz2.sqrt() if family == "ccoeff" else (z.double() ** 2).sum((1, 2, 3)).sqrt().repeat_interleave(k)
-    flat = _flat_templates(z).repeat_interleave(k) if method == "ccoeff_normed" else None
+    tz2, tnorm = t.tz2.repeat_interleave(k), t.tnorm.repeat_interleave(k)
+    flat = None if t.flat is None else t.flat.repeat_interleave(k)
     rounding = _Rounding.of(xs, zs, num, chosen, k) if normed and num.dtype == torch.float32 else None
-    residual = None
-    if method == "ccoeff_normed" and num.dtype == torch.float32:
-        residual = zs.detach().double().sum((2, 3)).repeat_interleave(k, 0)
+    residual = t.residual.repeat_interleave(k, 0) if t.residual is not None and num.dtype == torch.float32 else None
     shift2 = (shift.double() ** 2).sum((1, 2, 3))
     problem = _Problem(x, xs, zs, num, method, k, tz2, tnorm, flat, rounding, shift2, residual)
     score = {"ccorr": _ccorr_piece, "ccoeff": _ccoeff_piece, "sqdiff": _sqdiff_piece}[family]
@@ -184,9 +248,12 @@ def _dense(x: torch.Tensor, z: torch.Tensor, method: str, k: int) -> torch.Tenso
 
 def _ccorr_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
     """``ccorr_normed`` on one piece: the window's energy is the denominator's."""
-    energy = p.energy(rows, images)
-    num = p.numerator(rows, images, energy, energy)
-    return _normalise(num, energy, p.scale(images), p.method)
+    with stage("window statistics"):
+        energy = p.energy(rows, images)
+    with stage("exactness check"):
+        num = p.numerator(rows, images, energy, energy)
+    with stage("normalisation"):
+        return _normalise(num, energy, p.scale(images), p.method)
 
 
 def _ccoeff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
@@ -194,23 +261,26 @@ def _ccoeff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
     h, w = p.size
     band = p.xs[images, :, rows]
     sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    if band.dtype == torch.float32:
-        sums = _centred_energy_fast(band, h, w)
-    if sums is None:
-        band = band.double()
-        s1, s2 = _box(band, h, w), _box(_squares(band), h, w)
-        sums = _centred_energy(s1, s2, h * w), s2, s1
+    with stage("window statistics"):
+        if band.dtype == torch.float32:
+            sums = _centred_energy_fast(band, h, w)
+        if sums is None:
+            band = band.double()
+            s1, s2 = _box(band, h, w), _box(_squares(band), h, w)
+            sums = _centred_energy(s1, s2, h * w), s2, s1
     diff2, s2, s1 = sums
-    num = p.numerator(rows, images, diff2, s2)
-    if p.residual is not None:
-        num = _without_residual(num, s1, p.residual[images], h * w)
+    with stage("exactness check"):
+        num = p.numerator(rows, images, diff2, s2)
+        if p.residual is not None:
+            num = _without_residual(num, s1, p.residual[images], h * w)
     # No window has more energy than this, so none is flat where diff2 passes its share of it.
     most = (float(s2.detach().amax()) ** 0.5 + (h * w * float(p.shift2[images].amax())) ** 0.5) ** 2
-    score = _normalise(num, diff2, p.scale(images), p.method, lambda: p.energy(rows, images), most)
-    assert p.flat is not None  # ccoeff_normed's problems have the flat-template rule
-    flat = p.flat[images]
-    if bool(flat.any()):
-        score = torch.where(flat.view(-1, 1, 1, 1), torch.ones_like(score), score)
+    with stage("normalisation"):
+        score = _normalise(num, diff2, p.scale(images), p.method, lambda: p.energy(rows, images), most)
+        assert p.flat is not None  # ccoeff_normed's problems have the flat-template rule
+        flat = p.flat[images]
+        if bool(flat.any()):
+            score = torch.where(flat.view(-1, 1, 1, 1), torch.ones_like(score), score)
     return score
 
 
@@ -252,15 +322,23 @@ def _sqdiff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
     if p.method == "sqdiff":
         sq = _box(_squares(band.double()), h, w)
         return (tz2 - 2 * p.numerator(rows, images, sq, sq) + sq).clamp_min(0)
-    energy = p.energy(rows, images)
-    sq = _window_squares(band, h, w)
-    if sq.dtype == torch.float32:
-        # Windows without energy are flat: they score 1 whatever their sums.
-        limit = (p.scale(images) * (NUMERATOR_ERROR / _fast_gamma(h, w))).to(sq.dtype)
-        if bool(((sq > torch.sqrt(energy).mul_(limit)) & (energy > 0)).any()):
-            sq = _box(_squares(band.double()), h, w)
-    num = p.numerator(rows, images, energy, sq, factor=2)
-    return _normalise((tz2 - 2 * num + sq).clamp_min(0), energy, p.scale(images), p.method)
+    with stage("window statistics"):
+        energy = p.energy(rows, images)
+        sq = _window_squares(band, h, w)
+        if sq.dtype == torch.float32:
+            # Windows without energy are flat: they score 1 whatever their sums.
+            limit = (p.scale(images) * (NUMERATOR_ERROR / _fast_gamma(h, w))).to(sq.dtype)
+            if bool(((sq > torch.sqrt(energy).mul_(limit)) & (energy > 0)).any()):
+                sq = _box(_squares(band.double()), h, w)
+    with stage("exactness check"):
+        num = p.numerator(rows, images, energy, sq, factor=2)
+    with stage("normalisation"):
+        # In float64, where the expansion cancels; one buffer, updated in place, without a graph.
+        if needs_grad(num, sq):
+            sqdiff = (tz2 - 2 * num + sq).clamp_min(0)
+        else:
+            sqdiff = num.double().mul_(-2).add_(sq).add_(tz2).clamp_min_(0)
+        return _normalise(sqdiff, energy, p.scale(images), p.method)
 
 
 def _fast_gamma(h: int, w: int) -> float:

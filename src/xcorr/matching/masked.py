@@ -41,7 +41,7 @@ def _sqdiff(x: torch.Tensor, z: torch.Tensor, m: torch.Tensor, k: int) -> torch.
     """``sum M^2 (I - T)^2`` from its expansion, image and template shifted by the template's mean as
     the unmasked ``sqdiff`` is (:func:`~.dense._correlated`)."""
     m2 = m * m
-    xs, zs, _ = _correlated(x, z, "sqdiff", k)
+    xs, zs = _correlated(x, z, "sqdiff", k)
     tz2 = ((zs * m) ** 2).sum((1, 2, 3)).view(-1, 1, 1, 1)
     return (_per_image(tz2, k) - 2 * xcorr(xs, zs * m2) + xcorr(xs * xs, m2)).clamp_min(0)
 

@@ -10,18 +10,30 @@ import torch
 from .._compute import computed, finite_footprint
 from ..correlation.api import xcorr
 from .checks import check_mask_weights
-from .dense import _dense
+from .dense import _dense, _Template
 from .masked import _masked
 
 
-def _scores(x: torch.Tensor, z: torch.Tensor, method: str, mask: torch.Tensor | None) -> torch.Tensor:
+def _scores(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    method: str,
+    mask: torch.Tensor | None,
+    template: _Template | None = None,
+    numerator: Callable[[torch.Tensor], tuple[torch.Tensor, str]] | None = None,
+) -> torch.Tensor:
     """The ``method`` scores (N, 1, H-h+1, W-w+1) of images ``x`` (N, C, H, W) against templates ``z``
-    (Nt, C, h, w), each serving ``N // Nt`` images, weighted by ``mask`` (1 or Nt, 1 or C, h, w)."""
+    (Nt, C, h, w), each serving ``N // Nt`` images, weighted by ``mask`` (1 or Nt, 1 or C, h, w);
+    ``template`` and ``numerator`` are a match plan's (unmasked, ``z``'s dtype)."""
     N, C, H, W = x.shape
     Nt, _, h, w = z.shape
     shape, k = (N, 1, H - h + 1, W - w + 1), N // Nt
     if mask is None:
-        return computed(lambda a, b: _footprint(lambda a: _dense(a, b, method, k), a, (h, w)), shape, x, z)
+
+        def dense(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return _footprint(lambda a: _dense(a, b, method, k, template, numerator), a, (h, w))
+
+        return computed(dense, shape, x, z)
     check_mask_weights(mask, method.startswith("ccoeff"))
 
     def masked(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
