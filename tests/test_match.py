@@ -984,3 +984,19 @@ def test_stages_add_up_to_at_most_the_call(method):
     assert (times["window statistics"] > 0) == method.endswith("_normed")
     _, off = timed(lambda: None)
     assert sum(off[s] for s in STAGES) == 0  # nothing is counted outside a match
+
+
+def test_float64_redoes_only_the_rows_of_low_contrast_windows(monkeypatch):
+    # A bright, low-contrast strip on top of a high-contrast image: only the windows that reach
+    # into the strip need float64 sums, and only their rows are summed again.
+    rng = np.random.default_rng(5)
+    image = rng.random((120, 50)).astype(np.float32)
+    image[:12] = np.float32(0.9) + np.float32(1e-3) * rng.random((12, 50)).astype(np.float32)
+    template = image[60:69, 10:20].copy()
+    runs = []
+    real = xcorr.matching.dense._redone_rows
+    monkeypatch.setattr(xcorr.matching.dense, "_redone_rows", lambda *a: runs.append(a[2]) or real(*a))
+    out = xcorr.match_template(image, template, "ccoeff_normed")
+    exact = xcorr.match_template(image.astype(np.float64), template.astype(np.float64), "ccoeff_normed")
+    np.testing.assert_allclose(out, exact, rtol=0, atol=2e-4)
+    assert runs and runs[0][0][0] == 0 and runs[0][-1][1] <= 12 < out.shape[0]

@@ -373,15 +373,55 @@ def _centred_energy_fast(band: torch.Tensor, h: int, w: int) -> tuple[torch.Tens
     magnitudes, so ``s2`` and ``s1^2 / n`` are off by at most ``gamma * s2`` and ``2 gamma * s2``.
     Where the variance left after the subtraction is at least ``3 gamma / (2 * _FAST_ERROR)`` of
     ``s2``, that moves a normed score by at most ``_FAST_ERROR``; elsewhere (a low-contrast
-    window on a bright image, say) the float64 path redoes the piece (None). Half the bytes
-    of float64 and no prefix sums, whose float32 rounding would grow with the image.
+    window on a bright image, say) float64 sums redo the rows of those windows
+    (:func:`_redone_rows`), or the whole piece (None) where they are most of its rows or a
+    gradient is needed. Half the bytes of float64 and no prefix sums, whose float32 rounding
+    would grow with the image.
     """
     gamma = _fast_gamma(h, w)
     s1 = _slide_columns(_slide(band, h), w)
     s2 = _slide_columns(_slide(_squares(band), h), w)
     diff2 = _centred_energy(s1, s2, h * w)
-    if bool(torch.add(diff2, s2, alpha=-3 * gamma / (2 * _FAST_ERROR)).amin() < 0):
+    margin = torch.add(diff2, s2, alpha=-3 * gamma / (2 * _FAST_ERROR))
+    if not bool(margin.amin() < 0):
+        return diff2, s2, s1
+    if needs_grad(band):
         return None
+    short = torch.nonzero((margin < 0).flatten(0, 1).any(0).any(-1)).flatten().tolist()
+    runs = _row_runs(short, h)
+    if 2 * sum(r1 - r0 for r0, r1 in runs) > diff2.shape[-2]:
+        return None
+    return _redone_rows(band, (diff2, s2, s1.clone() if h * w == 1 else s1), runs, h, w)
+
+
+def _row_runs(rows: list[int], h: int) -> list[tuple[int, int]]:
+    """Sorted output ``rows`` as runs ``[r0, r1)``, runs less than ``h`` rows apart merged (each
+    run reads ``h - 1`` rows more than it writes)."""
+    runs: list[tuple[int, int]] = []
+    for r in rows:
+        if runs and r - runs[-1][1] < h:
+            runs[-1] = (runs[-1][0], r + 1)
+        else:
+            runs.append((r, r + 1))
+    return runs
+
+
+def _redone_rows(
+    band: torch.Tensor,
+    sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    runs: list[tuple[int, int]],
+    h: int,
+    w: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``sums`` (``diff2, s2, s1``, float32, overwritten) with the output rows of ``runs`` summed
+    again in float64, as :func:`_box` sums a whole piece."""
+    diff2, s2, s1 = sums
+    for r0, r1 in runs:
+        part = band[..., r0 : r1 + h - 1, :].double()
+        p1, p2 = _box(part, h, w), _box(_squares(part), h, w)
+        diff2[..., r0:r1, :] = _centred_energy(p1, p2, h * w)
+        s2[..., r0:r1, :] = p2
+        s1[..., r0:r1, :] = p1
     return diff2, s2, s1
 
 
