@@ -140,11 +140,21 @@ def _irfft2(Y: torch.Tensor, L: Pair, rows: slice, cols: slice) -> torch.Tensor:
 # below through a copy-and-multiply path about 2x slower than a plain complex multiply.
 
 
+#: A template of at most this fraction of the transform's rows takes its real transform on its
+#: own rows only (:func:`_conjugate_spectrum`); larger ones take ``rfft2``.
+FEW_TEMPLATE_ROWS = 1 / 8
+
+
 def _conjugate_spectrum(zd: torch.Tensor, L: Pair) -> torch.Tensor:
-    """``conj(rfft2(zd))`` at length ``L``, conjugated in place. The real transform runs on the
-    template's own rows only, the zero rows joining in the second, complex one: 45% less than
-    ``rfft2`` with its zero padding (a 64x64 template at 1024x1024: 1.6 vs 2.9 ms at one thread,
-    1.3 vs 2.3 at two; 128x128 at 2048x2048: 11.5 vs 20.5 ms at one)."""
+    """``conj(rfft2(zd))`` at length ``L``, conjugated in place. A template of few rows (see
+    :data:`FEW_TEMPLATE_ROWS`) takes the real transform on its own rows only, the zero rows
+    joining in the second, complex one: 45% less than ``rfft2`` with its zero padding (a 64x64
+    template at 1024x1024: 1.6 vs 2.9 ms at one thread, 1.3 vs 2.3 at two; 128x128 at 2048x2048:
+    11.5 vs 20.5 ms at one). Where the template fills half the rows, the complex transform
+    along the strided rows costs more than it saves (256 channels of 127x127 at 256x256: 115
+    vs 77 ms), so ``rfft2`` it is."""
+    if zd.shape[-2] > FEW_TEMPLATE_ROWS * L[0]:
+        return torch.fft.rfft2(zd, s=L).conj_physical_()
     rows = torch.fft.rfft(zd, n=L[1], dim=-1)
     return torch.fft.fft(rows, n=L[0], dim=-2).conj_physical_()
 
