@@ -137,10 +137,10 @@ def _contenders(image: np.ndarray, template: np.ndarray, method: str) -> dict[st
     return fns
 
 
-def _single_case(name: str, side: int, tside: int, channels: int, method: str, threads: int | None = None) -> Case:
-    def inputs() -> tuple[np.ndarray, np.ndarray]:
-        images, templates = _images(1, side, channels, tside)
-        return images[0], templates[0]
+def _image_case(
+    name: str, inputs: Callable[[], tuple[np.ndarray, np.ndarray]], method: str, threads: int | None
+) -> Case:
+    """One image against one template (``inputs()`` makes them), at ``threads`` or the default."""
 
     def stages() -> dict[str, float]:
         image, template = inputs()
@@ -154,6 +154,14 @@ def _single_case(name: str, side: int, tside: int, channels: int, method: str, t
         threads=threads,
         stages=stages,
     )
+
+
+def _single_case(name: str, side: int, tside: int, channels: int, method: str, threads: int | None = None) -> Case:
+    def inputs() -> tuple[np.ndarray, np.ndarray]:
+        images, templates = _images(1, side, channels, tside)
+        return images[0], templates[0]
+
+    return _image_case(name, inputs, method, threads)
 
 
 def _photo_case(
@@ -165,18 +173,7 @@ def _photo_case(
         r, c = corner
         return image, image[r : r + tside, c : c + tside].copy()
 
-    def stages() -> dict[str, float]:
-        image, template = inputs()
-        return _stages(lambda: match_template(image, template, method))()
-
-    return Case(
-        "match",
-        name if threads is None else f"{name} (1 thread)",
-        lambda: _contenders(*inputs(), method),
-        SINGLE_TARGET if threads is None else ONE_THREAD_TARGET,
-        threads=threads,
-        stages=stages,
-    )
+    return _image_case(name, inputs, method, threads)
 
 
 def _batch_case() -> Case:
