@@ -210,6 +210,38 @@ def test_several_lookups_accumulate_gradients():
     assert_close_rel(b.grad, b2.grad)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_backward_passes_of_one_pyramid_each_see_their_own_lookups(method, correlated):
+    # A backward pass after some lookups, more lookups, a second backward pass, the first graph
+    # run again, and gradients asked of one input only (the graph of the pyramid's features is
+    # shared by them all, hence retained).
+    f1, f2, coords = make(2, 3, 8, 9, special=False)
+    weight = torch.randn(2, 2 * 9, 8, 9, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    shifts = [0.0, 1.25, -2.5]
+
+    def loss(fn, shift):
+        return (fn(coords + shift) * weight).square().sum()
+
+    a, b = f1.clone().requires_grad_(True), f2.clone().requires_grad_(True)
+    pyr = xcorr.CorrPyramid(a, b, 2, 1, method=method)
+    first = loss(pyr, shifts[0]) + loss(pyr, shifts[1])
+    first.backward(retain_graph=True)
+    loss(pyr, shifts[2]).backward(retain_graph=True)
+    first.backward(retain_graph=True)
+    (only_a,) = torch.autograd.grad(loss(pyr, shifts[1]), [a])
+
+    def reference(weights):
+        a2, b2 = f1.clone().requires_grad_(True), f2.clone().requires_grad_(True)
+        ref = lambda c: corr_pyramid_reference(a2, b2, c, 2, 1)  # noqa: E731
+        sum(w * loss(ref, s) for w, s in zip(weights, shifts)).backward()
+        return a2.grad, b2.grad
+
+    expected_a, expected_b = reference([2, 2, 1])
+    assert_close_rel(a.grad, expected_a)
+    assert_close_rel(b.grad, expected_b)
+    assert_close_rel(only_a, reference([0, 1, 0])[0])
+
+
 @settings(max_examples=12, deadline=None)
 @given(
     B=st.integers(1, 2),
