@@ -195,7 +195,7 @@ class DepthwiseXCorr(nn.Module):
         self.conv_search = conv_bn_relu(in_channels, hidden, kernel_size)
         self.head = depthwise_mapping(hidden, out_channels)
 
-    def correlate(self, kernel: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
+    def _correlated(self, kernel: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
         """The depthwise correlation of the two branches (the input of ``head``)."""
         names = ("kernel", "search")
         who, C = type(self).__name__, self.in_channels
@@ -203,7 +203,7 @@ class DepthwiseXCorr(nn.Module):
         return xcorr_depthwise(self.conv_search(search), self.conv_kernel(kernel))
 
     def forward(self, kernel: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
-        return self.head(self.correlate(kernel, search))
+        return self.head(self._correlated(kernel, search))
 
     def extra_repr(self) -> str:
         required = f"in_channels={self.in_channels}, hidden={self.hidden}, out_channels={self.out_channels}"
@@ -230,7 +230,7 @@ class MaskCorr(DepthwiseXCorr):
     """
 
     def forward(self, kernel: torch.Tensor, search: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        feature = self.correlate(kernel, search)
+        feature = self._correlated(kernel, search)
         return self.head(feature), feature
 
 
@@ -348,7 +348,7 @@ def _average(maps: Sequence[torch.Tensor], weight: torch.Tensor | None) -> torch
 
 class MultiRPN(nn.Module):
     r"""pysot's ``MultiRPN`` (SiamRPN++ on several backbone levels): one :class:`DepthwiseRPN` per
-    level, ``rpn2``, ``rpn3``, ... (pysot names them from 2, ResNet's conv3 onwards), averaged.
+    level, ``rpn2``, ``rpn3``, ... (numbered from 2, as in pysot), averaged.
 
     With ``weighted=True`` the average is weighted by ``softmax(cls_weight)`` and
     ``softmax(loc_weight)`` (parameters of one weight per level, initially equal).
