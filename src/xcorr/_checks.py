@@ -103,11 +103,12 @@ def check_finite(value: Any, name: str) -> float:
     return float(value)
 
 
-def check_features(t: Any, name: str, channels: int) -> torch.Tensor:
-    """A (B, C, H, W) floating-point tensor with the ``channels`` a layer was built for."""
+def check_features(t: Any, name: str, channels: int, setting: str = "in_channels") -> torch.Tensor:
+    """A (B, C, H, W) floating-point tensor with the ``channels`` a layer was built for (its
+    setting ``setting``)."""
     check_tensor(t, name, "B C H W")
     if t.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channels (in_channels), got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must have {channels} channels ({setting}), got shape {tuple(t.shape)}")
     return t
 
 
