@@ -65,11 +65,14 @@ def make(B, C, H, W, dtype=torch.float64, seed=0, spread=4.0, special=True):
     return f1.to(dtype), f2.to(dtype), coords.to(dtype)
 
 
-@pytest.fixture(params=["levels dense", "windows"])
+@pytest.fixture(params=["levels dense", "windows", "windows, dense gradient"])
 def correlated(request, monkeypatch):
-    """Both ways a level's taps are correlated: whole (one matrix product) or window by window."""
+    """Every way a level's taps are correlated, whole (one matrix product) or window by window,
+    and their backward passes: windowed, or summed over the lookups into a dense gradient."""
     dense = request.param == "levels dense"
+    gradient = request.param != "windows"
     monkeypatch.setattr(xcorr.volumes.pyramid, "pyramid_level_dense", lambda pixels, radius: dense)
+    monkeypatch.setattr(xcorr.volumes.pyramid, "pyramid_gradient_dense", lambda pixels, level, itemsize: gradient)
     return request.param
 
 

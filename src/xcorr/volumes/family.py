@@ -106,7 +106,14 @@ PYRAMID_VOLUME_BYTES = 1 << 30
 #: each window's feature vectors, then dot products) where it has at most this many pixels per
 #: window tap: the matrix product does about that many times more multiply-adds per second
 #: (docs/performance.md).
-PYRAMID_DENSE_PIXELS_PER_TAP = 8
+PYRAMID_DENSE_PIXELS_PER_TAP = 4
+
+#: A backward pass sums a level's taps' gradient over its lookups into one dense gradient of the
+#: level's scores (then two matrix products, once) where that gradient takes at most this many
+#: bytes; beyond, each lookup's gradient is correlated window by window. The levels whose volume
+#: is built, or that are correlated whole, always take the dense way. RAFT's level 1 at 46x62 (16
+#: MB): 12 lookups' windowed backward passes took 10 times the dense one.
+PYRAMID_GRADIENT_BYTES = 32 << 20
 
 
 class PyramidKey(NamedTuple):
@@ -184,6 +191,11 @@ class PyramidFamily:
         window (see :data:`PYRAMID_DENSE_PIXELS_PER_TAP`); a window reads ``(2r + 2)**2`` pixels."""
         return level_pixels <= PYRAMID_DENSE_PIXELS_PER_TAP * (2 * radius + 2) ** 2
 
+    def gradient_dense(self, pixels: int, level_pixels: int, itemsize: int) -> bool:
+        """Whether the lookups' backward pass of a level sums into a dense gradient of its
+        scores, ``pixels`` (all items') by ``level_pixels`` (see :data:`PYRAMID_GRADIENT_BYTES`)."""
+        return pixels * level_pixels * itemsize <= PYRAMID_GRADIENT_BYTES
+
 
 #: The families of this process, with the registry of :mod:`xcorr.volumes.backends`.
 VOLUMES = VolumeFamily(ENGINE, VOLUME_BACKENDS)
@@ -219,3 +231,8 @@ def select_pyramid(shape: tuple[int, ...], num_levels: int, dtype: torch.dtype) 
 def pyramid_level_dense(level_pixels: int, radius: int) -> bool:
     """See :meth:`PyramidFamily.level_dense`."""
     return PYRAMIDS.level_dense(level_pixels, radius)
+
+
+def pyramid_gradient_dense(pixels: int, level_pixels: int, itemsize: int) -> bool:
+    """See :meth:`PyramidFamily.gradient_dense`."""
+    return PYRAMIDS.gradient_dense(pixels, level_pixels, itemsize)
