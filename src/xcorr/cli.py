@@ -92,8 +92,9 @@ def _add_fit(sub: Any) -> None:
     fit.add_argument(
         "--volumes",
         action="store_true",
-        help="fit the cost-volume methods' constants (local correlation, stereo) instead, on CPU; "
-        "each problem takes seconds: try --problems 20 --held-out 10",
+        help="fit the cost-volume methods' constants (local correlation, stereo) instead, on CPU "
+        "(--save stores them beside the correlations'); each problem takes seconds: try --problems 20 "
+        "--held-out 10",
     )
     fit.add_argument("--json", metavar="FILE", help="also write the timings, constants and evaluation as JSON")
     fit.add_argument(
@@ -235,10 +236,7 @@ def _fit(args: argparse.Namespace) -> int:
         print("xcorr fit: fitting needs scipy (pip install -e '.[bench]')", file=sys.stderr)
         return 2
     if args.volumes:
-        from .benchmarks import volume_costmodel
-
-        volume_costmodel.main(args.problems, args.held_out, args.seed)
-        return 0
+        return _fit_volumes(args, device)
     train = costmodel.random_problems(args.problems, args.seed, args.max_macs)
     held = costmodel.random_problems(args.held_out, args.seed + 1, args.max_macs)
     total = len(train) + len(held)
@@ -264,15 +262,39 @@ def _fit(args: argparse.Namespace) -> int:
             )
     if args.save:
         from .correlation.family import CORRELATION
-        from .planning import profile as _profile
 
-        info = {"problems": len(rows), "held_out": len(held_rows), "seed": args.seed, "evaluation": report["fitted"]}
-        try:
-            path = _profile.save_constants(device.type, {CORRELATION.name: dict(fitted)}, info)
-        except OSError as error:
-            print(f"xcorr fit: cannot save the profile: {error}", file=sys.stderr)
-            return 1
-        print(f"saved to {path}: the planning engine uses these constants from the next process on")
+        return _save_fit(device, CORRELATION.name, fitted, args, report["fitted"])
+    return 0
+
+
+def _fit_volumes(args: argparse.Namespace, device: Any) -> int:
+    """``fit --volumes``: the cost-volume family's constants, timed on the CPU."""
+    from .benchmarks import volume_costmodel
+    from .volumes.family import VOLUMES
+
+    if device.type != "cpu":
+        print(f"xcorr fit: --volumes times on the CPU only, got --device {args.device}", file=sys.stderr)
+        return 2
+    fitted, accuracy = volume_costmodel.main(args.problems, args.held_out, args.seed)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"fitted": dict(fitted), "evaluation": accuracy}, f, indent=1)
+    if args.save:
+        return _save_fit(device, VOLUMES.name, fitted, args, accuracy)
+    return 0
+
+
+def _save_fit(device: Any, family: str, fitted: Any, args: argparse.Namespace, evaluation: dict) -> int:
+    """``fit --save``: ``family``'s fitted constants into this machine's entry of the profile."""
+    from .planning import profile as _profile
+
+    fit = {"problems": args.problems, "held_out": args.held_out, "seed": args.seed, "evaluation": evaluation}
+    try:
+        path = _profile.save_constants(device.type, {family: dict(fitted)}, {family: fit})
+    except OSError as error:
+        print(f"xcorr fit: cannot save the profile: {error}", file=sys.stderr)
+        return 1
+    print(f"saved to {path}: the planning engine uses these {family} constants from the next process on")
     return 0
 
 

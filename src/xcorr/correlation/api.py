@@ -185,7 +185,9 @@ def choose_method(
         mode, padding, stride, dilation: as in :func:`xcorr.xcorr`.
         measure (bool): time every allowed option on ``x`` and ``z`` instead (forward, plus
             backward when a backward pass is assumed: then first each pass's problem on its own),
-            cache the winners for ``method="auto"``, and return the timings too.
+            cache the winners for ``method="auto"``, and return the timings too. In
+            deterministic mode (``torch.use_deterministic_algorithms(True)``) ``"auto"`` takes
+            no winner measured in this process, and the method returned is still its own.
 
     Returns:
         :class:`~xcorr.correlation.family.Choice`: a str, ``"direct"``, ``"fft"`` or ``"gather"`` (the

@@ -85,7 +85,8 @@ class Measured(tuple):
 
     @property
     def method(self) -> Choice:
-        """The fastest method (what ``method="auto"`` now uses for this problem's forward)."""
+        """What ``method="auto"`` now uses for this problem's forward: the fastest (in
+        deterministic mode, the model's or a loaded winner)."""
         return self[0]
 
     @property

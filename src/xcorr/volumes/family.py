@@ -2,7 +2,8 @@
 
 :class:`VolumeFamily` plans every cost volume (:func:`xcorr.volumes.correlate`): the options
 its backends' rules allow, their cost terms, the bound call. :class:`PyramidFamily` plans
-:class:`xcorr.CorrPyramid`: whether the all-pairs volumes fit in memory, and per level whether it
+:class:`xcorr.CorrPyramid`: whether the all-pairs volumes fit in memory (then building them is the
+model's choice, and measurement may find the lookups on demand faster), and per level whether it
 is correlated whole or window by window.
 """
 
@@ -115,6 +116,11 @@ PYRAMID_DENSE_PIXELS_PER_TAP = 4
 #: MB): 12 lookups' windowed backward passes took 10 times the dense one.
 PYRAMID_GRADIENT_BYTES = 32 << 20
 
+#: Lookups of one pyramid when its options are measured (autotune): a pyramid is built once and
+#: looked up once per refinement iteration, 12 in RAFT's training (24 to 32 at evaluation), so
+#: one lookup would weigh the volumes' one-time cost 12 times too heavily.
+PYRAMID_LOOKUPS = 12
+
 
 class PyramidKey(NamedTuple):
     """The key of a pyramid problem."""
@@ -138,7 +144,8 @@ def pyramid_volume_bytes(shape: tuple[int, ...], num_levels: int, dtype: torch.d
 
 
 class PyramidFamily:
-    """RAFT's correlation pyramid: all pairs while the volumes fit the memory rule, else on demand."""
+    """RAFT's correlation pyramid: all pairs while the volumes fit the memory rule (unless a
+    measured winner says on demand), else on demand."""
 
     name = "pyramid"
     spec_type = PyramidSpec
@@ -159,18 +166,27 @@ class PyramidFamily:
         )
 
     def options(self, spec: PyramidSpec, grad: bool = False) -> list[str]:
-        """The memory rule: the all-pairs volumes while they fit :data:`PYRAMID_VOLUME_BYTES`."""
+        """The memory rule: the all-pairs volumes only while they fit :data:`PYRAMID_VOLUME_BYTES`
+        (first: the model's choice there)."""
         fits = pyramid_volume_bytes(spec.shape, spec.num_levels, spec.dtype) <= PYRAMID_VOLUME_BYTES
-        return ["all_pairs"] if fits else ["on_demand"]
+        return ["all_pairs", "on_demand"] if fits else ["on_demand"]
 
     def estimate(self, spec: PyramidSpec, grad: bool, constants: Constants) -> dict[str, float]:
-        return {}  # the memory rule leaves one option
+        return {}  # no cost model: the first allowed option, unless measured
 
     def runner(self, spec: PyramidSpec, option: str, grad: bool, plain: bool) -> Callable[..., torch.Tensor]:
-        """``run(f1, f2, coords)``: the pyramid built with ``option`` and looked up once."""
+        """``run(f1, f2, coords)``: the pyramid built with ``option`` and looked up
+        :data:`PYRAMID_LOOKUPS` times around ``coords`` (the lookups summed)."""
         from .pyramid import CorrPyramid
 
-        return lambda f1, f2, coords: CorrPyramid(f1, f2, spec.num_levels, spec.radius, method=option)(coords)
+        def run(f1: torch.Tensor, f2: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+            pyramid = CorrPyramid(f1, f2, spec.num_levels, spec.radius, method=option)
+            out = pyramid(coords)
+            for step in range(1, PYRAMID_LOOKUPS):
+                out = out + pyramid(coords + step / PYRAMID_LOOKUPS)
+            return out
+
+        return run
 
     def random_inputs(self, spec: PyramidSpec) -> tuple[torch.Tensor, ...]:
         gen = torch.Generator(device=spec.device).manual_seed(0)
@@ -181,7 +197,9 @@ class PyramidFamily:
         return f1, f2, coords
 
     def builtin_constants(self, device_type: str) -> tuple[Constants, str] | None:
-        return (Constants(), "none needed: the memory rule decides") if device_type == "cpu" else None
+        """None needed on any device: the memory rule decides, then the first option (so a
+        pyramid is measured only with autotune)."""
+        return Constants(), "none needed: the memory rule decides"
 
     def constant_names(self) -> list[str]:
         return []
@@ -216,7 +234,7 @@ def select_volume(spec: VolumeSpec, grad: bool = False) -> str:
 
 def select_pyramid(shape: tuple[int, ...], num_levels: int, dtype: torch.dtype) -> str:
     """The method of ``CorrPyramid(..., method="auto")``: ``"all_pairs"`` while the volumes fit
-    :data:`PYRAMID_VOLUME_BYTES`, ``"on_demand"`` beyond.
+    :data:`PYRAMID_VOLUME_BYTES` (unless a measured winner says otherwise), ``"on_demand"`` beyond.
 
     Example:
         >>> from xcorr.volumes.family import select_pyramid
