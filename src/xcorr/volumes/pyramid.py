@@ -44,7 +44,8 @@ def _method(f1: torch.Tensor, f2: torch.Tensor, num_levels: int, radius: int, me
     method = check_corr_pyramid(f1, f2, num_levels, radius, method)
     if method != "auto":
         return method
-    return ENGINE.decide(PyramidSpec(tuple(f1.shape), num_levels, radius, compute_dtype(f1.dtype), f1.device))
+    spec = PyramidSpec(tuple(f1.shape), num_levels, radius, compute_dtype(f1.dtype), f1.device)
+    return ENGINE.decide(spec, needs_grad(f1, f2))
 
 
 class CorrPyramid:
