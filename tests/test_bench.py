@@ -5,6 +5,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 from xcorr import cli
 from xcorr.benchmarks import OURS, Case, runner, siamese
@@ -131,8 +132,15 @@ def test_flow_suite_runs_at_tiny_sizes(monkeypatch, capsys):
     results = runner.run(["tiny flow"])
     out = capsys.readouterr().out
     names = [r.case for r in results]
-    assert len(names) == len(set(names)) == 2 * len(flow.PROBLEMS) == 20
+    assert len(names) == len(set(names)) == sum(len(p.grads) for p in flow.PROBLEMS) == 25
     assert "FlowNetC B8 fwd+bwd" in names and "PWC-Net level 2 B4 fwd" in names and "GwcNet B2 fwd" in names
+    # RAFT as it trains and evaluates: lookups of one pyramid per call.
+    assert {
+        "RAFT B2, 12 lookups fwd+bwd",
+        "RAFT B2, 12 lookups on demand fwd",
+        "RAFT 55x128 B1, 32 lookups fwd",
+    } <= set(names)
+    assert "RAFT 55x128 B1, 32 lookups fwd+bwd" not in names
     for r in results:
         peers = {flow.CORR_BLOCK} if r.case.startswith("RAFT") else {flow.LOOP, flow.UNFOLD}
         assert set(r.times) >= {OURS, *peers} and r.ratio is not None and r.target is not None
@@ -221,3 +229,18 @@ def test_match_suite_lists_photographs_one_thread_rows_a_batch_and_a_video():
         match.SINGLE_TARGET
     }
     assert all(c.stages is not None for c in cases)
+
+
+def test_flow_raft_rows_look_one_pyramid_up_as_raft_iterates():
+    from xcorr.benchmarks import flow
+
+    built = []
+
+    def build(f1, f2):
+        built.append(1)
+        return lambda coords: coords * f1.sum() + f2.sum()
+
+    f1, f2, coords = torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.arange(8.0).view(1, 2, 2, 2)
+    out = flow._looked_up(build, 4)(f1, f2, coords)
+    assert built == [1]
+    torch.testing.assert_close(out, sum(4 * (coords + k / 4) for k in range(4)))

@@ -6,9 +6,12 @@ Cases, forward and forward+backward (inputs standard normal, float32):
 * PWC-Net's five levels for a 448x1024 image pair, B4, max displacement 4 (81 displacements):
   pyramid levels 6 to 2, 7x16 (C196), 14x32 (C128), 28x64 (C96), 56x128 (C64), 112x256 (C32),
   each ``448x1024 / 2**level``.
-* RAFT: B2, C256, 46x62, 4 levels, radius 4, the pyramid built and looked up once around
-  ``coords`` = each pixel plus a random flow; and RAFT at high resolution, B1, C256, 136x240,
-  ``method="on_demand"``.
+* RAFT: B2, C256, 46x62 (its 368x496 training crop at 1/8), 4 levels, radius 4, the pyramid
+  built and looked up once around ``coords`` = each pixel plus a random flow; as RAFT trains, built
+  once and looked up 12 times (once per refinement iteration, forward and backward through every
+  lookup), with the volumes and on demand; as RAFT evaluates, B1, 55x128 (Sintel's 436x1024 at
+  1/8), 32 lookups, forward; and RAFT at high resolution, B1, C256, 136x240,
+  ``method="on_demand"``. Lookup ``k`` of ``n`` is around ``coords + k/n``.
 * DispNetC: B4, C256, 48x96, 40 disparities; GwcNet: B2, C320, 40 groups, 48 disparities, 64x128.
 
 Peers, side by side in the same process:
@@ -73,13 +76,22 @@ class Problem:
     method: str = "auto"
     #: Targets of the forward and the forward+backward rows (our time / the fastest peer's).
     targets: tuple[float, float] = (0.5, 0.3)
+    #: RAFT: lookups of one pyramid per call (its refinement iterations).
+    lookups: int = 1
+    #: Whether the rows are forward (False) and forward+backward (True).
+    grads: tuple[bool, ...] = (False, True)
 
     def tiny(self) -> Problem:
         """The same problem at a size that runs in milliseconds (for tests)."""
         B, C, H, W = self.shape
         small = (min(B, 2), 8, min(H, 12), min(W, 16))
         return replace(
-            self, shape=small, reach=min(self.reach, 3), groups=self.groups and 4, levels=min(self.levels, 3)
+            self,
+            shape=small,
+            reach=min(self.reach, 3),
+            groups=self.groups and 4,
+            levels=min(self.levels, 3),
+            lookups=min(self.lookups, 2),
         )
 
 
@@ -98,6 +110,11 @@ PROBLEMS = [
         for level, C in PWC_LEVELS
     ),
     Problem("RAFT B2", "raft", (2, 256, 46, 62), 4),
+    Problem("RAFT B2, 12 lookups", "raft", (2, 256, 46, 62), 4, targets=(0.5, 0.5), lookups=12),
+    Problem(
+        "RAFT B2, 12 lookups on demand", "raft", (2, 256, 46, 62), 4, method="on_demand", targets=(1.0, 1.0), lookups=12
+    ),
+    Problem("RAFT 55x128 B1, 32 lookups", "raft", (1, 256, 55, 128), 4, targets=(0.5, 0.5), lookups=32, grads=(False,)),
     Problem("RAFT 136x240 B1", "raft", (1, 256, 136, 240), 4, method="on_demand"),
     Problem("DispNetC B4", "stereo", (4, 256, 48, 96), 40),
     Problem("GwcNet B2", "stereo", (2, 320, 64, 128), 48, groups=40),
@@ -310,7 +327,24 @@ def _ours(p: Problem) -> Callable[..., torch.Tensor]:
         )
     if p.kind == "stereo":
         return lambda left, right: xcorr.stereo_correlation(left, right, p.reach, groups=p.groups)
-    return lambda f1, f2, coords: xcorr.CorrPyramid(f1, f2, p.levels, p.reach, method=p.method)(coords)
+    return _looked_up(lambda f1, f2: xcorr.CorrPyramid(f1, f2, p.levels, p.reach, method=p.method), p.lookups)
+
+
+def _looked_up(
+    build: Callable[..., Callable[[torch.Tensor], torch.Tensor]], lookups: int
+) -> Callable[..., torch.Tensor]:
+    """``run(f1, f2, coords)``: the pyramid built once and looked up ``lookups`` times, around
+    ``coords + k / lookups`` at lookup ``k`` (the lookups summed, so that a backward pass goes
+    through every one)."""
+
+    def run(f1: torch.Tensor, f2: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        pyramid = build(f1, f2)
+        out = pyramid(coords)
+        for k in range(1, lookups):
+            out = out + pyramid(coords + k / lookups)
+        return out
+
+    return run
 
 
 def _peers(p: Problem) -> dict[str, Callable[..., torch.Tensor]]:
@@ -328,7 +362,7 @@ def _peers(p: Problem) -> dict[str, Callable[..., torch.Tensor]]:
             LOOP: lambda left, right: stereo_loop(left, right, p.reach, p.groups),
             UNFOLD: lambda left, right: unfold_stereo(left, right, p.reach, p.groups),
         }
-    return {CORR_BLOCK: lambda f1, f2, coords: CorrBlock(f1, f2, p.levels, p.reach)(coords)}
+    return {CORR_BLOCK: _looked_up(lambda f1, f2: CorrBlock(f1, f2, p.levels, p.reach), p.lookups)}
 
 
 def sampler_available() -> bool:
@@ -446,7 +480,7 @@ def _case(p: Problem, grad: bool, references: dict[Problem, tuple[Index, torch.T
             references[p] = _reference(p)
         index, exact = references[p]
         with torch.set_grad_enabled(grad):
-            ours = _ours(p)(*tensors).detach()[index].double().cpu()
+            ours = _ours(replace(p, lookups=1))(*tensors).detach()[index].double().cpu()
         error = ((ours - exact).abs().max() / exact.abs().max()).item()
         method = _method(p, grad)
         memory = ", ".join(f"{name} {_mib(peaks[name])}" for name in dict.fromkeys((OURS, *peaks)))
@@ -490,4 +524,4 @@ def cases(tiny: bool = False) -> list[Case]:
         print(f"flow: {line}", file=sys.stdout)
     references: dict[Problem, tuple[Index, torch.Tensor]] = {}
     problems = [p.tiny() for p in PROBLEMS] if tiny else PROBLEMS
-    return [_case(p, grad, references, repeats=1 if tiny else 0) for p in problems for grad in (False, True)]
+    return [_case(p, grad, references, repeats=1 if tiny else 0) for p in problems for grad in p.grads]
