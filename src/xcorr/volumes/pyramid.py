@@ -145,13 +145,21 @@ class CorrPyramid:
         xy = coords.to(self.dtype).reshape(-1, 2, H * W)
         grad = not tracing() and needs_grad(self._rows1, self._levels[0].table)
         levels = [
-            _lookup(self._rows1, level, xy, index, self.radius, grad and self._sink(index)).transpose(1, 2)
+            _lookup(self._rows1, level, xy, index, self.radius, grad and self._sink(index))
             for index, level in enumerate(self._levels)
         ]
-        # One concatenation, whose backward pass slices the gradient (copies into slices of one
-        # output would clone the whole gradient once per level).
-        out = torch.cat(levels, dim=1) if len(levels) > 1 else levels[0].contiguous()
-        return out.view(-1, self.num_levels * window, H, W)
+        if tracing() or (torch.is_grad_enabled() and any(t.requires_grad for t in levels)):
+            # One concatenation, whose backward pass slices the gradient (copies into slices of
+            # one output would clone the whole gradient once per level).
+            out = torch.cat([t.transpose(1, 2) for t in levels], dim=1)
+            return out.view(-1, self.num_levels * window, H, W)
+        # Each item's level transposed into its rows of the output: copies of a transposed
+        # matrix, blocked (half the time of the concatenation's element-wise strided copy).
+        out = xy.new_empty(B, self.num_levels * window, H * W)
+        for index, samples in enumerate(levels):
+            for b in range(B):
+                out[b, index * window : (index + 1) * window].copy_(samples[b].t())
+        return out.view(B, self.num_levels * window, H, W)
 
     def _sink(self, index: int) -> _Scores | None:
         """The level's current :class:`_Scores`, made anew after a backward pass consumed it, or
