@@ -261,7 +261,21 @@ ERRORS = [
     ),
     (lambda f: xcorr.local_correlation(f.numpy(), f, 2), TypeError, r"f1 must be a torch.Tensor"),
     (lambda f: xcorr.local_correlation(f.int(), f.int(), 2), TypeError, r"f1 must have a floating-point dtype"),
-    (lambda f: xcorr.local_correlation(f[:, :0], f[:, :0], 2), ValueError, r"at least one channel, row and column"),
+    (
+        lambda f: xcorr.local_correlation(f[:, :0], f[:, :0], 2),
+        ValueError,
+        r"^f1 and f2 must have at least one channel, got shape \(2, 0, 6, 7\)$",
+    ),
+    (
+        lambda f: xcorr.local_correlation(f[:, :, :0], f[:, :, :0], 2),
+        ValueError,
+        r"^f1 and f2 must have at least one row and column, got shape \(2, 4, 0, 7\)$",
+    ),
+    (
+        lambda f: xcorr.stereo_correlation(f[:, :0], f[:, :0], 4),
+        ValueError,
+        r"^left and right must have at least one channel, got shape \(2, 0, 6, 7\)$",
+    ),
     (lambda f: xcorr.local_correlation(f, f, -1), ValueError, r"max_displacement must be a non-negative int, got -1"),
     (
         lambda f: xcorr.local_correlation(f, f, 2.0),
