@@ -325,6 +325,21 @@ ERRORS = [
         ValueError,
         r"unknown method 'loop'; valid values are 'auto', ",
     ),
+    (
+        lambda f: correlate(f, f, (2, 4, 6, 7)),
+        TypeError,
+        r"^spec must be a VolumeSpec, got tuple$",
+    ),
+    (
+        lambda f: correlate(f[:, :, 1:], f[:, :, 1:], check_local_correlation(f, f, 1, 1, 1, 1, "none", "flat")),
+        ValueError,
+        r"^f1 and f2 must have the spec's shape, dtype and device \(2, 4, 6, 7\), torch\.float32, cpu; got \(2, 4, 5, 7\), torch\.float32, cpu$",
+    ),
+    (
+        lambda f: correlate(f.double(), f.double(), check_local_correlation(f, f, 1, 1, 1, 1, "none", "flat")),
+        ValueError,
+        r"must have the spec's shape, dtype and device .*; got \(2, 4, 6, 7\), torch\.float64, cpu$",
+    ),
     (lambda f: xcorr.nn.LocalCorrelation(-2), ValueError, r"max_displacement must be a non-negative int, got -2"),
     (lambda f: xcorr.nn.LocalCorrelation(4, layout="nchw"), ValueError, r"unknown layout 'nchw'"),
     (lambda f: xcorr.nn.StereoCorrelation(0), ValueError, r"max_disparity must be a positive int, got 0"),

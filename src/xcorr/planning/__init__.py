@@ -39,7 +39,7 @@ def set_autotune(enabled: bool | None) -> None:
             always uses the cost model, and never measures; ``None`` (the default) measures every
             new problem on devices without fitted constants (CUDA), and on the CPU tries the other
             options on the repeated calls of a signature, within 5% of its first hundred calls'
-            time (:mod:`xcorr.planning.trials`).
+            time (see :ref:`planning`).
 
     Example:
         >>> xcorr.set_autotune(True)
