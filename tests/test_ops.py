@@ -231,6 +231,16 @@ BAD_INPUTS = [
     (lambda: xcorr.xcorr(X, Z, dilation=(1, 0)), ValueError, r"dilation must be at least 1, got \(1, 0\)"),
     (lambda: xcorr.xcorr(X, Z, stride=1.5), TypeError, r"stride must be an int or a pair of ints, got 1\.5"),
     (lambda: xcorr.xcorr(X, Z, padding=(1, 2, 3)), TypeError, r"padding must be an int or a pair of ints"),
+    (lambda: xcorr.choose_method(X[:, :0], Z[:, :0]), ValueError, r"x must have at least one channel, got shape \(2, 0, 8, 8\)"),
+]
+# Zero channels, for every method and mode: our error, before a backend divides by the channels.
+BAD_INPUTS += [
+    (lambda mode=mode, method=method: xcorr.xcorr(X[:, :0], Z[:, :0], mode, method=method), ValueError, r"^x must have at least one channel, got shape \(2, 0, 8, 8\)$")
+    for mode in MODES for method in METHODS
+]
+BAD_INPUTS += [
+    (lambda mode=mode, method=method: xcorr.xcorr(X, Z[:, :0], mode, method=method), ValueError, r"^z must have at least one channel, got shape \(1, 0, 3, 3\)$")
+    for mode in MODES for method in METHODS
 ]
 # fmt: on
 

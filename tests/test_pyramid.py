@@ -322,7 +322,11 @@ ERRORS = [
     (lambda: xcorr.CorrPyramid(F1, F2, method="alt"), ValueError, r"unknown method 'alt'.*'all_pairs', 'on_demand'"),
     (lambda: xcorr.CorrPyramid(F1, F2, method=None), TypeError, r"method must be a string"),
     (lambda: xcorr.CorrPyramid(F1, F2, 5), ValueError, r"num_levels=5 needs f1 and f2 of at least 16x16 pixels"),
-    (lambda: xcorr.CorrPyramid(F1[:, :0], F2[:, :0]), ValueError, r"at least one channel"),
+    (
+        lambda: xcorr.CorrPyramid(F1[:, :0], F2[:, :0]),
+        ValueError,
+        r"^f1 and f2 must have at least one channel, got shape \(2, 0, 8, 8\)$",
+    ),
     (
         lambda: xcorr.CorrPyramid(F1, F2, 2)(COORDS[:, :1]),
         ValueError,

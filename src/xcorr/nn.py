@@ -3,7 +3,7 @@
 Every module takes ``(x, z)`` = (search, template), in the order of ``F.conv2d(input, weight)``,
 checks its settings when it is built, and shows the non-default ones in its ``repr``. The heads
 build on ``method="auto"``, so a model that uses them exports to ONNX with a dynamic batch (see
-docs/deploy.md), compiles with ``torch.compile``, trains under ``DistributedDataParallel`` and
+:doc:`deploy`), compiles with ``torch.compile``, trains under ``DistributedDataParallel`` and
 traces with ``torch.fx.symbolic_trace`` (where the correlation is one ``call_function`` node).
 """
 
@@ -41,9 +41,9 @@ class XCorr(nn.Module):
 
     Args:
         mode (str): ``"naive"``, ``"depthwise"`` or ``"upchannel"``, as in :func:`xcorr.xcorr`.
-        padding (int or pair): zero padding of the search.
-        stride (int or pair): step between output positions.
-        dilation (int or pair): spacing between template taps.
+        padding (int or tuple[int, int]): zero padding of the search.
+        stride (int or tuple[int, int]): step between output positions.
+        dilation (int or tuple[int, int]): spacing between template taps.
         method (str): ``"auto"``, ``"direct"``, ``"fft"`` or ``"gather"``.
 
     Shape:

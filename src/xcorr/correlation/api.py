@@ -36,9 +36,9 @@ def xcorr(
             ``"depthwise"`` (``Cz == C``, channel by channel, out ``(B, C, H', W')``; SiamRPN++) or
             ``"upchannel"`` (``Cz == K*C``, out channel ``j`` uses ``z[:, j*C:(j+1)*C]``, out
             ``(B, K, H', W')``; SiamRPN).
-        padding (int or pair): zero padding of the search, as in ``F.conv2d``.
-        stride (int or pair): step between output positions.
-        dilation (int or pair): spacing between template taps.
+        padding (int or tuple[int, int]): zero padding of the search, as in ``F.conv2d``.
+        stride (int or tuple[int, int]): step between output positions.
+        dilation (int or tuple[int, int]): spacing between template taps.
         method (str): ``"auto"`` (the planner decides), ``"direct"`` (convolution kernels;
             best for small depthwise templates), ``"fft"`` (real FFTs; best once the template is
             larger than about 15x15) or ``"gather"`` (one matrix product and a gather, no
@@ -175,7 +175,7 @@ def choose_method(
     r"""The method ``xcorr.xcorr(x, z, ..., method="auto")`` would use, like scipy's ``choose_conv_method``.
 
     Hard constraints first (device, float32 precision, export), then the measured winners, then
-    the cost model (see :mod:`xcorr.planning.engine`). A backward pass is assumed when ``x`` or ``z``
+    the cost model (see :ref:`planning`). A backward pass is assumed when ``x`` or ``z``
     requires grad and grad mode is on; then each pass (the forward, the search gradient, the
     template gradient) may run on a method of its own, chosen for that pass's problem.
 

@@ -9,6 +9,7 @@ import torch
 
 from .._checks import (
     Pair,
+    check_channels,
     check_choice,
     check_non_negative_int,
     check_pair,
@@ -141,6 +142,8 @@ def check_xcorr(
     check_tensor(x, a, "B C H W")
     check_tensor(z, b, "Bz Cz h w")
     check_same_kind(x, z, names)
+    check_channels(x.shape, a)
+    check_channels(z.shape, b)
     mode = check_choice(mode, "mode", MODES)
     spec = Spec(
         mode=mode,
@@ -155,7 +158,7 @@ def check_xcorr(
     xs, zs = spec.x_shape, spec.z_shape
     C, Cz = xs[1], zs[1]
     if mode == "upchannel":
-        if C == 0 or Cz % C or Cz == 0:
+        if Cz % C:
             raise ValueError(
                 f"mode 'upchannel' needs {b}'s channels to be a positive multiple K*C of {a}'s channels C; "
                 f"got {a} {xs} (C={C}) and {b} {zs} (Cz={Cz})"
@@ -204,6 +207,8 @@ def check_pixelwise(x: Any, z: Any) -> None:
     check_tensor(x, "x", "B C H W")
     check_tensor(z, "z", "Bz C h w")
     check_same_kind(x, z)
+    check_channels(x.shape, "x")
+    check_channels(z.shape, "z")
     xs, zs = tuple(x.shape), tuple(z.shape)
     C, Cz = xs[1], zs[1]
     if Cz != C:
@@ -216,6 +221,7 @@ def check_search_shape(value: Any) -> tuple[int, int, int, int]:
     if not isinstance(value, (tuple, list, torch.Size)) or len(value) != 4:
         raise TypeError(f"search_shape must be 4 non-negative ints (B, C, H, W), got {value!r}")
     B, C, H, W = (check_non_negative_int(v, f"search_shape[{i}] ({d})") for i, (v, d) in enumerate(zip(value, "BCHW")))
+    check_channels((B, C, H, W), "search_shape")
     return B, C, H, W
 
 

@@ -39,9 +39,9 @@ def set_autotune(enabled: bool | None) -> None:
             always uses the cost model, and never measures; ``None`` (the default) measures every
             new problem on devices without fitted constants (CUDA), and on the CPU tries the other
             options on the repeated calls of a signature, within 5% of its first hundred calls'
-            time (:mod:`xcorr.planning.trials`). In deterministic mode
+            time (see :ref:`planning`). In deterministic mode
             (``torch.use_deterministic_algorithms(True)``) nothing is measured, whatever the
-            setting: the cost model and loaded tuning files decide (docs/performance.md).
+            setting: the cost model and loaded tuning files decide (see :ref:`reproducibility`).
 
     Example:
         >>> xcorr.set_autotune(True)

@@ -234,7 +234,8 @@ def select_volume(spec: VolumeSpec, grad: bool = False) -> str:
 
 def select_pyramid(shape: tuple[int, ...], num_levels: int, dtype: torch.dtype) -> str:
     """The method of ``CorrPyramid(..., method="auto")``: ``"all_pairs"`` while the volumes fit
-    :data:`PYRAMID_VOLUME_BYTES` (unless a measured winner says otherwise), ``"on_demand"`` beyond.
+    :data:`~xcorr.volumes.family.PYRAMID_VOLUME_BYTES` (unless a measured winner says otherwise),
+    ``"on_demand"`` beyond.
 
     Example:
         >>> from xcorr.volumes.family import select_pyramid

@@ -27,8 +27,9 @@ from ..planning.engine import ENGINE, signature
 from .family import pyramid_gradient_dense, pyramid_level_dense
 from .spec import PyramidSpec, check_corr_coords, check_corr_pyramid
 
-#: Bytes of the temporaries of one chunk of an on-demand lookup, and of every backward pass: the
-#: gathered windows (pixels x taps x C) or a chunk of one level's scores (pixels x level pixels).
+#: The bytes that the temporaries of one chunk of an on-demand lookup, and of every backward pass,
+#: may take (the gathered windows, pixels x taps x C, or a chunk of one level's scores, pixels x
+#: level pixels).
 #: 8 MiB keeps a chunk in cache: 64-pixel chunks of 100 taps x 256 channels (6.5 MB) took a third
 #: of the time of 1024-pixel ones (RAFT's level 0 at 46x62, 2-core AVX2 CPU).
 CHUNK_BYTES = 8 << 20
@@ -73,7 +74,7 @@ class CorrPyramid:
             values: one matrix product per level; lookups then only read it), the right choice
             while it fits in memory; ``"on_demand"`` keeps only the pooled features and
             correlates the looked-up windows at each lookup, in chunks of
-            :data:`CHUNK_BYTES` (RAFT's ``AlternateCorrBlock``, in plain PyTorch, any dtype:
+            :data:`~xcorr.volumes.pyramid.CHUNK_BYTES` (RAFT's ``AlternateCorrBlock``, in plain PyTorch, any dtype:
             at 136x240 its peak memory is a small fraction of the 5.7 GB of the volumes);
             ``"auto"`` (default) asks the planning engine, which takes the volumes while they
             fit :data:`xcorr.volumes.family.PYRAMID_VOLUME_BYTES`.
