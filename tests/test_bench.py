@@ -131,10 +131,14 @@ def test_flow_suite_runs_at_tiny_sizes(monkeypatch, capsys):
     results = runner.run(["tiny flow"])
     out = capsys.readouterr().out
     names = [r.case for r in results]
-    assert len(names) == len(set(names)) == 2 * len(flow.PROBLEMS) == 20
+    assert len(names) == len(set(names)) == 2 * len(flow.PROBLEMS) == 22
     assert "FlowNetC B8 fwd+bwd" in names and "PWC-Net level 2 B4 fwd" in names and "GwcNet B2 fwd" in names
+    assert "RAFT-Stereo B2 3 lookups fwd" in names and "RAFT-Stereo B2 2 lookups fwd+bwd" in names
     for r in results:
-        peers = {flow.CORR_BLOCK} if r.case.startswith("RAFT") else {flow.LOOP, flow.UNFOLD}
+        if r.case.startswith("RAFT-Stereo"):
+            peers = {flow.CORR_BLOCK_1D}
+        else:
+            peers = {flow.CORR_BLOCK} if r.case.startswith("RAFT") else {flow.LOOP, flow.UNFOLD}
         assert set(r.times) >= {OURS, *peers} and r.ratio is not None and r.target is not None
         assert r.info["error"] <= 2e-6, r.case
         assert set(r.info["peak_bytes"]) == set(r.times) and all(v is not None for v in r.info["peak_bytes"].values())
@@ -175,6 +179,14 @@ def test_flow_peer_formulations_are_correct():
     block = flow.CorrBlock(f1, f2, num_levels=3, radius=2)
     torch.testing.assert_close(block.lookup(coords), xcorr.CorrPyramid(f1, f2, 3, 2)(coords))
     assert block(coords).dtype == torch.float32  # as RAFT's CorrBlock returns it
+    block_1d = flow.CorrBlock1D(f1, f2, num_levels=2, radius=2)
+    torch.testing.assert_close(block_1d.lookup(coords), xcorr.StereoCorrPyramid(f1, f2, 2, 2)(coords))
+    assert block_1d(coords).dtype == torch.float32  # as RAFT-Stereo's CorrBlock1D returns it
+    weights = torch.randn(2, 10, 12, 10, generator=gen, dtype=torch.float64)
+    lookups = torch.stack([coords, coords - 2.5])
+    run = flow.iterations(lambda a, b: xcorr.StereoCorrPyramid(a, b, 2, 2))
+    pyramid = xcorr.StereoCorrPyramid(f1, f2, 2, 2)
+    torch.testing.assert_close(run(f1, f2, lookups, weights), (pyramid(coords) + pyramid(coords - 2.5)) * weights)
 
 
 def test_a_case_runs_at_its_threads_for_torch_and_opencv_then_restores_them():

@@ -245,12 +245,17 @@ def test_auto_follows_the_planner():
     assert xcorr.StereoCorrPyramid(left, right, 2, 1).method == "all_pairs"
     assert "method='all_pairs'" in repr(xcorr.StereoCorrPyramid(left, right, 2, 1))
     bytes_of = xcorr.volumes.family.stereo_pyramid_volume_bytes
-    # RAFT-Stereo at 320x736 (features at 1/4: 80x184): 40 MiB of volumes; at 1984x2872, 1.8 GiB.
-    assert bytes_of((2, 256, 80, 184), 4, torch.float32) == 2 * 80 * 184 * (184 + 92 + 46 + 23) * 4
-    assert bytes_of((2, 256, 80, 184), 4, torch.float16) == bytes_of((2, 256, 80, 184), 4, torch.float32)
-    assert bytes_of((1, 256, 496, 718), 4, torch.float32) > xcorr.volumes.family.PYRAMID_VOLUME_BYTES
-    assert xcorr.volumes.family.select_stereo_pyramid((2, 256, 80, 184), 4, torch.float32) == "all_pairs"
-    assert xcorr.volumes.family.select_stereo_pyramid((1, 256, 496, 718), 4, torch.float32) == "on_demand"
+    # RAFT-Stereo at 320x736 (features at 1/4: 80x184): 44 MiB of volumes with 5 blocks of 10 zero
+    # columns; at 1984x2872, 1.9 GiB.
+    assert bytes_of((2, 256, 80, 184), 4, 4, torch.float32) == 2 * 80 * 184 * (184 + 92 + 46 + 23 + 5 * 10) * 4
+    assert bytes_of((2, 256, 80, 184), 4, 4, torch.float16) == bytes_of((2, 256, 80, 184), 4, 4, torch.float32)
+    assert bytes_of((1, 256, 496, 718), 4, 4, torch.float32) > xcorr.volumes.family.PYRAMID_VOLUME_BYTES
+    select = xcorr.volumes.family.select_stereo_pyramid
+    assert select((2, 256, 80, 184), 4, 4, torch.float32) == "all_pairs"
+    assert select((1, 256, 496, 718), 4, 4, torch.float32) == "on_demand"
+    # Past the budget by the zero columns alone (20 of them beside 256 at radius 4, 8 at radius 1).
+    assert select((1, 1, 3900, 256), 1, 4, torch.float32) == "on_demand"
+    assert select((1, 1, 3900, 256), 1, 1, torch.float32) == "all_pairs"
 
 
 def test_module_namespace_holds_the_pyramids():

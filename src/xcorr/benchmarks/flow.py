@@ -9,6 +9,10 @@ Cases, forward and forward+backward (inputs standard normal, float32):
 * RAFT: B2, C256, 46x62, 4 levels, radius 4, the pyramid built and looked up once around
   ``coords`` = each pixel plus a random flow; and RAFT at high resolution, B1, C256, 136x240,
   ``method="on_demand"``.
+* RAFT-Stereo: B2, C256, 80x184 (a 320x736 pair at 1/4), 4 levels, radius 4, its 1-D pyramid
+  built once and looked up at RAFT-Stereo's iterations: 32 lookups forward (inference), 12
+  forward and backward (a training step), each at its own coordinates (each pixel less a random
+  disparity in (0, 48)), the outputs weighted by random weights and summed (the loss backward).
 * DispNetC: B4, C256, 48x96, 40 disparities; GwcNet: B2, C320, 40 groups, 48 disparities, 64x128.
 
 Peers, side by side in the same process:
@@ -19,7 +23,8 @@ Peers, side by side in the same process:
   displacement, channel mean; for stereo, GwcNet's ``build_gwc_volume`` loop);
 * the ``F.unfold`` formulation (every displaced patch of ``f2`` materialised, then one product);
 * RAFT's ``CorrBlock`` formulation (all pairs by one matrix product, an average-pooled pyramid of
-  volumes, ``grid_sample`` lookups), for the RAFT cases.
+  volumes, ``grid_sample`` lookups), for the RAFT cases, and RAFT-Stereo's ``CorrBlock1D`` (its
+  1-D form: one row against its row, pooled along the row), for the RAFT-Stereo cases.
 
 A peer whose estimated peak memory exceeds :func:`memory_budget` is left out (and named in the
 method column): the unfold formulation of FlowNetC needs about 22 GB, the high-resolution
@@ -48,6 +53,7 @@ from . import OURS, Case
 PEERS: tuple[str, ...] = ()
 
 SAMPLER, LOOP, UNFOLD, CORR_BLOCK = "spatial-correlation-sampler", "shifted loop", "unfold", "CorrBlock"
+CORR_BLOCK_1D = "CorrBlock1D"
 SAMPLER_MODULE = "spatial_correlation_sampler"
 SAMPLER_UNAVAILABLE = (
     f"{SAMPLER} is unavailable: the module {SAMPLER_MODULE} cannot be imported (its PyPI sdist needs "
@@ -60,12 +66,13 @@ MEMORY_SHARE = 0.4
 
 @dataclass(frozen=True)
 class Problem:
-    """One network's cost volume: ``kind`` "local" (FlowNetC, PWC-Net), "stereo" or "raft"."""
+    """One network's cost volume: ``kind`` "local" (FlowNetC, PWC-Net), "stereo", "raft" or
+    "raft_stereo"."""
 
     name: str
     kind: str
     shape: tuple[int, int, int, int]
-    #: Max displacement ("local"), disparities ("stereo") or the lookup radius ("raft").
+    #: Max displacement ("local"), disparities ("stereo") or the lookup radius ("raft", "raft_stereo").
     reach: int
     displacement_stride: int = 1
     groups: int | None = None
@@ -73,14 +80,26 @@ class Problem:
     method: str = "auto"
     #: Targets of the forward and the forward+backward rows (our time / the fastest peer's).
     targets: tuple[float, float] = (0.5, 0.3)
+    #: Lookups of one pyramid in the forward and the forward+backward rows ("raft_stereo").
+    lookups: tuple[int, int] = (1, 1)
 
     def tiny(self) -> Problem:
         """The same problem at a size that runs in milliseconds (for tests)."""
         B, C, H, W = self.shape
         small = (min(B, 2), 8, min(H, 12), min(W, 16))
         return replace(
-            self, shape=small, reach=min(self.reach, 3), groups=self.groups and 4, levels=min(self.levels, 3)
+            self,
+            shape=small,
+            reach=min(self.reach, 3),
+            groups=self.groups and 4,
+            levels=min(self.levels, 3),
+            lookups=(min(self.lookups[0], 3), min(self.lookups[1], 2)),
         )
+
+    def label(self, grad: bool) -> str:
+        """The row's name: the problem, its lookups where it has several, and the passes."""
+        count = self.lookups[grad]
+        return f"{self.name}{f' {count} lookups' if count > 1 else ''} {'fwd+bwd' if grad else 'fwd'}"
 
 
 PWC_LEVELS = [(6, 196), (5, 128), (4, 96), (3, 64), (2, 32)]
@@ -99,6 +118,7 @@ PROBLEMS = [
     ),
     Problem("RAFT B2", "raft", (2, 256, 46, 62), 4),
     Problem("RAFT 136x240 B1", "raft", (1, 256, 136, 240), 4, method="on_demand"),
+    Problem("RAFT-Stereo B2", "raft_stereo", (2, 256, 80, 184), 4, targets=(0.5, 0.5), lookups=(32, 12)),
     Problem("DispNetC B4", "stereo", (4, 256, 48, 96), 40),
     Problem("GwcNet B2", "stereo", (2, 320, 64, 128), 48, groups=40),
 ]
@@ -202,6 +222,58 @@ class CorrBlock:
         return torch.cat(looked_up, dim=-1).permute(0, 3, 1, 2).contiguous()
 
 
+class CorrBlock1D:
+    """RAFT-Stereo's 1-D correlation pyramid as RAFT-Stereo writes it (``core/corr.py``): each row
+    against its row by ``einsum``, divided by a float32 ``sqrt(C)``, ``avg_pool2d`` levels along
+    the row (one more than it looks up), ``grid_sample`` lookups on one-pixel-high images."""
+
+    def __init__(self, left: torch.Tensor, right: torch.Tensor, num_levels: int = 4, radius: int = 4) -> None:
+        B, C, H, W = left.shape
+        corr = torch.einsum("aijk,aijh->ajkh", left, right).reshape(B, H, W, 1, W).contiguous()
+        corr = (corr / torch.sqrt(torch.tensor(C).float())).reshape(B * H * W, 1, 1, W)
+        self.num_levels, self.radius = num_levels, radius
+        self.pyramid = [corr]
+        for _ in range(num_levels):
+            corr = F.avg_pool2d(corr, [1, 2], stride=[1, 2])
+            self.pyramid.append(corr)
+
+    def __call__(self, coords: torch.Tensor) -> torch.Tensor:
+        """The lookup as RAFT-Stereo returns it: float32."""
+        return self.lookup(coords).float()
+
+    def lookup(self, coords: torch.Tensor) -> torch.Tensor:
+        """The ``2r+1`` linear samples of every level around ``coords[:, 0]`` (B, 2, H, W), in the
+        volume's dtype."""
+        r = self.radius
+        x = coords[:, :1].permute(0, 2, 3, 1)
+        B, H, W, _ = x.shape
+        looked_up = []
+        for level in range(self.num_levels):
+            corr = self.pyramid[level]
+            dx = torch.linspace(-r, r, 2 * r + 1, device=coords.device).view(2 * r + 1, 1)
+            x0 = dx + x.reshape(B * H * W, 1, 1, 1) / 2**level
+            # RAFT-Stereo's bilinear_sampler: the x of the grid normalised, its y (0) not, for H = 1.
+            grid = torch.cat([2 * x0 / (corr.shape[-1] - 1) - 1, torch.zeros_like(x0)], dim=-1)
+            looked_up.append(F.grid_sample(corr, grid, align_corners=True).view(B, H, W, -1))
+        return torch.cat(looked_up, dim=-1).permute(0, 3, 1, 2).contiguous()
+
+
+def iterations(pyramid: Callable[..., Callable[[torch.Tensor], torch.Tensor]]) -> Callable[..., torch.Tensor]:
+    """RAFT-Stereo's lookups: ``run(left, right, coords, weights)`` builds ``pyramid(left, right)``
+    once, looks it up at each ``coords[i]`` (N, B, 2, H, W) and returns the sum of the lookups
+    times ``weights`` (B, L*(2r+1), H, W): the update block's input, which a training step's loss
+    backpropagates through."""
+
+    def run(left: torch.Tensor, right: torch.Tensor, coords: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        corr_fn = pyramid(left, right)
+        total = torch.zeros_like(weights)
+        for c in coords:
+            total = total + corr_fn(c) * weights
+        return total
+
+    return run
+
+
 # --- memory ------------------------------------------------------------------------------------
 
 
@@ -224,6 +296,8 @@ def _estimate(peer: str, p: Problem, grad: bool) -> float:
     if p.kind == "raft":
         volume = 4.0 * B * (H * W) ** 2
         return volume * (5.0 if grad else 2.4)
+    if p.kind == "raft_stereo":  # the volumes, and with the backward pass their gradients
+        return 4.0 * B * H * W * W * (6.0 if grad else 2.4)
     displacements = (2 * (p.reach // p.displacement_stride) + 1) ** 2 if p.kind == "local" else p.reach
     if peer == UNFOLD:
         return 2 * feature * displacements * (2.0 if grad else 1.0)
@@ -289,17 +363,29 @@ def _device() -> torch.device:
     return torch.empty(0).device
 
 
-def _inputs(p: Problem, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
-    """Both feature maps and, for RAFT, ``coords`` = every pixel plus a flow uniform in (-8, 8)."""
+#: RAFT-Stereo's disparities at 1/4 of a 320x736 pair: uniform in (0, MAX_DISPARITY) pixels.
+MAX_DISPARITY = 48
+
+
+def _inputs(p: Problem, grad: bool = False, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+    """Both feature maps and, for RAFT, ``coords`` = every pixel plus a flow uniform in (-8, 8);
+    for RAFT-Stereo, the coords of each lookup of the row (every pixel less a random disparity,
+    its y the pixel's row) and the weights of the lookups' sum."""
     B, C, H, W = p.shape
     gen = torch.Generator().manual_seed(0)
     f1 = torch.randn(p.shape, generator=gen, dtype=dtype)
     f2 = torch.randn(p.shape, generator=gen, dtype=dtype)
     tensors: tuple[torch.Tensor, ...] = (f1, f2)
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=dtype), torch.arange(W, dtype=dtype), indexing="ij")
     if p.kind == "raft":
-        ys, xs = torch.meshgrid(torch.arange(H, dtype=dtype), torch.arange(W, dtype=dtype), indexing="ij")
         flow = 16 * torch.rand(B, 2, H, W, generator=gen, dtype=dtype) - 8
         tensors += (torch.stack([xs, ys]).expand(B, 2, H, W) + flow,)
+    if p.kind == "raft_stereo":
+        N = p.lookups[grad]
+        disparity = MAX_DISPARITY * torch.rand(N, B, 1, H, W, generator=gen, dtype=dtype)
+        coords = torch.cat([xs.expand(N, B, 1, H, W) - disparity, ys.expand(N, B, 1, H, W)], dim=2)
+        weights = torch.randn(B, p.levels * (2 * p.reach + 1), H, W, generator=gen, dtype=dtype)
+        tensors += (coords, weights)
     return tuple(t.to(_device()) for t in tensors)
 
 
@@ -310,6 +396,8 @@ def _ours(p: Problem) -> Callable[..., torch.Tensor]:
         )
     if p.kind == "stereo":
         return lambda left, right: xcorr.stereo_correlation(left, right, p.reach, groups=p.groups)
+    if p.kind == "raft_stereo":
+        return iterations(lambda left, right: xcorr.StereoCorrPyramid(left, right, p.levels, p.reach, method=p.method))
     return lambda f1, f2, coords: xcorr.CorrPyramid(f1, f2, p.levels, p.reach, method=p.method)(coords)
 
 
@@ -328,6 +416,8 @@ def _peers(p: Problem) -> dict[str, Callable[..., torch.Tensor]]:
             LOOP: lambda left, right: stereo_loop(left, right, p.reach, p.groups),
             UNFOLD: lambda left, right: unfold_stereo(left, right, p.reach, p.groups),
         }
+    if p.kind == "raft_stereo":
+        return {CORR_BLOCK_1D: iterations(lambda left, right: CorrBlock1D(left, right, p.levels, p.reach))}
     return {CORR_BLOCK: lambda f1, f2, coords: CorrBlock(f1, f2, p.levels, p.reach)(coords)}
 
 
@@ -345,15 +435,22 @@ def sampler_available() -> bool:
 Index = tuple[slice, ...]
 
 
-def _reference(p: Problem) -> tuple[Index, torch.Tensor]:
+def _reference(p: Problem, grad: bool) -> tuple[Index, torch.Tensor]:
     """The float64 volume of the first batch item (RAFT at 136x240: of its first 8 rows), by the
-    peer loop (local, stereo) or ``CorrBlock`` (RAFT), and the part of our output it is of."""
-    tensors = tuple(t[:1].double() for t in _inputs(p))
+    peer loop (local, stereo), ``CorrBlock`` (RAFT) or ``CorrBlock1D`` (RAFT-Stereo: the weighted
+    sum of its lookups), and the part of our output it is of."""
+    inputs = _inputs(p, grad)
+    tensors = tuple(t[:1].double() for t in inputs)
     with torch.no_grad():
         if p.kind == "local":
             return (slice(0, 1),), shifted_loop(tensors[0], tensors[1], p.reach, p.displacement_stride)
         if p.kind == "stereo":
             return (slice(0, 1),), stereo_loop(tensors[0], tensors[1], p.reach, p.groups)
+        if p.kind == "raft_stereo":
+            left, right, _, weights = tensors
+            coords = inputs[2][:, :1].double()  # (lookups, B, 2, H, W): the first item's
+            run = iterations(lambda a, b: CorrBlock1D(a, b, p.levels, p.reach).lookup)
+            return (slice(0, 1),), run(left, right, coords, weights)
         f1, f2, coords = tensors
         rows = min(8, f1.shape[2]) if p.method == "on_demand" else f1.shape[2]
         block = CorrBlock(f1[:, :, :rows], f2, p.levels, p.reach)
@@ -367,6 +464,9 @@ def _method(p: Problem, grad: bool) -> str:
 
     if p.kind == "raft":
         return volumes_family.select_pyramid(p.shape, p.levels, torch.float32) if p.method == "auto" else p.method
+    if p.kind == "raft_stereo":
+        auto = volumes_family.select_stereo_pyramid(p.shape, p.levels, p.reach, torch.float32)
+        return auto if p.method == "auto" else p.method
     f = torch.empty(p.shape, device="meta")
     if p.kind == "local":
         spec = volumes_spec.check_local_correlation(f, f, p.reach, p.displacement_stride, 1, 1, "mean", "flat")
@@ -413,12 +513,17 @@ def _mib(n: float | None) -> str:
     return f"{mib:.2g}" if mib < 10 else f"{mib:.0f}"
 
 
-def _case(p: Problem, grad: bool, references: dict[Problem, tuple[Index, torch.Tensor]], repeats: int = 0) -> Case:
+#: Float64 references by problem and lookups (the rows of one problem share theirs where they
+#: look the pyramid up as often).
+References = dict[tuple[Problem, int], tuple[Index, torch.Tensor]]
+
+
+def _case(p: Problem, grad: bool, references: References, repeats: int = 0) -> Case:
     peaks: dict[str, int | None] = {}
     left_out: dict[str, float] = {}
 
     def inputs() -> tuple[torch.Tensor, ...]:
-        tensors = _inputs(p)
+        tensors = _inputs(p, grad)
         for t in tensors[:2]:
             t.requires_grad_(grad)
         return tensors
@@ -442,18 +547,19 @@ def _case(p: Problem, grad: bool, references: dict[Problem, tuple[Index, torch.T
     def info() -> dict[str, Any]:
         tensors = inputs()
         peaks[OURS] = peak_bytes(_step(_ours(p), tensors, grad), _device())
-        if p not in references:
-            references[p] = _reference(p)
-        index, exact = references[p]
+        key = (p, p.lookups[grad])
+        if key not in references:
+            references[key] = _reference(p, grad)
+        index, exact = references[key]
         with torch.set_grad_enabled(grad):
             ours = _ours(p)(*tensors).detach()[index].double().cpu()
         error = ((ours - exact).abs().max() / exact.abs().max()).item()
         method = _method(p, grad)
         memory = ", ".join(f"{name} {_mib(peaks[name])}" for name in dict.fromkeys((OURS, *peaks)))
         cell = f"{method} | peak MiB: {memory}"
-        if p.kind == "raft":
+        if p.kind in ("raft", "raft_stereo"):
             B, _, H, W = p.shape
-            volume = 4.0 * B * (H * W) ** 2
+            volume = 4.0 * B * H * W * (H * W if p.kind == "raft" else W)
             ours_peak = peaks.get(OURS)
             if ours_peak is not None:
                 cell += f" (xcorr: {ours_peak / volume:.3f} of the all-pairs volume, {_mib(volume)})"
@@ -467,8 +573,7 @@ def _case(p: Problem, grad: bool, references: dict[Problem, tuple[Index, torch.T
             "left_out_bytes": dict(left_out),
         }
 
-    label = f"{p.name} {'fwd+bwd' if grad else 'fwd'}"
-    return Case("flow", label, setup, p.targets[1] if grad else p.targets[0], repeats, info)
+    return Case("flow", p.label(grad), setup, p.targets[1] if grad else p.targets[0], repeats, info)
 
 
 def notes() -> list[str]:
@@ -488,6 +593,6 @@ def cases(tiny: bool = False) -> list[Case]:
     contender timed once)."""
     for line in notes():
         print(f"flow: {line}", file=sys.stdout)
-    references: dict[Problem, tuple[Index, torch.Tensor]] = {}
+    references: References = {}
     problems = [p.tiny() for p in PROBLEMS] if tiny else PROBLEMS
     return [_case(p, grad, references, repeats=1 if tiny else 0) for p in problems for grad in (False, True)]

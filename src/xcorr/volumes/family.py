@@ -19,7 +19,7 @@ from ..planning.cost import CPU_CAPABILITY, Constants, builtin_constants
 from ..planning.engine import ENGINE, Engine
 from ..planning.family import Registry
 from .backends import VOLUME_BACKENDS, VolumeBackend
-from .spec import PyramidSpec, StereoPyramidSpec, VolumeSpec, level_widths
+from .spec import PyramidSpec, StereoPyramidSpec, VolumeSpec, level_columns, level_widths
 
 
 class VolumeKey(NamedTuple):
@@ -143,12 +143,13 @@ class StereoPyramidKey(NamedTuple):
     grad: bool
 
 
-def stereo_pyramid_volume_bytes(shape: tuple[int, ...], num_levels: int, dtype: torch.dtype) -> int:
+def stereo_pyramid_volume_bytes(shape: tuple[int, ...], num_levels: int, radius: int, dtype: torch.dtype) -> int:
     """Bytes of the 1-D all-pairs volumes of every level for features of ``shape`` (B, C, H, W):
-    each pixel of ``left`` against every pixel of its row of each level."""
+    each pixel of ``left`` against every pixel of its row of each level, in one table with its
+    columns of zeros (:func:`~xcorr.volumes.spec.level_columns`)."""
     B, _, H, W = shape
     B = B if isinstance(B, int) else 1  # a symbolic batch counts as one item (see pyramid_volume_bytes)
-    return B * H * W * sum(level_widths(W, num_levels)) * itemsize(dtype)
+    return B * H * W * level_columns(level_widths(W, num_levels), radius)[1] * itemsize(dtype)
 
 
 AnyPyramidSpec = PyramidSpec | StereoPyramidSpec
@@ -241,7 +242,7 @@ class StereoPyramidFamily(_MemoryRule):
     key_type = StereoPyramidKey
 
     def volume_bytes(self, spec: AnyPyramidSpec) -> int:
-        return stereo_pyramid_volume_bytes(spec.shape, spec.num_levels, spec.dtype)
+        return stereo_pyramid_volume_bytes(spec.shape, spec.num_levels, spec.radius, spec.dtype)
 
     def pyramid(self) -> type:
         from .stereo_pyramid import StereoCorrPyramid
@@ -299,18 +300,18 @@ def pyramid_level_dense(level_pixels: int, radius: int) -> bool:
     return PYRAMIDS.level_dense(level_pixels, radius)
 
 
-def select_stereo_pyramid(shape: tuple[int, ...], num_levels: int, dtype: torch.dtype) -> str:
+def select_stereo_pyramid(shape: tuple[int, ...], num_levels: int, radius: int, dtype: torch.dtype) -> str:
     """The method of ``StereoCorrPyramid(..., method="auto")``: ``"all_pairs"`` while the 1-D
     volumes fit :data:`PYRAMID_VOLUME_BYTES`, ``"on_demand"`` beyond.
 
     Example:
         >>> from xcorr.volumes.family import select_stereo_pyramid
-        >>> select_stereo_pyramid((2, 256, 80, 184), 4, torch.float32)  # RAFT-Stereo, 320x736 at 1/4
+        >>> select_stereo_pyramid((2, 256, 80, 184), 4, 4, torch.float32)  # RAFT-Stereo, 320x736 at 1/4
         'all_pairs'
-        >>> select_stereo_pyramid((1, 256, 496, 718), 4, torch.float32)  # 1984x2872 at 1/4
+        >>> select_stereo_pyramid((1, 256, 496, 718), 4, 4, torch.float32)  # 1984x2872 at 1/4
         'on_demand'
     """
-    return ENGINE.decide(StereoPyramidSpec(tuple(shape), num_levels, 1, dtype, torch.device("cpu")))
+    return ENGINE.decide(StereoPyramidSpec(tuple(shape), num_levels, radius, dtype, torch.device("cpu")))
 
 
 def stereo_pyramid_row_dense(row_pixels: int, taps: int) -> bool:

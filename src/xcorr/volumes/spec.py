@@ -129,6 +129,11 @@ class StereoPyramidSpec:
         return level_widths(self.shape[-1], self.num_levels)
 
     @property
+    def row(self) -> int:
+        """The width of a row of its tables, every level side by side (see :func:`level_columns`)."""
+        return level_columns(self.widths, self.radius)[1]
+
+    @property
     def out_shape(self) -> tuple[int, ...]:
         """The shape of one lookup's output."""
         B, _, H, W = self.shape
@@ -139,6 +144,16 @@ def level_widths(width: int, num_levels: int) -> tuple[int, ...]:
     """The widths of a 1-D pyramid's levels: ``width // 2**l`` (``F.avg_pool2d`` with a kernel and
     stride of 1x2 halves a width rounding down, and halving twice is dividing by 4)."""
     return tuple(width >> level for level in range(num_levels))
+
+
+def level_columns(widths: tuple[int, ...], radius: int) -> tuple[tuple[int, ...], int]:
+    """Where a 1-D pyramid's levels lie in a row of its tables (its volumes, its pooled features):
+    each level's first column, and the row's width. Before, between and after the levels lie
+    ``2r + 2`` columns of zeros, so that a lookup's ``2r + 2`` taps in a level, consecutive
+    columns, stay in the row wherever they fall and read zeros outside the level."""
+    pad = 2 * radius + 2
+    starts = tuple(pad + sum(widths[:level]) + level * pad for level in range(len(widths)))
+    return starts, starts[-1] + widths[-1] + pad
 
 
 NORMALIZE = ("none", "mean", "sqrt")

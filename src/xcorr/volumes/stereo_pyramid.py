@@ -27,7 +27,7 @@ from .._tracing import tracing
 from ..planning.engine import ENGINE, signature
 from .family import stereo_pyramid_row_dense
 from .pyramid import _eager, _scaled_rows, _traced, _Windows
-from .spec import StereoPyramidSpec, check_stereo_coords, check_stereo_corr_pyramid, level_widths
+from .spec import StereoPyramidSpec, check_stereo_coords, check_stereo_corr_pyramid, level_columns, level_widths
 
 
 def _method(left: torch.Tensor, right: torch.Tensor, num_levels: int, radius: int, method: str) -> str:
@@ -160,11 +160,10 @@ class StereoCorrPyramid:
 
 
 class _Layout(NamedTuple):
-    """Where each level lies in a row of the levels side by side, each level between columns of
-    zeros ``2r + 2`` wide (one block between two levels serves both), so that a lookup's taps are
-    ``2r + 2`` consecutive columns of the row, zeros where they fall outside their level; and
-    the constants of a lookup (L,): each level's scale ``2**-l``, the bounds of its positions,
-    the column of its position 0 less ``r``."""
+    """Where each level lies in a row of the tables (:func:`~.spec.level_columns`: a lookup's taps
+    are ``2r + 2`` consecutive columns of the row, zeros where they fall outside their level),
+    and the constants of a lookup (L,): each level's scale ``2**-l``, the bounds of its
+    positions, the column of its position 0 less ``r``."""
 
     widths: tuple[int, ...]
     starts: tuple[int, ...]
@@ -177,9 +176,7 @@ class _Layout(NamedTuple):
 
     @staticmethod
     def of(widths: tuple[int, ...], radius: int, dtype: torch.dtype, device: torch.device) -> _Layout:
-        pad = 2 * radius + 2
-        starts = tuple(pad + sum(widths[:level]) + level * pad for level in range(len(widths)))
-        row = starts[-1] + widths[-1] + pad
+        starts, row = level_columns(widths, radius)
 
         def constants(values: list[float]) -> torch.Tensor:
             return torch.tensor(values, dtype=dtype, device=device)
@@ -192,7 +189,7 @@ class _Layout(NamedTuple):
             constants([-(radius + 2.0)] * len(widths)),
             constants([width + radius for width in widths]),
             constants([start - radius for start in starts]),
-            torch.arange(pad, device=device),
+            torch.arange(2 * radius + 2, device=device),
         )
 
     def taps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
