@@ -240,6 +240,29 @@ def test_several_lookups_accumulate_gradients(method):
     assert_close_rel(b.grad, b2.grad, tol=1e-12)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_partial_and_repeated_backward_passes(method):
+    # The lookups' gradients meet in one buffer per pyramid: a pass that asks for the coordinates'
+    # gradient alone, and a second pass over a kept graph, must each see only their own.
+    left, right, coords = make(1, 3, 3, 10, special=False)
+    a, b, c = (t.clone().requires_grad_(True) for t in (left, right, coords))
+    pyr = xcorr.StereoCorrPyramid(a, b, 2, 1, method=method)
+    out = pyr(c)
+    (g_coords,) = torch.autograd.grad(out.square().sum(), [c], retain_graph=True)
+    loss = (out * out.detach()).sum() + pyr(c - 1.5).sum()
+    loss.backward(retain_graph=True)
+    first = a.grad.clone(), b.grad.clone()
+    loss.backward()
+    a2, b2, c2 = (t.clone().requires_grad_(True) for t in (left, right, coords))
+    ref = stereo_pyramid_reference(a2, b2, c2, 2, 1)
+    (expected_coords,) = torch.autograd.grad(ref.square().sum(), [c2], retain_graph=True)
+    ((ref * ref.detach()).sum() + stereo_pyramid_reference(a2, b2, c2 - 1.5, 2, 1).sum()).backward()
+    assert_close_rel(g_coords, expected_coords, tol=1e-12)
+    for got, twice, expected in zip(first, (a.grad, b.grad), (a2.grad, b2.grad)):
+        assert_close_rel(got, expected, tol=1e-12)
+        assert_close_rel(twice, 2 * expected, tol=1e-12)
+
+
 def test_auto_follows_the_planner():
     left, right, _ = make(1, 2, 3, 8)
     assert xcorr.StereoCorrPyramid(left, right, 2, 1).method == "all_pairs"

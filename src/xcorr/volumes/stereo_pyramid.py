@@ -9,9 +9,10 @@ the right row into levels (a kernel and stride of 1x2), and looked up at ``2r+1`
 The two facts behind :mod:`.pyramid` hold in one dimension too: pooling is linear in ``right``,
 and the samples of one lookup share their fractional offset, so the ``2r+1`` samples of a level
 are a linear blend of the ``2r+2`` integer taps around them. The all-pairs volumes of every
-level sit side by side in one table of rows, so a lookup is one gather of ``L*(2r+2)`` taps per
-pixel. Their gradients add up across lookups (autograd sums them) and reach the features by one
-matrix product per feature map, once per backward pass, not once per lookup.
+level sit side by side in one table of rows, between columns of zeros, so a lookup copies
+``L`` windows of ``2r+2`` consecutive values per pixel. Their gradients add up across lookups
+in one buffer (:class:`_Gradient`) and reach the features by one matrix product per feature
+map, once per backward pass, not once per lookup.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .._compute import compute_dtype, empty_result, needs_grad
 from .._tracing import tracing
@@ -100,16 +102,20 @@ class StereoCorrPyramid:
         self.dtype = compute_dtype(left.dtype)
         B, C, H, W = self.shape
         self._layout = _Layout.of(level_widths(W, num_levels), radius, self.dtype, left.device)
+        self.device = left.device
         lc, rc = left.to(self.dtype), right.to(self.dtype)
         self._empty = (lc, rc) if B == 0 else None
-        # Each row of left as a batch item (B*H, W, C), the 1/sqrt(C) folded in; -1 keeps B symbolic.
-        self._rows1 = _scaled_rows(lc, 1.0 / math.sqrt(C)).reshape(-1, W, C)
-        self._volume = self._table = None
+        self._volume = self._rows1 = self._table = None
         if B == 0:
             return
         if self.method == "all_pairs":
-            self._volume = _volume(self._rows1, _scaled_rows(rc, 1.0).reshape(-1, W, C), self._layout)
+            self._gradient = _Gradient()
+            self._volume = _volume(lc, rc, self._layout, self._gradient)
+            # The first column of each pixel's row in the volume, flattened.
+            self._row_starts = torch.arange(self._volume.shape[0], device=self.device).unsqueeze(-1) * self._layout.row
         else:
+            # Each row of left as a batch item (B*H, W, C), the 1/sqrt(C) folded in; -1 keeps B symbolic.
+            self._rows1 = _scaled_rows(lc, 1.0 / math.sqrt(C)).reshape(-1, W, C)
             self._table = _pooled_table(rc, self._layout)
 
     def __repr__(self) -> str:
@@ -130,33 +136,40 @@ class StereoCorrPyramid:
             Tensor[B, num_levels*(2r+1), H, W], float32 (float64 for float64 features).
         """
         B, C, H, W = self.shape
-        check_stereo_coords(coords, self.shape, self._rows1.device)
+        check_stereo_coords(coords, self.shape, self.device)
         channels = self.num_levels * (2 * self.radius + 1)
         if self._empty is not None:
             return empty_result((0, channels, H, W), *self._empty, coords)
-        index, frac = self._layout.taps(coords[:, 0].to(self.dtype).reshape(-1))
+        first, frac = self._layout.taps(coords[:, 0].to(self.dtype).reshape(-1))
+        n = 2 * self.radius + 2
         if self._volume is not None:
-            taps = self._volume.gather(1, index.flatten(1))
+            taps = _windows(self._volume, (first + self._row_starts).view(-1), n, self._gradient)
         else:
-            taps = self._correlated(index.view(-1, W, index.shape[1] * index.shape[2]))
-        taps = taps.view(index.shape)
-        samples = torch.lerp(taps[..., :-1], taps[..., 1:], frac.unsqueeze(-1))
-        return samples.reshape(-1, H * W, channels).transpose(1, 2).reshape(-1, channels, H, W).contiguous()
+            index = first.unsqueeze(-1) + self._layout.steps
+            taps = self._correlated(index.view(-1, W, self.num_levels * n))
+        # (B, H*W, L, n) taps; their samples (B, H*W, L, 2r+1) are the channels (B, L*(2r+1), H, W).
+        taps, frac = taps.view(-1, H * W, self.num_levels, n), frac.view(-1, H * W, self.num_levels, 1)
+        if tracing():  # plain operations, which autograd differentiates
+            samples = torch.lerp(taps[..., :-1], taps[..., 1:], frac)
+            return samples.reshape(-1, H * W, channels).transpose(1, 2).reshape(-1, channels, H, W).contiguous()
+        if needs_grad(taps, frac):
+            return _Blend.apply(taps, frac, H, W)
+        return _blend(taps, frac, H, W)
 
     def _correlated(self, index: torch.Tensor) -> torch.Tensor:
         """The on-demand taps (B*H, W, T): each row's left pixels against the looked-up pixels of
         its row of the pooled table, by the windowed correlation of :mod:`.pyramid` (every tap
         lies in the row, the zero columns included)."""
-        table = self._table
-        assert table is not None
+        rows1, table = self._rows1, self._table
+        assert rows1 is not None and table is not None
         row = self._layout.row
         dense = stereo_pyramid_row_dense(row, index.shape[-1])
         inside = torch.ones((), dtype=torch.bool, device=index.device).expand(index.shape)
         if tracing():
-            return _traced(self._rows1, table, index, inside, None, dense, row)
-        if needs_grad(self._rows1, table):
-            return _Windows.apply(self._rows1, table, index, inside, None, dense, (1, row))
-        return _eager(self._rows1, table, index, inside, None, dense, row)
+            return _traced(rows1, table, index, inside, None, dense, row)
+        if needs_grad(rows1, table):
+            return _Windows.apply(rows1, table, index, inside, None, dense, (1, row))
+        return _eager(rows1, table, index, inside, None, dense, row)
 
 
 class _Layout(NamedTuple):
@@ -193,15 +206,106 @@ class _Layout(NamedTuple):
         )
 
     def taps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The taps of a lookup at ``x`` (P,): their columns in the row (P, L, 2r+2), and the
-        fractional offset of each level's samples from their left taps (P, L), differentiable in
-        ``x``. A position beyond ``r + 2`` pixels out of its level reads zeros only: clamped
-        there, it reads zeros still, and stays within the row."""
+        """Where a lookup at ``x`` (P,) reads: the column in the row of each level's first tap
+        (P, L; its taps are that column and the next ``2r + 1``), and the fractional offset of
+        the level's samples from their left taps (P, L), differentiable in ``x``. A position so
+        far out of its level that every tap is outside (beyond ``r + 1`` pixels left, ``r``
+        right) is clamped to the nearest such one: it reads zeros still, within the row."""
         at = torch.clamp(x.unsqueeze(-1) * self.scale, self.lower, self.upper)
         left = at.detach().floor()
         # (NaN positions: their columns clamped into the row; their samples NaN, from frac.)
         first = (left + self.offsets).long().clamp_(0, self.row - self.steps.numel())
-        return first.unsqueeze(-1) + self.steps, at - left
+        return first, at - left
+
+
+def _blend(taps: torch.Tensor, frac: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """The samples of the taps (B, H*W, L, n) at ``frac`` (B, H*W, L, 1), written straight into the
+    channels of the output (B, L*(n-1), H, W)."""
+    B, _, L, n = taps.shape
+    out = taps.new_empty(B, L * (n - 1), H, W)
+    torch.lerp(taps[..., :-1], taps[..., 1:], frac, out=out.view(B, L, n - 1, H * W).permute(0, 3, 1, 2))
+    return out
+
+
+class _Blend(torch.autograd.Function):
+    """:func:`_blend`, differentiable in the taps and in ``frac`` (the latter only computed, and
+    the taps only kept, where ``frac`` needs it)."""
+
+    @staticmethod
+    def forward(ctx, taps, frac, H, W):
+        ctx.save_for_backward(frac, taps if ctx.needs_input_grad[1] else None)
+        return _blend(taps, frac, H, W)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        frac, taps = ctx.saved_tensors
+        B, HW, L, _ = frac.shape
+        g = g.reshape(B, L, -1, HW).permute(0, 3, 1, 2)  # (B, H*W, L, n-1), as the taps lie
+        g_taps = g_frac = None
+        if ctx.needs_input_grad[0]:
+            # Tap k gets (1 - frac) of sample k and frac of sample k - 1: one blend of the
+            # samples' gradients, zero-extended on both sides (a third of the time of the
+            # products and sums written out).
+            extended = F.pad(g, (1, 1))
+            g_taps = torch.lerp(extended[..., 1:], extended[..., :-1], frac)
+        if ctx.needs_input_grad[1]:
+            g_frac = (g * (taps[..., 1:] - taps[..., :-1])).sum(-1, keepdim=True)
+        return g_taps, g_frac, None, None
+
+
+def _windows(volume: torch.Tensor, first: torch.Tensor, n: int, gradient: _Gradient) -> torch.Tensor:
+    """The ``n`` consecutive values of ``volume`` (contiguous) from each flat index of ``first``
+    (F,): (F, n)."""
+    if tracing():  # plain operations, which autograd differentiates
+        index = first.unsqueeze(-1) + torch.arange(n, device=first.device)
+        return volume.reshape(-1)[index]
+    if needs_grad(volume):
+        return _Windows1D.apply(volume, first, n, gradient)
+    # Rows of an overlapping view, copied whole: twice as fast as a gather of every tap.
+    return volume.view(-1).unfold(0, n, 1).index_select(0, first)
+
+
+class _Gradient:
+    """The gradient of an all-pairs pyramid's volume, one for all its lookups: their backward
+    passes add their taps' gradients into it, and the volume's backward pass, which autograd runs
+    after every lookup's that leads to it, takes it. Each lookup's own zeros of the volume's
+    size, summed by autograd, took a third of a training step's time (RAFT-Stereo's: 12
+    lookups, B2, 80x184, one thread)."""
+
+    def __init__(self) -> None:
+        self.buffer: torch.Tensor | None = None
+
+    def add(self, first: torch.Tensor, grads: torch.Tensor, numel: int) -> None:
+        """Add ``grads`` (F, n) at the windows from each flat index of ``first`` (F,)."""
+        if self.buffer is None:
+            self.buffer = grads.new_zeros(numel)
+        index = first.unsqueeze(-1) + torch.arange(grads.shape[-1], device=first.device)
+        self.buffer.scatter_add_(0, index.view(-1), grads.reshape(-1))
+
+    def take(self) -> torch.Tensor | None:
+        buffer, self.buffer = self.buffer, None
+        return buffer
+
+
+class _Windows1D(torch.autograd.Function):
+    """:func:`_windows` from the volume, whose backward pass adds the windows' gradients into the
+    pyramid's :class:`_Gradient` and hands autograd none: the volume's backward pass reads them
+    there. (A lookup's only edge is to the volume, so autograd runs its backward pass only where
+    it runs the volume's.)"""
+
+    @staticmethod
+    def forward(ctx, volume, first, n, gradient):
+        ctx.save_for_backward(first)
+        ctx.numel, ctx.gradient = volume.numel(), gradient
+        return volume.view(-1).unfold(0, n, 1).index_select(0, first)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        (first,) = ctx.saved_tensors
+        ctx.gradient.add(first, g, ctx.numel)
+        return None, None, None, None
 
 
 def _pooled_table(right: torch.Tensor, layout: _Layout) -> torch.Tensor:
@@ -218,66 +322,81 @@ def _pooled_table(right: torch.Tensor, layout: _Layout) -> torch.Tensor:
     return torch.cat([table.view(-1, C), table.new_zeros(1, C)])
 
 
-def _volume(rows1: torch.Tensor, rows2: torch.Tensor, layout: _Layout) -> torch.Tensor:
-    """Every level's all-pairs volume (B*H*W, row): row ``(b, h, w)`` holds left pixel ``w`` of
-    row ``h`` against each level's pixels of that row, placed as the layout says."""
+def _volume(left: torch.Tensor, right: torch.Tensor, layout: _Layout, gradient: _Gradient) -> torch.Tensor:
+    """Every level's all-pairs volume (B*H*W, row): row ``(b, h, w)`` holds pixel ``w`` of row ``h``
+    of ``left`` against each level's pixels of that row of ``right``, over ``sqrt(C)``, placed as
+    the layout says."""
     if tracing():  # plain operations, which autograd differentiates
-        level = torch.bmm(rows1, rows2.transpose(1, 2))
-        pad = layout.starts[0]
-        zeros = level.new_zeros(*level.shape[:2], pad)
+        scale = 1.0 / math.sqrt(left.shape[1])
+        level = torch.matmul(left.permute(0, 2, 3, 1), right.permute(0, 2, 1, 3)) * scale
+        zeros = level.new_zeros(*level.shape[:-1], layout.starts[0])
         pieces = [zeros, level, zeros]
         for width in layout.widths[1:]:
             level = (level[..., 0 : 2 * width : 2] + level[..., 1 : 2 * width : 2]) * 0.5
             pieces += [level, zeros]
-        volume = torch.cat(pieces, dim=-1)
-        return volume.reshape(-1, volume.shape[-1])
-    if needs_grad(rows1, rows2):
-        return _Volume.apply(rows1, rows2, layout)
-    return _pooled_volume(rows1, rows2, layout)
+        return torch.cat(pieces, dim=-1).reshape(-1, layout.row)
+    if needs_grad(left, right):
+        return _Volume.apply(left, right, layout, gradient)
+    return _pooled_volume(left, right, layout)
 
 
-def _pooled_volume(rows1: torch.Tensor, rows2: torch.Tensor, layout: _Layout) -> torch.Tensor:
-    """:func:`_volume` in eager mode: level 0 by one batched matrix product, each further level
-    pooled from the one before into its columns, zeros between."""
-    BH, W, _ = rows1.shape
-    out = rows1.new_empty(BH, W, layout.row)
+def _pooled_volume(left: torch.Tensor, right: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """:func:`_volume` in eager mode: level 0 by one batched matrix product per item over its
+    rows, read from the (B, C, H, W) maps as they lie (a row of either is a matrix of C by W
+    with a leading dimension of H*W: no copy), then each further level pooled from the one
+    before into its columns."""
+    B, C, H, W = left.shape
+    out = left.new_zeros(B, H, W, layout.row)
     pad = layout.starts[0]
-    out[..., :pad].zero_()
-    # (A matrix product written into a strided slice of out took 15 times as long.)
-    out[..., pad : pad + W] = torch.bmm(rows1, rows2.transpose(1, 2))
+    for b in range(B):
+        # (A matrix product written into a strided slice of out took 15 times as long.)
+        product = torch.bmm(left[b].permute(1, 2, 0), right[b].permute(1, 0, 2))
+        torch.mul(product, 1.0 / math.sqrt(C), out=out[b, ..., pad : pad + W])
     for finer, (start, width) in zip(layout.starts, zip(layout.starts[1:], layout.widths[1:])):
-        out[..., start - pad : start].zero_()
         pairs = out[..., finer : finer + 2 * width]
         torch.add(pairs[..., 0::2], pairs[..., 1::2], out=out[..., start : start + width]).mul_(0.5)
-    out[..., layout.row - pad :].zero_()
-    return out.view(BH * W, -1)
+    return out.view(B * H * W, -1)
 
 
 class _Volume(torch.autograd.Function):
-    """:func:`_pooled_volume` with a backward pass that spreads each level's gradient back onto
-    level 0 (coarsest first, each level's half onto the two pixels it averages) and then takes
-    two batched matrix products: the gradients of all the lookups, which autograd has summed,
-    reach the features at once."""
+    """:func:`_pooled_volume` with a backward pass that takes the gradient all the lookups have
+    added up (:class:`_Gradient`), spreads each level's back onto level 0 (coarsest first, each
+    level's half onto the two pixels it averages) and then takes two batched matrix products per
+    item: every lookup's gradient reaches the features at once."""
 
     @staticmethod
-    def forward(ctx, rows1, rows2, layout):
-        ctx.save_for_backward(rows1, rows2)
-        ctx.layout = layout
-        return _pooled_volume(rows1, rows2, layout)
+    def forward(ctx, left, right, layout, gradient):
+        ctx.save_for_backward(left, right)
+        ctx.layout, ctx.gradient = layout, gradient
+        ctx.set_materialize_grads(False)  # the lookups hand autograd no gradient
+        return _pooled_volume(left, right, layout)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g):
-        rows1, rows2 = ctx.saved_tensors
+        left, right = ctx.saved_tensors
         starts, widths = ctx.layout.starts, ctx.layout.widths
-        BH, W, _ = rows1.shape
-        g = g.view(BH, W, -1)
-        spread = g[..., starts[-1] : starts[-1] + widths[-1]]
+        B, C, H, W = left.shape
+        added = ctx.gradient.take()
+        if g is None and added is None:
+            return None, None, None, None
+        # The lookups' sum is ours to change in place; autograd's gradient is not.
+        g = added if g is None else (g.reshape(-1).clone() if added is None else added.add_(g.reshape(-1)))
+        g = g.view(B, H, W, -1)
         for level in reversed(range(len(widths) - 1)):
-            start, width, coarser = starts[level], widths[level], widths[level + 1]
-            finer = g[..., start : start + width].clone()
-            finer[..., : 2 * coarser].unflatten(-1, (coarser, 2)).add_(spread.unsqueeze(-1), alpha=0.5)
-            spread = finer
-        need1, need2 = ctx.needs_input_grad[:2]
-        g1 = torch.bmm(spread, rows2) if need1 else None
-        g2 = torch.bmm(spread.transpose(1, 2), rows1) if need2 else None
-        return g1, g2, None
+            start, coarser = starts[level], widths[level + 1]
+            pairs = g[..., start : start + 2 * coarser].unflatten(-1, (coarser, 2))
+            pairs.add_(g[..., starts[level + 1] : starts[level + 1] + coarser].unsqueeze(-1), alpha=0.5)
+        spread = g[..., starts[0] : starts[0] + widths[0]]
+        # Per item and row, (C, W) = right's (C, W2) @ spread's (W2, W1), and left's likewise, made
+        # as (B, H, C, W) and handed back as a (B, C, H, W) view of it.
+        grads = []
+        for need, other, volume in ((0, right, spread.transpose(-1, -2)), (1, left, spread)):
+            if not ctx.needs_input_grad[need]:
+                grads.append(None)
+                continue
+            grad = left.new_empty(B, H, C, W)
+            for b in range(B):
+                torch.bmm(other[b].permute(1, 0, 2), volume[b], out=grad[b])
+            grads.append(grad.mul_(1.0 / math.sqrt(C)).transpose(1, 2))
+        return grads[0], grads[1], None, None
