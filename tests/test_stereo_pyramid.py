@@ -279,6 +279,10 @@ def test_auto_follows_the_planner():
     # Past the budget by the zero columns alone (20 of them beside 256 at radius 4, 8 at radius 1).
     assert select((1, 1, 3900, 256), 1, 4, torch.float32) == "on_demand"
     assert select((1, 1, 3900, 256), 1, 1, torch.float32) == "all_pairs"
+    # On demand, a row of 395 pixels (W = 184) read 40 taps at a time is correlated whole, one of
+    # 2810 (W = 1472) tap by tap.
+    dense = xcorr.volumes.family.stereo_pyramid_row_dense
+    assert dense(395, 40) and dense(1600, 40) and not dense(1601, 40) and not dense(2810, 40)
 
 
 def test_module_namespace_holds_the_pyramids():

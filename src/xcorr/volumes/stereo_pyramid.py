@@ -313,13 +313,14 @@ def _pooled_table(right: torch.Tensor, layout: _Layout) -> torch.Tensor:
     row ``h``'s levels side by side as the layout places them (B*H*row, C), zeros between, then
     one more row of zeros (which the windowed correlation takes for "outside")."""
     B, C, H, _ = right.shape
-    table = right.new_zeros(B, H, layout.row, C)
+    table = right.new_zeros(B * H * layout.row + 1, C)
+    rows = table[:-1].view(B, H, layout.row, C)
     level = right
     for index, (start, width) in enumerate(zip(layout.starts, layout.widths)):
         if index:
             level = F.avg_pool2d(level, (1, 2), stride=(1, 2))
-        table[:, :, start : start + width] = level.permute(0, 2, 3, 1)
-    return torch.cat([table.view(-1, C), table.new_zeros(1, C)])
+        rows[:, :, start : start + width] = level.permute(0, 2, 3, 1)
+    return table
 
 
 def _volume(left: torch.Tensor, right: torch.Tensor, layout: _Layout, gradient: _Gradient) -> torch.Tensor:
