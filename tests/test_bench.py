@@ -5,6 +5,7 @@ import sys
 import types
 
 import pytest
+import torch
 
 from xcorr import cli
 from xcorr.benchmarks import OURS, Case, runner, siamese
@@ -131,9 +132,17 @@ def test_flow_suite_runs_at_tiny_sizes(monkeypatch, capsys):
     results = runner.run(["tiny flow"])
     out = capsys.readouterr().out
     names = [r.case for r in results]
-    assert len(names) == len(set(names)) == 2 * len(flow.PROBLEMS) == 22
+    assert len(names) == len(set(names)) == sum(len(p.grads) for p in flow.PROBLEMS) == 27
     assert "FlowNetC B8 fwd+bwd" in names and "PWC-Net level 2 B4 fwd" in names and "GwcNet B2 fwd" in names
-    assert "RAFT-Stereo B2 3 lookups fwd" in names and "RAFT-Stereo B2 2 lookups fwd+bwd" in names
+    # RAFT and RAFT-Stereo as they train and evaluate: lookups of one pyramid per call.
+    assert {
+        "RAFT B2, 12 lookups fwd+bwd",
+        "RAFT B2, 12 lookups on demand fwd",
+        "RAFT 55x128 B1, 32 lookups fwd",
+        "RAFT-Stereo B2, 12 lookups fwd+bwd",
+        "RAFT-Stereo B2, 32 lookups fwd",
+    } <= set(names)
+    assert "RAFT 55x128 B1, 32 lookups fwd+bwd" not in names and "RAFT-Stereo B2, 32 lookups fwd+bwd" not in names
     for r in results:
         if r.case.startswith("RAFT-Stereo"):
             peers = {flow.CORR_BLOCK_1D}
@@ -182,11 +191,11 @@ def test_flow_peer_formulations_are_correct():
     block_1d = flow.CorrBlock1D(f1, f2, num_levels=2, radius=2)
     torch.testing.assert_close(block_1d.lookup(coords), xcorr.StereoCorrPyramid(f1, f2, 2, 2)(coords))
     assert block_1d(coords).dtype == torch.float32  # as RAFT-Stereo's CorrBlock1D returns it
+    # RAFT-Stereo's rows: two lookups (at coords and coords + 1/2), their sum weighted.
     weights = torch.randn(2, 10, 12, 10, generator=gen, dtype=torch.float64)
-    lookups = torch.stack([coords, coords - 2.5])
-    run = flow.iterations(lambda a, b: xcorr.StereoCorrPyramid(a, b, 2, 2))
+    run = flow._weighted(flow._looked_up(lambda a, b: xcorr.StereoCorrPyramid(a, b, 2, 2), 2))
     pyramid = xcorr.StereoCorrPyramid(f1, f2, 2, 2)
-    torch.testing.assert_close(run(f1, f2, lookups, weights), (pyramid(coords) + pyramid(coords - 2.5)) * weights)
+    torch.testing.assert_close(run(f1, f2, coords, weights), (pyramid(coords) + pyramid(coords + 0.5)) * weights)
 
 
 def test_a_case_runs_at_its_threads_for_torch_and_opencv_then_restores_them():
@@ -233,3 +242,18 @@ def test_match_suite_lists_photographs_one_thread_rows_a_batch_and_a_video():
         match.SINGLE_TARGET
     }
     assert all(c.stages is not None for c in cases)
+
+
+def test_flow_raft_rows_look_one_pyramid_up_as_raft_iterates():
+    from xcorr.benchmarks import flow
+
+    built = []
+
+    def build(f1, f2):
+        built.append(1)
+        return lambda coords: coords * f1.sum() + f2.sum()
+
+    f1, f2, coords = torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), torch.arange(8.0).view(1, 2, 2, 2)
+    out = flow._looked_up(build, 4)(f1, f2, coords)
+    assert built == [1]
+    torch.testing.assert_close(out, sum(4 * (coords + k / 4) for k in range(4)))

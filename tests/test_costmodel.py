@@ -7,6 +7,7 @@ import pytest
 from xcorr import cli
 from xcorr.benchmarks import costmodel
 from xcorr.correlation.family import CORRELATION, PER_PASS
+from xcorr.planning import Constants
 from xcorr.planning.engine import ENGINE
 
 BUILTIN = costmodel.builtin()
@@ -110,6 +111,6 @@ def test_cli_fit_volumes_runs_the_cost_volume_fit(monkeypatch):
     from xcorr.benchmarks import volume_costmodel
 
     calls = []
-    monkeypatch.setattr(volume_costmodel, "main", lambda *a: calls.append(a))
+    monkeypatch.setattr(volume_costmodel, "main", lambda *a: calls.append(a) or (Constants(), {}))
     assert cli.main(["fit", "--volumes", "--problems", "4", "--held-out", "2", "--seed", "3"]) == 0
     assert calls == [(4, 2, 3)]

@@ -599,12 +599,22 @@ BAD_INPUTS = [
     (
         lambda: xcorr.match_template(IMG, np.zeros((3, 4, 3), np.float32)),
         ValueError,
-        r"same \(non-zero\) number of channels.*1 channels\) and template \(3, 4, 3\) \(3 channels",
+        r"same number of channels; got image \(10, 12\) \(1 channel\) and template \(3, 4, 3\) \(3 channels\)$",
     ),
     (
         lambda: xcorr.match_template(IMG[None], TPL[None]),
         ValueError,
-        r"same \(non-zero\) number of channels|must not be larger",
+        r"same number of channels; got image \(1, 10, 12\) \(12 channels\) and template \(1, 3, 4\) \(4 channels\)$",
+    ),
+    (
+        lambda: xcorr.match_template(IMG[..., None][..., :0], TPL[..., None][..., :0]),
+        ValueError,
+        r"^image must have at least one channel, got shape \(10, 12, 0\)$",
+    ),
+    (
+        lambda: xcorr.match_template(IMG, TPL[..., None][..., :0]),
+        ValueError,
+        r"^template must have at least one channel, got shape \(3, 4, 0\)$",
     ),
     (
         lambda: xcorr.match_template(np.zeros((2, 3, 4, 5), np.float32), TPL),
@@ -629,7 +639,14 @@ BAD_INPUTS = [
     (
         lambda: xcorr.match_template(IMG, TPL, mask=np.ones((3, 4, 2), np.uint8)),
         ValueError,
-        r"mask must have the template's size with 1 or 1 channels",
+        r"mask must have the template's size with 1 channel, \(h, w\) or \(h, w, 1\); got mask \(3, 4, 2\) for template \(3, 4\)$",
+    ),
+    (
+        lambda: xcorr.match_template(
+            np.zeros((10, 12, 3), np.float32), np.zeros((3, 4, 3), np.float32), mask=np.ones((3, 4, 2), np.uint8)
+        ),
+        ValueError,
+        r"mask must have the template's size with 1 or 3 channels, \(h, w\) or \(h, w, C\); got mask \(3, 4, 2\)",
     ),
     (
         lambda: xcorr.match_template(IMG, TPL, mask=np.ones((3, 4), np.int16)),
@@ -673,7 +690,17 @@ BAD_INPUTS = [
     (
         lambda: xcorr.match_template(X, torch.zeros(1, 2, 3, 4)),
         ValueError,
-        r"same \(non-zero\) number of channels; got image \(2, 3, 10, 12\) and template \(1, 2, 3, 4\)",
+        r"same number of channels; got image \(2, 3, 10, 12\) and template \(1, 2, 3, 4\)",
+    ),
+    (
+        lambda: xcorr.match_template(X[:, :0], Z[:, :0]),
+        ValueError,
+        r"^image must have at least one channel, got shape \(2, 0, 10, 12\)$",
+    ),
+    (
+        lambda: xcorr.match_template(X, Z[:, :0]),
+        ValueError,
+        r"^template must have at least one channel, got shape \(1, 0, 3, 4\)$",
     ),
     (
         lambda: xcorr.match_template(torch.zeros(3, 3, 10, 12), torch.zeros(2, 3, 3, 4)),
@@ -694,7 +721,12 @@ BAD_INPUTS = [
     (
         lambda: xcorr.match_template(X, Z, mask=torch.ones(2, 3, 3, 4)),
         ValueError,
-        r"mask must be \(h, w\), \(1 or C, h, w\) or \(1 or Nt, 1 or C, h, w\).*got mask \(2, 3, 3, 4\)",
+        r"mask must be \(h, w\), \(1 or 3, h, w\) or \(1, 1 or 3, h, w\) with the template's \(h, w\) = \(3, 4\); got mask \(2, 3, 3, 4\)",
+    ),
+    (
+        lambda: xcorr.match_template(X[:, :1], Z[:, :1].expand(2, 1, 3, 4), mask=torch.ones(2, 2, 3, 4)),
+        ValueError,
+        r"mask must be \(h, w\), \(1, h, w\) or \(1 or 2, 1, h, w\) with the template's \(h, w\) = \(3, 4\); got mask \(2, 2, 3, 4\)",
     ),
     (
         lambda: xcorr.match_template(X, Z, mask=torch.ones(2, 3, 4)),
@@ -947,6 +979,16 @@ PLAN_BAD_INPUTS = [
     (lambda: xcorr.match_plan([[1.0]]), TypeError, r"template must be a numpy array \(h, w\[, C\]\) or a torch tensor"),
     (lambda: xcorr.match_plan(np.zeros((2, 2, 2, 2), np.float32)), ValueError, r"template must be 2-D \(h, w\) or 3-D"),
     (lambda: xcorr.match_plan(torch.zeros(3, 4)), ValueError, r"template must be 4-D"),
+    (
+        lambda: xcorr.match_plan(torch.zeros(1, 0, 3, 4)),
+        ValueError,
+        r"^template must have at least one channel, got shape \(1, 0, 3, 4\)$",
+    ),
+    (
+        lambda: xcorr.match_plan(np.zeros((3, 4, 0), np.float32)),
+        ValueError,
+        r"^template must have at least one channel, got shape \(3, 4, 0\)$",
+    ),
     (lambda: xcorr.match_plan(TPL, "zncc"), ValueError, r"unknown method 'zncc'; valid values are"),
     (lambda: xcorr.match_plan(TPL, mask=np.ones((2, 2), np.uint8)), ValueError, r"mask must have the template's size"),
     (lambda: xcorr.match_plan(TPL)(torch.zeros(1, 1, 10, 12)), TypeError, r"image and template must both be numpy"),

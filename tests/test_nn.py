@@ -218,6 +218,13 @@ BAD_SETTINGS = [
     (lambda: xcorr.UpChannelHead(8, 1)(X8.long(), Z8), TypeError, r"x must have a floating-point dtype"),
     (lambda: xcorr.SiamFCHead()(X8, Z8[:, :4]), ValueError, r"mode 'naive' needs z to have as many channels as x"),
     (lambda: xcorr.XCorr("depthwise")(X8[:1], Z8), ValueError, r"x's batch must be a multiple of z's batch"),
+    (lambda: xcorr.SiamFCHead()(Z8, X8), ValueError, r"z \(2, 8, 22, 22\) does not fit in x \(2, 8, 6, 6\); z \(template\) is larger than x \(search\): the head takes forward\(x, z\) = \(search, template\); the arguments may be swapped"),
+    (lambda: xcorr.UpChannelHead(8, 1)(Z8, X8), ValueError, r"z \(2, 8, 22, 22\) does not fit in x \(2, 8, 6, 6\); .*the head takes forward\(x, z\) = \(search, template\); the arguments may be swapped"),
+    (lambda: xcorr.DepthwiseXCorrHead(8, 4, 2)(Z8, X8), ValueError, r"z \(2, 8, 22, 22\) does not fit in x \(2, 8, 6, 6\); .*the head takes forward\(x, z\) = \(search, template\); the arguments may be swapped"),
+    (lambda: xcorr.XCorr()(Z8, X8), ValueError, r"template must fit in the padded search.*z \(template\) is larger than x \(search\): xcorr takes \(x, z\) = \(search, template\); the arguments may be swapped"),
+    (lambda: xcorr.DepthwiseXCorrHead(8, 4, 2)(X8, Z8[..., :2]), ValueError, r"z must be at least 3x3, the kernel of the head's branch convolutions; got shape \(2, 8, 6, 2\)"),
+    (lambda: xcorr.SiamFCHead()(X8[..., :5], Z8), ValueError, r"z \(2, 8, 6, 6\) does not fit in x \(2, 8, 22, 5\); the template must not be larger than the search \(the head takes forward\(x, z\) = \(search, template\)\)"),
+    (lambda: xcorr.UpChannelHead(8, 1)(X8, Z8.double()), TypeError, r"x and z must have the same dtype"),
 ]
 # fmt: on
 

@@ -218,7 +218,8 @@ BAD_INPUTS = [
     (lambda: xcorr.xcorr(X, torch.zeros(1, 7, 3, 3), "upchannel"), ValueError, r"'upchannel' needs z's channels to be a positive multiple K\*C.*Cz=7"),
     (lambda: xcorr.xcorr(torch.zeros(3, 3, 8, 8), torch.zeros(2, 3, 3, 3)), ValueError, r"x's batch must be a multiple of z's batch.*B=3.*Bz=2"),
     (lambda: xcorr.xcorr(X, torch.zeros(0, 3, 3, 3)), ValueError, r"z has no templates"),
-    (lambda: xcorr.xcorr(X, torch.zeros(1, 3, 9, 3)), ValueError, r"template must fit in the padded search.*spans 9x3.*is 8x8"),
+    (lambda: xcorr.xcorr(X, torch.zeros(1, 3, 9, 3)), ValueError, r"template must fit in the padded search.*spans 9x3.*is 8x8$"),
+    (lambda: xcorr.xcorr(Z, X[:1]), ValueError, r"z \(1, 3, 8, 8\) with dilation \(1, 1\) spans 8x8, but x \(1, 3, 3, 3\) .* is 3x3; z \(template\) is larger than x \(search\): xcorr takes \(x, z\) = \(search, template\); the arguments may be swapped"),
     (lambda: xcorr.xcorr(X, Z, dilation=4), ValueError, r"template must fit.*dilation \(4, 4\) spans 9x9"),
     (lambda: xcorr.xcorr(X, torch.zeros(1, 3, 0, 3)), ValueError, r"non-empty template"),
     (lambda: xcorr.xcorr(X, Z, "pixel"), ValueError, r"unknown mode 'pixel'; valid values are 'naive', 'depthwise', 'upchannel'"),
@@ -230,6 +231,16 @@ BAD_INPUTS = [
     (lambda: xcorr.xcorr(X, Z, dilation=(1, 0)), ValueError, r"dilation must be at least 1, got \(1, 0\)"),
     (lambda: xcorr.xcorr(X, Z, stride=1.5), TypeError, r"stride must be an int or a pair of ints, got 1\.5"),
     (lambda: xcorr.xcorr(X, Z, padding=(1, 2, 3)), TypeError, r"padding must be an int or a pair of ints"),
+    (lambda: xcorr.choose_method(X[:, :0], Z[:, :0]), ValueError, r"x must have at least one channel, got shape \(2, 0, 8, 8\)"),
+]
+# Zero channels, for every method and mode: our error, before a backend divides by the channels.
+BAD_INPUTS += [
+    (lambda mode=mode, method=method: xcorr.xcorr(X[:, :0], Z[:, :0], mode, method=method), ValueError, r"^x must have at least one channel, got shape \(2, 0, 8, 8\)$")
+    for mode in MODES for method in METHODS
+]
+BAD_INPUTS += [
+    (lambda mode=mode, method=method: xcorr.xcorr(X, Z[:, :0], mode, method=method), ValueError, r"^z must have at least one channel, got shape \(1, 0, 3, 3\)$")
+    for mode in MODES for method in METHODS
 ]
 # fmt: on
 

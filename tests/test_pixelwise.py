@@ -110,6 +110,8 @@ BAD_INPUTS = [
     (lambda: xcorr.pixelwise(torch.zeros(3, 3, 8, 8), torch.zeros(2, 3, 3, 3)), ValueError, r"multiple of z's batch.*B=3.*Bz=2"),
     (lambda: xcorr.pixelwise(X, torch.zeros(0, 3, 3, 3)), ValueError, r"z has no templates.*x has 2 search items"),
     (lambda: xcorr.pixelwise(X, torch.zeros(1, 3, 3, 0)), ValueError, r"non-empty template, got shape \(1, 3, 3, 0\)"),
+    (lambda: xcorr.pixelwise(X[:, :0], Z[:, :0]), ValueError, r"^x must have at least one channel, got shape \(2, 0, 8, 8\)$"),
+    (lambda: xcorr.pixelwise(X, Z[:, :0]), ValueError, r"^z must have at least one channel, got shape \(1, 0, 3, 3\)$"),
 ]
 # fmt: on
 

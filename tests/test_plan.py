@@ -1,6 +1,6 @@
 import pytest
 import torch
-from helpers import GEOMETRIES, MODES, assert_close_rel, make
+from helpers import GEOMETRIES, METHODS, MODES, assert_close_rel, make
 from reference import xcorr_reference
 
 import xcorr
@@ -83,6 +83,25 @@ BAD_INPUTS = [
     ),
     (lambda: P(torch.zeros(3, 8, 8)), ValueError, r"x must be 4-D"),
     (lambda: P(torch.zeros(2, 3, 8, 8, dtype=torch.float64)), TypeError, r"same dtype"),
+]
+# Zero channels, for every method and mode: our error when the plan is made.
+BAD_INPUTS += [
+    (
+        lambda mode=mode, method=method: xcorr.plan(Z[:, :0], (2, 0, 8, 8), mode, method=method),
+        ValueError,
+        r"^search_shape must have at least one channel, got shape \(2, 0, 8, 8\)$",
+    )
+    for mode in MODES
+    for method in METHODS
+]
+BAD_INPUTS += [
+    (
+        lambda mode=mode, method=method: xcorr.plan(Z[:, :0], (2, 3, 8, 8), mode, method=method),
+        ValueError,
+        r"^z must have at least one channel, got shape \(1, 0, 3, 3\)$",
+    )
+    for mode in MODES
+    for method in METHODS
 ]
 
 

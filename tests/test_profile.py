@@ -11,6 +11,8 @@ from xcorr.correlation.family import CORRELATION
 from xcorr.planning import Constants
 from xcorr.planning import profile as _profile
 from xcorr.planning.engine import ENGINE
+from xcorr.volumes.family import PYRAMIDS, VOLUMES, PyramidKey, VolumeKey
+from xcorr.volumes.spec import PyramidSpec, check_local_correlation, check_stereo_correlation
 
 FIELDS = CORRELATION.constant_names()
 BUILTIN, BUILTIN_SOURCE = CORRELATION.builtin_constants("cpu")
@@ -54,10 +56,10 @@ def test_no_profile_means_builtin_constants_without_a_warning():
 
 def test_saved_constants_are_loaded_lazily_and_reported(profile):
     free_fft = fitted(fft_call=0.0, fft_chunk=0.0, fft_point=0.0, fft_product=0.0)
-    path = _profile.save_constants("cpu", saved(free_fft), {"problems": 3})
+    path = _profile.save_constants("cpu", saved(free_fft), {CORRELATION.name: {"problems": 3}})
     assert path == profile
     entry = json.loads(profile.read_text())["entries"][0]
-    assert entry["machine"] == _profile.machine("cpu") and entry["problems"] == 3
+    assert entry["machine"] == _profile.machine("cpu") and entry["fits"][CORRELATION.name]["problems"] == 3
     ENGINE.reset_constants()  # as a new process: nothing read yet
     x, z = torch.rand(1, 4, 40, 40), torch.rand(1, 4, 9, 9)
     assert xcorr.choose_method(x, z, "depthwise") == "fft"
@@ -190,6 +192,88 @@ def test_fit_save_writes_the_profile(profile, capsys):
     out = capsys.readouterr().out
     assert f"saved to {profile}" in out and f"current constants: {BUILTIN_SOURCE}" in out
     entry = json.loads(profile.read_text())["entries"][0]
-    assert sorted(entry["constants"][CORRELATION.name]) == sorted(FIELDS) and entry["problems"] == 4
+    assert (
+        sorted(entry["constants"][CORRELATION.name]) == sorted(FIELDS)
+        and entry["fits"][CORRELATION.name]["problems"] == 4
+    )
     ENGINE.reset_constants()
     assert ENGINE.constants(CORRELATION, "cpu") == Constants(entry["constants"][CORRELATION.name])
+
+
+def test_volume_and_pyramid_winners_round_trip(tmp_path, monkeypatch):
+    f1, f2 = torch.rand(1, 4, 12, 16), torch.rand(1, 4, 12, 16)
+    xcorr.set_autotune(True)
+    xcorr.local_correlation(f1, f2, 2)
+    pyramid = xcorr.CorrPyramid(f1, f2, 2, 1)
+    winners = ENGINE.measured_winners()
+    assert {type(k) for k in winners} == {VolumeKey, PyramidKey}
+    volume = winners[VOLUMES.key(local_spec(f1), False)]
+    path = tmp_path / "tuning.json"
+    xcorr.save_tuning(path)
+    assert {w["key"]["family"] for w in json.loads(path.read_text())["winners"]} == {VOLUMES.name, PYRAMIDS.name}
+    xcorr.clear_cache()
+    assert xcorr.load_tuning(path) == 2 and ENGINE.measured_winners() == winners
+    # The loaded winners are used as measured: neither measured again nor modelled.
+    monkeypatch.setattr(ENGINE, "estimate", lambda *a, **k: pytest.fail("modelled despite a loaded winner"))
+    monkeypatch.setattr(ENGINE, "measure", lambda *a, **k: pytest.fail("measured despite a loaded winner"))
+    assert ENGINE.decide(local_spec(f1)) == volume
+    assert xcorr.CorrPyramid(f1, f2, 2, 1).method == pyramid.method
+
+
+def local_spec(f):
+    return check_local_correlation(f, f, 2, 1, 1, 1, "none", "flat")
+
+
+def test_a_loaded_pyramid_winner_overrides_the_memory_rules_choice(tmp_path):
+    f1, f2 = torch.rand(1, 4, 12, 16), torch.rand(1, 4, 12, 16)
+    spec = PyramidSpec(tuple(f1.shape), 2, 1, torch.float32, f1.device)
+    assert PYRAMIDS.options(spec) == ["all_pairs", "on_demand"]
+    assert xcorr.CorrPyramid(f1, f2, 2, 1).method == "all_pairs"  # the model's: the volumes fit
+    ENGINE.record(PYRAMIDS.key(spec, False), "on_demand")
+    path = tmp_path / "tuning.json"
+    xcorr.save_tuning(path)
+    xcorr.clear_cache()
+    assert xcorr.CorrPyramid(f1, f2, 2, 1).method == "all_pairs"
+    assert xcorr.load_tuning(path) == 1
+    assert xcorr.CorrPyramid(f1, f2, 2, 1).method == "on_demand"
+
+
+def tiny_volumes(count, seed=0):
+    """Cost volumes small enough to time in milliseconds, local and stereo."""
+    f = torch.empty(1, 4, 6, 9)
+    return [
+        check_local_correlation(f, f, 1 + i % 2, 1, 1, 1, "mean", "flat")
+        if i % 3
+        else check_stereo_correlation(f, f, 3 + i, None, "mean")
+        for i in range(count)
+    ]
+
+
+def test_fit_volumes_save_writes_the_profile_beside_the_correlations(profile, capsys, monkeypatch, tmp_path):
+    pytest.importorskip("scipy")
+    from xcorr.benchmarks import volume_costmodel
+    from xcorr.cli import main
+
+    monkeypatch.setattr(volume_costmodel, "problems", tiny_volumes)
+    _profile.save_constants("cpu", saved(fitted(fft_call=1.0)))
+    report = tmp_path / "fit.json"
+    assert main(["fit", "--volumes", "--problems", "4", "--held-out", "2", "--save", "--json", str(report)]) == 0
+    assert f"saved to {profile}" in capsys.readouterr().out
+    entry = json.loads(profile.read_text())["entries"][0]
+    values = entry["constants"][VOLUMES.name]
+    assert sorted(values) == sorted(VOLUMES.constant_names()) and entry["fits"][VOLUMES.name]["problems"] == 4
+    assert entry["constants"][CORRELATION.name]["fft_call"] == 1.0  # kept
+    assert json.loads(report.read_text())["fitted"] == values
+    ENGINE.reset_constants()  # as a new process: the profile is read on first use
+    assert ENGINE.constants(VOLUMES, "cpu") == Constants(values)
+    assert ENGINE.constants_source(VOLUMES, "cpu").startswith(f"profile {profile}")
+    spec = tiny_volumes(2)[1]
+    assert ENGINE.estimate(spec) == VOLUMES.estimate(spec, False, Constants(values))
+    assert ENGINE.constants(CORRELATION, "cpu") == fitted(fft_call=1.0)
+
+
+def test_fit_volumes_refuses_another_device(capsys):
+    from xcorr.cli import main
+
+    assert main(["fit", "--volumes", "--device", "meta"]) == 2
+    assert "--volumes times on the CPU only" in capsys.readouterr().err

@@ -65,11 +65,14 @@ def make(B, C, H, W, dtype=torch.float64, seed=0, spread=4.0, special=True):
     return f1.to(dtype), f2.to(dtype), coords.to(dtype)
 
 
-@pytest.fixture(params=["levels dense", "windows"])
+@pytest.fixture(params=["levels dense", "windows", "windows, dense gradient"])
 def correlated(request, monkeypatch):
-    """Both ways a level's taps are correlated: whole (one matrix product) or window by window."""
+    """Every way a level's taps are correlated, whole (one matrix product) or window by window,
+    and their backward passes: windowed, or summed over the lookups into a dense gradient."""
     dense = request.param == "levels dense"
+    gradient = request.param != "windows"
     monkeypatch.setattr(xcorr.volumes.pyramid, "pyramid_level_dense", lambda pixels, radius: dense)
+    monkeypatch.setattr(xcorr.volumes.pyramid, "pyramid_gradient_dense", lambda pixels, level, itemsize: gradient)
     return request.param
 
 
@@ -210,6 +213,38 @@ def test_several_lookups_accumulate_gradients():
     assert_close_rel(b.grad, b2.grad)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_backward_passes_of_one_pyramid_each_see_their_own_lookups(method, correlated):
+    # A backward pass after some lookups, more lookups, a second backward pass, the first graph
+    # run again, and gradients asked of one input only (the graph of the pyramid's features is
+    # shared by them all, hence retained).
+    f1, f2, coords = make(2, 3, 8, 9, special=False)
+    weight = torch.randn(2, 2 * 9, 8, 9, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    shifts = [0.0, 1.25, -2.5]
+
+    def loss(fn, shift):
+        return (fn(coords + shift) * weight).square().sum()
+
+    a, b = f1.clone().requires_grad_(True), f2.clone().requires_grad_(True)
+    pyr = xcorr.CorrPyramid(a, b, 2, 1, method=method)
+    first = loss(pyr, shifts[0]) + loss(pyr, shifts[1])
+    first.backward(retain_graph=True)
+    loss(pyr, shifts[2]).backward(retain_graph=True)
+    first.backward(retain_graph=True)
+    (only_a,) = torch.autograd.grad(loss(pyr, shifts[1]), [a])
+
+    def reference(weights):
+        a2, b2 = f1.clone().requires_grad_(True), f2.clone().requires_grad_(True)
+        ref = lambda c: corr_pyramid_reference(a2, b2, c, 2, 1)  # noqa: E731
+        sum(w * loss(ref, s) for w, s in zip(weights, shifts)).backward()
+        return a2.grad, b2.grad
+
+    expected_a, expected_b = reference([2, 2, 1])
+    assert_close_rel(a.grad, expected_a)
+    assert_close_rel(b.grad, expected_b)
+    assert_close_rel(only_a, reference([0, 1, 0])[0])
+
+
 @settings(max_examples=12, deadline=None)
 @given(
     B=st.integers(1, 2),
@@ -287,7 +322,11 @@ ERRORS = [
     (lambda: xcorr.CorrPyramid(F1, F2, method="alt"), ValueError, r"unknown method 'alt'.*'all_pairs', 'on_demand'"),
     (lambda: xcorr.CorrPyramid(F1, F2, method=None), TypeError, r"method must be a string"),
     (lambda: xcorr.CorrPyramid(F1, F2, 5), ValueError, r"num_levels=5 needs f1 and f2 of at least 16x16 pixels"),
-    (lambda: xcorr.CorrPyramid(F1[:, :0], F2[:, :0]), ValueError, r"at least one channel"),
+    (
+        lambda: xcorr.CorrPyramid(F1[:, :0], F2[:, :0]),
+        ValueError,
+        r"^f1 and f2 must have at least one channel, got shape \(2, 0, 8, 8\)$",
+    ),
     (
         lambda: xcorr.CorrPyramid(F1, F2, 2)(COORDS[:, :1]),
         ValueError,

@@ -55,15 +55,6 @@ def make(B, C, H, W, dtype=torch.float64, seed=0, disparity=6.0, special=True):
     return left.to(dtype), right.to(dtype), coords.to(dtype)
 
 
-@pytest.fixture(params=["rows dense", "taps"])
-def correlated(request, monkeypatch):
-    """Both ways an on-demand lookup correlates its taps: a row against its whole row of the
-    table (one matrix product), or tap by tap."""
-    dense = request.param == "rows dense"
-    monkeypatch.setattr(xcorr.volumes.stereo_pyramid, "stereo_pyramid_row_dense", lambda pixels, taps: dense)
-    return request.param
-
-
 # (B, C, H, W, num_levels, radius): odd sizes, so that pooling floors; a coarsest level one pixel wide.
 GEOMETRIES = [
     (2, 3, 5, 13, 3, 2),
@@ -76,7 +67,7 @@ GEOMETRIES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 @pytest.mark.parametrize("method", METHODS)
-def test_matches_reference(method, geometry, dtype, correlated):
+def test_matches_reference(method, geometry, dtype):
     B, C, H, W, L, r = geometry
     left, right, coords = make(B, C, H, W, dtype)
     out = xcorr.StereoCorrPyramid(left, right, L, r, method=method)(coords)
@@ -200,7 +191,7 @@ def test_non_contiguous_inputs_are_read_not_modified(method, layout):
 
 @pytest.mark.parametrize("coords_channels", [2, 1])
 @pytest.mark.parametrize("method", METHODS)
-def test_gradcheck(method, coords_channels, correlated):
+def test_gradcheck(method, coords_channels):
     # Positions away from whole pixels (where the linear weights have a kink), some partly out.
     left, right, coords = make(2, 2, 3, 9, special=False)
     inputs = [t.requires_grad_(True) for t in (left, right, coords[:, :coords_channels].contiguous())]
@@ -210,7 +201,7 @@ def test_gradcheck(method, coords_channels, correlated):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_gradients_match_reference(method, correlated):
+def test_gradients_match_reference(method):
     left, right, coords = make(2, 3, 4, 11, special=False)
     coords[:, 0, 0, 0] = -2.25  # partly outside
     weight = torch.randn(2, 3 * 5, 4, 11, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -279,10 +270,6 @@ def test_auto_follows_the_planner():
     # Past the budget by the zero columns alone (20 of them beside 256 at radius 4, 8 at radius 1).
     assert select((1, 1, 3900, 256), 1, 4, torch.float32) == "on_demand"
     assert select((1, 1, 3900, 256), 1, 1, torch.float32) == "all_pairs"
-    # On demand, a row of 395 pixels (W = 184) read 40 taps at a time is correlated whole, one of
-    # 2810 (W = 1472) tap by tap.
-    dense = xcorr.volumes.family.stereo_pyramid_row_dense
-    assert dense(395, 40) and dense(1600, 40) and not dense(1601, 40) and not dense(2810, 40)
 
 
 def test_module_namespace_holds_the_pyramids():

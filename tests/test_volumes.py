@@ -261,7 +261,21 @@ ERRORS = [
     ),
     (lambda f: xcorr.local_correlation(f.numpy(), f, 2), TypeError, r"f1 must be a torch.Tensor"),
     (lambda f: xcorr.local_correlation(f.int(), f.int(), 2), TypeError, r"f1 must have a floating-point dtype"),
-    (lambda f: xcorr.local_correlation(f[:, :0], f[:, :0], 2), ValueError, r"at least one channel, row and column"),
+    (
+        lambda f: xcorr.local_correlation(f[:, :0], f[:, :0], 2),
+        ValueError,
+        r"^f1 and f2 must have at least one channel, got shape \(2, 0, 6, 7\)$",
+    ),
+    (
+        lambda f: xcorr.local_correlation(f[:, :, :0], f[:, :, :0], 2),
+        ValueError,
+        r"^f1 and f2 must have at least one row and column, got shape \(2, 4, 0, 7\)$",
+    ),
+    (
+        lambda f: xcorr.stereo_correlation(f[:, :0], f[:, :0], 4),
+        ValueError,
+        r"^left and right must have at least one channel, got shape \(2, 0, 6, 7\)$",
+    ),
     (lambda f: xcorr.local_correlation(f, f, -1), ValueError, r"max_displacement must be a non-negative int, got -1"),
     (
         lambda f: xcorr.local_correlation(f, f, 2.0),
@@ -310,6 +324,21 @@ ERRORS = [
         lambda f: correlate(f, f, check_local_correlation(f, f, 1, 1, 1, 1, "none", "flat"), "loop"),
         ValueError,
         r"unknown method 'loop'; valid values are 'auto', ",
+    ),
+    (
+        lambda f: correlate(f, f, (2, 4, 6, 7)),
+        TypeError,
+        r"^spec must be a VolumeSpec, got tuple$",
+    ),
+    (
+        lambda f: correlate(f[:, :, 1:], f[:, :, 1:], check_local_correlation(f, f, 1, 1, 1, 1, "none", "flat")),
+        ValueError,
+        r"^f1 and f2 must have the spec's shape, dtype and device \(2, 4, 6, 7\), torch\.float32, cpu; got \(2, 4, 5, 7\), torch\.float32, cpu$",
+    ),
+    (
+        lambda f: correlate(f.double(), f.double(), check_local_correlation(f, f, 1, 1, 1, 1, "none", "flat")),
+        ValueError,
+        r"must have the spec's shape, dtype and device .*; got \(2, 4, 6, 7\), torch\.float64, cpu$",
     ),
     (lambda f: xcorr.nn.LocalCorrelation(-2), ValueError, r"max_displacement must be a non-negative int, got -2"),
     (lambda f: xcorr.nn.LocalCorrelation(4, layout="nchw"), ValueError, r"unknown layout 'nchw'"),

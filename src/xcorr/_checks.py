@@ -59,6 +59,13 @@ def check_tensor(t: Any, name: str, dims: str) -> torch.Tensor:
     return t
 
 
+def check_channels(shape: Sequence[int], name: str, dim: int = 1) -> None:
+    """At least one channel along ``dim`` of ``shape``: every correlation sums over the channels,
+    and an empty sum has no method to compute it (nor a meaning worth returning as zeros)."""
+    if shape[dim] == 0:
+        raise ValueError(f"{name} must have at least one channel, got shape {tuple(shape)}")
+
+
 def check_same_kind(x: torch.Tensor, z: torch.Tensor, names: tuple[str, str] = ("x", "z")) -> None:
     """The two tensors share a dtype and a device; ``names`` are the arguments' names."""
     a, b = names
@@ -103,16 +110,18 @@ def check_finite(value: Any, name: str) -> float:
     return float(value)
 
 
-def check_features(t: Any, name: str, channels: int) -> torch.Tensor:
-    """A (B, C, H, W) floating-point tensor with the ``channels`` a layer was built for."""
+def check_features(t: Any, name: str, channels: int, setting: str = "in_channels") -> torch.Tensor:
+    """A (B, C, H, W) floating-point tensor with the ``channels`` a layer was built for (its
+    setting ``setting``)."""
     check_tensor(t, name, "B C H W")
     if t.shape[1] != channels:
-        raise ValueError(f"{name} must have {channels} channels (in_channels), got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must have {channels} channels ({setting}), got shape {tuple(t.shape)}")
     return t
 
 
 def check_feature_pair(f1: Any, f2: Any, names: tuple[str, str]) -> tuple[int, int, int, int]:
-    """Two (B, C, H, W) feature maps of one shape, dtype and device, with at least one channel."""
+    """Two (B, C, H, W) feature maps of one shape, dtype and device, with at least one channel,
+    row and column."""
     a, b = names
     check_tensor(f1, a, "B C H W")
     check_tensor(f2, b, "B C H W")
@@ -121,7 +130,8 @@ def check_feature_pair(f1: Any, f2: Any, names: tuple[str, str]) -> tuple[int, i
         raise ValueError(
             f"{a} and {b} must have the same shape (B, C, H, W); got {a} {tuple(f1.shape)} and {b} {tuple(f2.shape)}"
         )
-    if 0 in f1.shape[1:]:
-        raise ValueError(f"{a} and {b} must have at least one channel, row and column, got shape {tuple(f1.shape)}")
+    check_channels(f1.shape, f"{a} and {b}")
+    if 0 in f1.shape[2:]:
+        raise ValueError(f"{a} and {b} must have at least one row and column, got shape {tuple(f1.shape)}")
     B, C, H, W = f1.shape
     return B, C, H, W

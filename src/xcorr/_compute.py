@@ -7,7 +7,8 @@
   still sees the dependency (and gives zero gradients), without running a backend.
 
 And one rule that the paths which mix all values of an input (transforms, window sums) apply:
-:func:`finite_footprint`, so that NaN and infinity spoil exactly the outputs whose windows hold one.
+:func:`finite_footprint`, so that NaN and infinity spoil exactly the outputs whose windows hold one;
+and one that the planner and the kernels ask: :func:`deterministic`.
 
 :func:`xcorr.xcorr`, template plans, :func:`xcorr.pixelwise` and :func:`xcorr.match_template` all
 call :func:`computed`; the planner and the backends see float32 specs through
@@ -53,6 +54,13 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
         if t.requires_grad:
             return True
     return False
+
+
+def deterministic() -> bool:
+    """Whether torch runs deterministic algorithms only (``torch.use_deterministic_algorithms(True)``):
+    then identical calls must give identical bits, so the planner takes no decision from a timing
+    and no path runs a kernel without a deterministic form (docs/performance.md, reproducibility)."""
+    return torch.are_deterministic_algorithms_enabled()
 
 
 def empty_result(shape: tuple[int, ...], *inputs: torch.Tensor) -> torch.Tensor:

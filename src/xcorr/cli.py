@@ -23,7 +23,18 @@ class CliError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="xcorr", description="Exact, fast cross-correlation for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("demo", help="run the Siamese trackers' correlations and template matching on a real photo")
+    demo = sub.add_parser(
+        "demo",
+        help="run the Siamese trackers' correlations and template matching on a real photo",
+        description="Time the four correlations of Siamese trackers against the grouped-conv formulation, "
+        "then match templates in a photograph and write a picture of the matches (xcorr-match-demo.png).",
+    )
+    demo.add_argument(
+        "--full",
+        action="store_true",
+        help="the correlations at the grouped conv's slowest sizes (256 channels, 255x255 searches, 127x127 "
+        "templates; minutes) instead of 64 channels, 127x127 and 63x63 (seconds)",
+    )
     match = sub.add_parser(
         "match",
         help="find a template in an image (OpenCV's matchTemplate scores)",
@@ -92,8 +103,9 @@ def _add_fit(sub: Any) -> None:
     fit.add_argument(
         "--volumes",
         action="store_true",
-        help="fit the cost-volume methods' constants (local correlation, stereo) instead, on CPU; "
-        "each problem takes seconds: try --problems 20 --held-out 10",
+        help="fit the cost-volume methods' constants (local correlation, stereo) instead, on CPU "
+        "(--save stores them beside the correlations'); each problem takes seconds: try --problems 20 "
+        "--held-out 10",
     )
     fit.add_argument("--json", metavar="FILE", help="also write the timings, constants and evaluation as JSON")
     fit.add_argument(
@@ -120,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from . import demo
 
-        demo.main()
+        demo.main(full=args.full)
         return 0
     if args.command == "bench":
         return _bench(args)
@@ -235,10 +247,7 @@ def _fit(args: argparse.Namespace) -> int:
         print("xcorr fit: fitting needs scipy (pip install -e '.[bench]')", file=sys.stderr)
         return 2
     if args.volumes:
-        from .benchmarks import volume_costmodel
-
-        volume_costmodel.main(args.problems, args.held_out, args.seed)
-        return 0
+        return _fit_volumes(args, device)
     train = costmodel.random_problems(args.problems, args.seed, args.max_macs)
     held = costmodel.random_problems(args.held_out, args.seed + 1, args.max_macs)
     total = len(train) + len(held)
@@ -264,15 +273,39 @@ def _fit(args: argparse.Namespace) -> int:
             )
     if args.save:
         from .correlation.family import CORRELATION
-        from .planning import profile as _profile
 
-        info = {"problems": len(rows), "held_out": len(held_rows), "seed": args.seed, "evaluation": report["fitted"]}
-        try:
-            path = _profile.save_constants(device.type, {CORRELATION.name: dict(fitted)}, info)
-        except OSError as error:
-            print(f"xcorr fit: cannot save the profile: {error}", file=sys.stderr)
-            return 1
-        print(f"saved to {path}: the planning engine uses these constants from the next process on")
+        return _save_fit(device, CORRELATION.name, fitted, args, report["fitted"])
+    return 0
+
+
+def _fit_volumes(args: argparse.Namespace, device: Any) -> int:
+    """``fit --volumes``: the cost-volume family's constants, timed on the CPU."""
+    from .benchmarks import volume_costmodel
+    from .volumes.family import VOLUMES
+
+    if device.type != "cpu":
+        print(f"xcorr fit: --volumes times on the CPU only, got --device {args.device}", file=sys.stderr)
+        return 2
+    fitted, accuracy = volume_costmodel.main(args.problems, args.held_out, args.seed)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"fitted": dict(fitted), "evaluation": accuracy}, f, indent=1)
+    if args.save:
+        return _save_fit(device, VOLUMES.name, fitted, args, accuracy)
+    return 0
+
+
+def _save_fit(device: Any, family: str, fitted: Any, args: argparse.Namespace, evaluation: dict) -> int:
+    """``fit --save``: ``family``'s fitted constants into this machine's entry of the profile."""
+    from .planning import profile as _profile
+
+    fit = {"problems": args.problems, "held_out": args.held_out, "seed": args.seed, "evaluation": evaluation}
+    try:
+        path = _profile.save_constants(device.type, {family: dict(fitted)}, {family: fit})
+    except OSError as error:
+        print(f"xcorr fit: cannot save the profile: {error}", file=sys.stderr)
+        return 1
+    print(f"saved to {path}: the planning engine uses these {family} constants from the next process on")
     return 0
 
 
@@ -303,26 +336,51 @@ def _report_fit(rows: list, held_rows: list, device: Any) -> tuple[Any, dict]:
     return fitted, report
 
 
+#: The colours of the best match and of the others in ``--heatmap``.
+BEST_COLOUR, OTHER_COLOUR = "red", "orange"
+
+
+def heatmap_figure(image, scores, peaks, size: tuple[int, int], method: str) -> Any:
+    """The picture of ``--heatmap`` (a matplotlib Figure): the image with a box per match, numbered
+    as the matches are printed (1 the best), beside the score map with the matches' corners."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch, Rectangle
+
+    h, w = size
+    largest = not method.startswith("sqdiff")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
+    left.imshow(image, cmap="gray" if image.ndim == 2 else None)
+    for rank, (x, y, _) in enumerate(peaks, 1):
+        colour = BEST_COLOUR if rank == 1 else OTHER_COLOUR
+        left.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, lw=2, color=colour))
+        left.text(x + 1, y + 1, str(rank), color=colour, fontsize=10, fontweight="bold", va="top")
+    left.set_title("best match" if len(peaks) == 1 else f"{len(peaks)} best matches")
+    handles = [Patch(fill=False, edgecolor=BEST_COLOUR, lw=2, label="1: best match")]
+    if len(peaks) > 1:
+        others = "2" if len(peaks) == 2 else f"2-{len(peaks)}"
+        handles.append(Patch(fill=False, edgecolor=OTHER_COLOUR, lw=2, label=f"{others}: the next, as printed"))
+    left.legend(handles=handles, loc="lower right", fontsize=9, framealpha=0.8)
+    shown = right.imshow(scores, cmap="viridis" if largest else "viridis_r")
+    for rank, (x, y, _) in enumerate(peaks, 1):
+        colour = BEST_COLOUR if rank == 1 else OTHER_COLOUR
+        right.plot([x], [y], "+", color=colour, markersize=12, mew=2)
+        right.text(x + 2, y + 2, str(rank), color=colour, fontsize=10, fontweight="bold", va="top")
+    right.set_title(f"{method} scores (at the template's top-left corner)")
+    bar = fig.colorbar(shown, ax=right, shrink=0.8)
+    bar.set_label(f"score (best: {'highest' if largest else 'lowest'}, bright)")
+    fig.tight_layout()
+    return fig
+
+
 def _heatmap(path: str, image, scores, peaks, size: tuple[int, int], method: str) -> None:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.patches import Rectangle
     except ImportError:
         raise CliError("--heatmap needs matplotlib: pip install 'xcorr[match]'") from None
-    h, w = size
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 5))
-    left.imshow(image, cmap="gray" if image.ndim == 2 else None)
-    for rank, (x, y, _) in enumerate(peaks):
-        left.add_patch(Rectangle((x - 0.5, y - 0.5), w, h, fill=False, lw=2, color="red" if rank == 0 else "orange"))
-    left.set_title("best match" if len(peaks) == 1 else f"{len(peaks)} best matches")
-    shown = right.imshow(scores, cmap="viridis")
-    right.plot([p[0] for p in peaks], [p[1] for p in peaks], "r+", markersize=12)
-    right.set_title(f"{method} scores (top-left corners)")
-    fig.colorbar(shown, ax=right, shrink=0.8)
-    fig.tight_layout()
+    fig = heatmap_figure(image, scores, peaks, size, method)
     try:
         fig.savefig(path, dpi=100)
     except (OSError, ValueError) as error:

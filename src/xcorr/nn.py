@@ -3,7 +3,7 @@
 Every module takes ``(x, z)`` = (search, template), in the order of ``F.conv2d(input, weight)``,
 checks its settings when it is built, and shows the non-default ones in its ``repr``. The heads
 build on ``method="auto"``, so a model that uses them exports to ONNX with a dynamic batch (see
-docs/deploy.md), compiles with ``torch.compile``, trains under ``DistributedDataParallel`` and
+:doc:`deploy`), compiles with ``torch.compile``, trains under ``DistributedDataParallel`` and
 traces with ``torch.fx.symbolic_trace`` (where the correlation is one ``call_function`` node).
 
 RAFT's and RAFT-Stereo's pyramids, :class:`~xcorr.CorrPyramid` and :class:`~xcorr.StereoCorrPyramid`,
@@ -20,7 +20,7 @@ from torch import nn
 from ._checks import check_choice, check_features, check_finite, check_non_negative_int, check_pair, check_positive_int
 from .correlation.api import xcorr
 from .correlation.family import CORRELATION
-from .correlation.spec import MODES
+from .correlation.spec import MODES, check_head_inputs
 from .volumes.api import local_correlation, stereo_correlation
 from .volumes.pyramid import CorrPyramid
 from .volumes.spec import LAYOUTS, NORMALIZE
@@ -42,6 +42,7 @@ __all__ = [
 # checks and the planner, which branch on shapes that are only symbols while tracing.
 torch.fx.wrap("xcorr")
 torch.fx.wrap("check_features")
+torch.fx.wrap("check_head_inputs")
 torch.fx.wrap("local_correlation")
 torch.fx.wrap("stereo_correlation")
 
@@ -56,9 +57,9 @@ class XCorr(nn.Module):
 
     Args:
         mode (str): ``"naive"``, ``"depthwise"`` or ``"upchannel"``, as in :func:`xcorr.xcorr`.
-        padding (int or pair): zero padding of the search.
-        stride (int or pair): step between output positions.
-        dilation (int or pair): spacing between template taps.
+        padding (int or tuple[int, int]): zero padding of the search.
+        stride (int or tuple[int, int]): step between output positions.
+        dilation (int or tuple[int, int]): spacing between template taps.
         method (str): ``"auto"``, ``"direct"``, ``"fft"`` or ``"gather"``.
 
     Shape:
@@ -128,6 +129,7 @@ class SiamFCHead(nn.Module):
         self.out_scale = check_finite(out_scale, "out_scale")
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        check_head_inputs(x, z)
         return xcorr(x, z) * self.out_scale
 
     def extra_repr(self) -> str:
@@ -170,6 +172,7 @@ class UpChannelHead(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_features(x, "x", self.in_channels)
         check_features(z, "z", self.in_channels)
+        check_head_inputs(x, z, 3)
         cls = xcorr(self.search_cls(x), self.template_cls(z), "upchannel")
         loc = self.loc_adjust(xcorr(self.search_loc(x), self.template_loc(z), "upchannel"))
         return cls, loc
@@ -178,11 +181,22 @@ class UpChannelHead(nn.Module):
         return _non_default({"in_channels": (self.in_channels, 256), "anchors": (self.anchors, 5)})
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
+    """A branch of SiamRPN++'s depthwise head: convolution (no bias), batch norm, ReLU."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, bias=False),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
+    )
+
+
+def depthwise_mapping(hidden: int, out_channels: int) -> nn.Sequential:
+    """The 1x1 mapping after SiamRPN++'s depthwise correlation: conv-BN-ReLU, then a conv with bias."""
+    return nn.Sequential(
+        nn.Conv2d(hidden, hidden, kernel_size=1, bias=False),
+        nn.BatchNorm2d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(hidden, out_channels, kernel_size=1),
     )
 
 
@@ -220,18 +234,14 @@ class DepthwiseXCorrHead(nn.Module):
         self.hidden = check_positive_int(hidden, "hidden")
         self.out_channels = check_positive_int(out_channels, "out_channels")
         self.kernel_size = check_positive_int(kernel_size, "kernel_size")
-        self.template = _conv_bn_relu(in_channels, hidden, kernel_size)
-        self.search = _conv_bn_relu(in_channels, hidden, kernel_size)
-        self.head = nn.Sequential(
-            nn.Conv2d(hidden, hidden, kernel_size=1, bias=False),
-            nn.BatchNorm2d(hidden),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, out_channels, kernel_size=1),
-        )
+        self.template = conv_bn_relu(in_channels, hidden, kernel_size)
+        self.search = conv_bn_relu(in_channels, hidden, kernel_size)
+        self.head = depthwise_mapping(hidden, out_channels)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         check_features(x, "x", self.in_channels)
         check_features(z, "z", self.in_channels)
+        check_head_inputs(x, z, self.kernel_size)
         return self.head(xcorr(self.search(x), self.template(z), "depthwise"))
 
     def extra_repr(self) -> str:

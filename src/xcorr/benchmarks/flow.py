@@ -6,13 +6,17 @@ Cases, forward and forward+backward (inputs standard normal, float32):
 * PWC-Net's five levels for a 448x1024 image pair, B4, max displacement 4 (81 displacements):
   pyramid levels 6 to 2, 7x16 (C196), 14x32 (C128), 28x64 (C96), 56x128 (C64), 112x256 (C32),
   each ``448x1024 / 2**level``.
-* RAFT: B2, C256, 46x62, 4 levels, radius 4, the pyramid built and looked up once around
-  ``coords`` = each pixel plus a random flow; and RAFT at high resolution, B1, C256, 136x240,
-  ``method="on_demand"``.
+* RAFT: B2, C256, 46x62 (its 368x496 training crop at 1/8), 4 levels, radius 4, the pyramid
+  built and looked up once around ``coords`` = each pixel plus a random flow; as RAFT trains, built
+  once and looked up 12 times (once per refinement iteration, forward and backward through every
+  lookup), with the volumes and on demand; as RAFT evaluates, B1, 55x128 (Sintel's 436x1024 at
+  1/8), 32 lookups, forward; and RAFT at high resolution, B1, C256, 136x240,
+  ``method="on_demand"``. Lookup ``k`` of ``n`` is around ``coords + k/n``.
 * RAFT-Stereo: B2, C256, 80x184 (a 320x736 pair at 1/4), 4 levels, radius 4, its 1-D pyramid
-  built once and looked up at RAFT-Stereo's iterations: 32 lookups forward (inference), 12
-  forward and backward (a training step), each at its own coordinates (each pixel less a random
-  disparity in (0, 48)), the outputs weighted by random weights and summed (the loss backward).
+  built once and looked up as RAFT-Stereo trains (12 lookups, forward and backward) and
+  evaluates (32 lookups, forward), ``coords`` = every pixel less a disparity uniform in (0, 48);
+  the lookups' sum times random weights (so that each lookup's gradient is a training step's,
+  not a sum's constant one).
 * DispNetC: B4, C256, 48x96, 40 disparities; GwcNet: B2, C320, 40 groups, 48 disparities, 64x128.
 
 Peers, side by side in the same process:
@@ -80,8 +84,10 @@ class Problem:
     method: str = "auto"
     #: Targets of the forward and the forward+backward rows (our time / the fastest peer's).
     targets: tuple[float, float] = (0.5, 0.3)
-    #: Lookups of one pyramid in the forward and the forward+backward rows ("raft_stereo").
-    lookups: tuple[int, int] = (1, 1)
+    #: RAFT, RAFT-Stereo: lookups of one pyramid per call (its refinement iterations).
+    lookups: int = 1
+    #: Whether the rows are forward (False) and forward+backward (True).
+    grads: tuple[bool, ...] = (False, True)
 
     def tiny(self) -> Problem:
         """The same problem at a size that runs in milliseconds (for tests)."""
@@ -93,13 +99,8 @@ class Problem:
             reach=min(self.reach, 3),
             groups=self.groups and 4,
             levels=min(self.levels, 3),
-            lookups=(min(self.lookups[0], 3), min(self.lookups[1], 2)),
+            lookups=min(self.lookups, 2),
         )
-
-    def label(self, grad: bool) -> str:
-        """The row's name: the problem, its lookups where it has several, and the passes."""
-        count = self.lookups[grad]
-        return f"{self.name}{f' {count} lookups' if count > 1 else ''} {'fwd+bwd' if grad else 'fwd'}"
 
 
 PWC_LEVELS = [(6, 196), (5, 128), (4, 96), (3, 64), (2, 32)]
@@ -117,8 +118,24 @@ PROBLEMS = [
         for level, C in PWC_LEVELS
     ),
     Problem("RAFT B2", "raft", (2, 256, 46, 62), 4),
+    Problem("RAFT B2, 12 lookups", "raft", (2, 256, 46, 62), 4, targets=(0.5, 0.5), lookups=12),
+    Problem(
+        "RAFT B2, 12 lookups on demand", "raft", (2, 256, 46, 62), 4, method="on_demand", targets=(1.0, 1.0), lookups=12
+    ),
+    Problem("RAFT 55x128 B1, 32 lookups", "raft", (1, 256, 55, 128), 4, targets=(0.5, 0.5), lookups=32, grads=(False,)),
     Problem("RAFT 136x240 B1", "raft", (1, 256, 136, 240), 4, method="on_demand"),
-    Problem("RAFT-Stereo B2", "raft_stereo", (2, 256, 80, 184), 4, targets=(0.5, 0.5), lookups=(32, 12)),
+    Problem(
+        "RAFT-Stereo B2, 12 lookups", "raft_stereo", (2, 256, 80, 184), 4, targets=(0.5, 0.5), lookups=12, grads=(True,)
+    ),
+    Problem(
+        "RAFT-Stereo B2, 32 lookups",
+        "raft_stereo",
+        (2, 256, 80, 184),
+        4,
+        targets=(0.5, 0.5),
+        lookups=32,
+        grads=(False,),
+    ),
     Problem("DispNetC B4", "stereo", (4, 256, 48, 96), 40),
     Problem("GwcNet B2", "stereo", (2, 320, 64, 128), 48, groups=40),
 ]
@@ -258,22 +275,6 @@ class CorrBlock1D:
         return torch.cat(looked_up, dim=-1).permute(0, 3, 1, 2).contiguous()
 
 
-def iterations(pyramid: Callable[..., Callable[[torch.Tensor], torch.Tensor]]) -> Callable[..., torch.Tensor]:
-    """RAFT-Stereo's lookups: ``run(left, right, coords, weights)`` builds ``pyramid(left, right)``
-    once, looks it up at each ``coords[i]`` (N, B, 2, H, W) and returns the sum of the lookups
-    times ``weights`` (B, L*(2r+1), H, W): the update block's input, which a training step's loss
-    backpropagates through."""
-
-    def run(left: torch.Tensor, right: torch.Tensor, coords: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        corr_fn = pyramid(left, right)
-        total = torch.zeros_like(weights)
-        for c in coords:
-            total = total + corr_fn(c) * weights
-        return total
-
-    return run
-
-
 # --- memory ------------------------------------------------------------------------------------
 
 
@@ -367,10 +368,10 @@ def _device() -> torch.device:
 MAX_DISPARITY = 48
 
 
-def _inputs(p: Problem, grad: bool = False, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
+def _inputs(p: Problem, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
     """Both feature maps and, for RAFT, ``coords`` = every pixel plus a flow uniform in (-8, 8);
-    for RAFT-Stereo, the coords of each lookup of the row (every pixel less a random disparity,
-    its y the pixel's row) and the weights of the lookups' sum."""
+    for RAFT-Stereo, ``coords`` = every pixel less a disparity (its y the pixel's row) and the
+    weights of the lookups' sum."""
     B, C, H, W = p.shape
     gen = torch.Generator().manual_seed(0)
     f1 = torch.randn(p.shape, generator=gen, dtype=dtype)
@@ -381,11 +382,9 @@ def _inputs(p: Problem, grad: bool = False, dtype: torch.dtype = torch.float32) 
         flow = 16 * torch.rand(B, 2, H, W, generator=gen, dtype=dtype) - 8
         tensors += (torch.stack([xs, ys]).expand(B, 2, H, W) + flow,)
     if p.kind == "raft_stereo":
-        N = p.lookups[grad]
-        disparity = MAX_DISPARITY * torch.rand(N, B, 1, H, W, generator=gen, dtype=dtype)
-        coords = torch.cat([xs.expand(N, B, 1, H, W) - disparity, ys.expand(N, B, 1, H, W)], dim=2)
+        disparity = MAX_DISPARITY * torch.rand(B, H, W, generator=gen, dtype=dtype)
         weights = torch.randn(B, p.levels * (2 * p.reach + 1), H, W, generator=gen, dtype=dtype)
-        tensors += (coords, weights)
+        tensors += (torch.stack([xs - disparity, ys.expand(B, H, W)], dim=1), weights)
     return tuple(t.to(_device()) for t in tensors)
 
 
@@ -397,8 +396,35 @@ def _ours(p: Problem) -> Callable[..., torch.Tensor]:
     if p.kind == "stereo":
         return lambda left, right: xcorr.stereo_correlation(left, right, p.reach, groups=p.groups)
     if p.kind == "raft_stereo":
-        return iterations(lambda left, right: xcorr.StereoCorrPyramid(left, right, p.levels, p.reach, method=p.method))
-    return lambda f1, f2, coords: xcorr.CorrPyramid(f1, f2, p.levels, p.reach, method=p.method)(coords)
+        return _weighted(
+            _looked_up(
+                lambda left, right: xcorr.StereoCorrPyramid(left, right, p.levels, p.reach, method=p.method), p.lookups
+            )
+        )
+    return _looked_up(lambda f1, f2: xcorr.CorrPyramid(f1, f2, p.levels, p.reach, method=p.method), p.lookups)
+
+
+def _looked_up(
+    build: Callable[..., Callable[[torch.Tensor], torch.Tensor]], lookups: int
+) -> Callable[..., torch.Tensor]:
+    """``run(f1, f2, coords)``: the pyramid built once and looked up ``lookups`` times, around
+    ``coords + k / lookups`` at lookup ``k`` (the lookups summed, so that a backward pass goes
+    through every one)."""
+
+    def run(f1: torch.Tensor, f2: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        pyramid = build(f1, f2)
+        out = pyramid(coords)
+        for k in range(1, lookups):
+            out = out + pyramid(coords + k / lookups)
+        return out
+
+    return run
+
+
+def _weighted(run: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``run(f1, f2, coords) * weights``: a backward pass then gives every lookup the gradient of
+    a loss that weighs its outputs, as training does (the sum alone gives a constant one)."""
+    return lambda f1, f2, coords, weights: run(f1, f2, coords) * weights
 
 
 def _peers(p: Problem) -> dict[str, Callable[..., torch.Tensor]]:
@@ -417,8 +443,12 @@ def _peers(p: Problem) -> dict[str, Callable[..., torch.Tensor]]:
             UNFOLD: lambda left, right: unfold_stereo(left, right, p.reach, p.groups),
         }
     if p.kind == "raft_stereo":
-        return {CORR_BLOCK_1D: iterations(lambda left, right: CorrBlock1D(left, right, p.levels, p.reach))}
-    return {CORR_BLOCK: lambda f1, f2, coords: CorrBlock(f1, f2, p.levels, p.reach)(coords)}
+        return {
+            CORR_BLOCK_1D: _weighted(
+                _looked_up(lambda left, right: CorrBlock1D(left, right, p.levels, p.reach), p.lookups)
+            )
+        }
+    return {CORR_BLOCK: _looked_up(lambda f1, f2: CorrBlock(f1, f2, p.levels, p.reach), p.lookups)}
 
 
 def sampler_available() -> bool:
@@ -435,22 +465,19 @@ def sampler_available() -> bool:
 Index = tuple[slice, ...]
 
 
-def _reference(p: Problem, grad: bool) -> tuple[Index, torch.Tensor]:
+def _reference(p: Problem) -> tuple[Index, torch.Tensor]:
     """The float64 volume of the first batch item (RAFT at 136x240: of its first 8 rows), by the
-    peer loop (local, stereo), ``CorrBlock`` (RAFT) or ``CorrBlock1D`` (RAFT-Stereo: the weighted
-    sum of its lookups), and the part of our output it is of."""
-    inputs = _inputs(p, grad)
-    tensors = tuple(t[:1].double() for t in inputs)
+    peer loop (local, stereo), ``CorrBlock`` (RAFT) or ``CorrBlock1D`` (RAFT-Stereo, times the
+    weights), and the part of our output it is of."""
+    tensors = tuple(t[:1].double() for t in _inputs(p))
     with torch.no_grad():
         if p.kind == "local":
             return (slice(0, 1),), shifted_loop(tensors[0], tensors[1], p.reach, p.displacement_stride)
         if p.kind == "stereo":
             return (slice(0, 1),), stereo_loop(tensors[0], tensors[1], p.reach, p.groups)
         if p.kind == "raft_stereo":
-            left, right, _, weights = tensors
-            coords = inputs[2][:, :1].double()  # (lookups, B, 2, H, W): the first item's
-            run = iterations(lambda a, b: CorrBlock1D(a, b, p.levels, p.reach).lookup)
-            return (slice(0, 1),), run(left, right, coords, weights)
+            left, right, coords, weights = tensors
+            return (slice(0, 1),), CorrBlock1D(left, right, p.levels, p.reach).lookup(coords) * weights
         f1, f2, coords = tensors
         rows = min(8, f1.shape[2]) if p.method == "on_demand" else f1.shape[2]
         block = CorrBlock(f1[:, :, :rows], f2, p.levels, p.reach)
@@ -513,17 +540,12 @@ def _mib(n: float | None) -> str:
     return f"{mib:.2g}" if mib < 10 else f"{mib:.0f}"
 
 
-#: Float64 references by problem and lookups (the rows of one problem share theirs where they
-#: look the pyramid up as often).
-References = dict[tuple[Problem, int], tuple[Index, torch.Tensor]]
-
-
-def _case(p: Problem, grad: bool, references: References, repeats: int = 0) -> Case:
+def _case(p: Problem, grad: bool, references: dict[Problem, tuple[Index, torch.Tensor]], repeats: int = 0) -> Case:
     peaks: dict[str, int | None] = {}
     left_out: dict[str, float] = {}
 
     def inputs() -> tuple[torch.Tensor, ...]:
-        tensors = _inputs(p, grad)
+        tensors = _inputs(p)
         for t in tensors[:2]:
             t.requires_grad_(grad)
         return tensors
@@ -547,12 +569,11 @@ def _case(p: Problem, grad: bool, references: References, repeats: int = 0) -> C
     def info() -> dict[str, Any]:
         tensors = inputs()
         peaks[OURS] = peak_bytes(_step(_ours(p), tensors, grad), _device())
-        key = (p, p.lookups[grad])
-        if key not in references:
-            references[key] = _reference(p, grad)
-        index, exact = references[key]
+        if p not in references:
+            references[p] = _reference(p)
+        index, exact = references[p]
         with torch.set_grad_enabled(grad):
-            ours = _ours(p)(*tensors).detach()[index].double().cpu()
+            ours = _ours(replace(p, lookups=1))(*tensors).detach()[index].double().cpu()
         error = ((ours - exact).abs().max() / exact.abs().max()).item()
         method = _method(p, grad)
         memory = ", ".join(f"{name} {_mib(peaks[name])}" for name in dict.fromkeys((OURS, *peaks)))
@@ -573,7 +594,8 @@ def _case(p: Problem, grad: bool, references: References, repeats: int = 0) -> C
             "left_out_bytes": dict(left_out),
         }
 
-    return Case("flow", p.label(grad), setup, p.targets[1] if grad else p.targets[0], repeats, info)
+    label = f"{p.name} {'fwd+bwd' if grad else 'fwd'}"
+    return Case("flow", label, setup, p.targets[1] if grad else p.targets[0], repeats, info)
 
 
 def notes() -> list[str]:
@@ -593,6 +615,6 @@ def cases(tiny: bool = False) -> list[Case]:
     contender timed once)."""
     for line in notes():
         print(f"flow: {line}", file=sys.stdout)
-    references: References = {}
+    references: dict[Problem, tuple[Index, torch.Tensor]] = {}
     problems = [p.tiny() for p in PROBLEMS] if tiny else PROBLEMS
-    return [_case(p, grad, references, repeats=1 if tiny else 0) for p in problems for grad in (False, True)]
+    return [_case(p, grad, references, repeats=1 if tiny else 0) for p in problems for grad in p.grads]

@@ -102,15 +102,17 @@ def accuracy(rows: Sequence[Row], constants: Constants) -> dict[str, float]:
     return result
 
 
-def main(count: int = 20, held_out: int = 10, seed: int = 0) -> Constants:
-    """Measure, fit on ``count`` problems, report the accuracy on ``held_out`` others; returns the constants."""
+def main(count: int = 20, held_out: int = 10, seed: int = 0) -> tuple[Constants, dict[str, float]]:
+    """Measure, fit on ``count`` problems, report the accuracy on ``held_out`` others; returns
+    the constants and that accuracy."""
     specs = problems(count + held_out, seed)
     rows = measure(specs)
     constants = fit(rows[:count])
     print(constants)
-    for name, value in accuracy(rows[count:], constants).items():
+    held = accuracy(rows[count:], constants)
+    for name, value in held.items():
         print(f"held out: {name} = {value:.3g}")
-    return constants
+    return constants, held
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Drop-in replacements for the compiled correlation extensions of optical-flow networks.
+"""Drop-in replacements for the correlations of other packages: compiled extensions of
+optical-flow networks, and the correlation heads of Siamese trackers.
 
 Changing one import line ports a network; the rest of its code stays as it is:
 
@@ -6,13 +7,18 @@ Changing one import line ports a network; the rest of its code stays as it is:
   ``from xcorr.compat.spatial_correlation_sampler import SpatialCorrelationSampler``
   (:mod:`xcorr.compat.spatial_correlation_sampler`);
 * ``from correlation_package.correlation import Correlation`` (flownet2-pytorch) becomes
-  ``from xcorr.compat.flownet2 import Correlation`` (:mod:`xcorr.compat.flownet2`).
+  ``from xcorr.compat.flownet2 import Correlation`` (:mod:`xcorr.compat.flownet2`);
+* ``from pysot.core.xcorr import xcorr_depthwise`` and ``from pysot.models.head.rpn import
+  DepthwiseRPN`` (pysot: SiamRPN, SiamRPN++, SiamMask) become ``from xcorr.compat.pysot import
+  ...`` (:mod:`xcorr.compat.pysot`), whose heads load pysot checkpoints' weights as they are;
+* ``from siamfc.heads import SiamFC`` (siamfc-pytorch) becomes ``from xcorr.compat.siamfc import
+  SiamFC`` (:mod:`xcorr.compat.siamfc`).
 
-Both are plain PyTorch on :func:`xcorr.volumes.correlate`, so they run on any device, in every
-floating-point dtype (half precision accumulated in float32), differentiate in both inputs,
-export to ONNX and compile, and let the planner choose the method.
+All are plain PyTorch on :func:`xcorr.volumes.correlate` (the flow layers) or :func:`xcorr.xcorr`
+(the tracker heads), so they run on any device, in every floating-point dtype (half precision
+accumulated in float32), differentiate in their inputs and let the planner choose the method.
 """
 
-from . import flownet2, spatial_correlation_sampler
+from . import flownet2, pysot, siamfc, spatial_correlation_sampler
 
-__all__ = ["flownet2", "spatial_correlation_sampler"]
+__all__ = ["flownet2", "pysot", "siamfc", "spatial_correlation_sampler"]

@@ -36,9 +36,9 @@ def xcorr(
             ``"depthwise"`` (``Cz == C``, channel by channel, out ``(B, C, H', W')``; SiamRPN++) or
             ``"upchannel"`` (``Cz == K*C``, out channel ``j`` uses ``z[:, j*C:(j+1)*C]``, out
             ``(B, K, H', W')``; SiamRPN).
-        padding (int or pair): zero padding of the search, as in ``F.conv2d``.
-        stride (int or pair): step between output positions.
-        dilation (int or pair): spacing between template taps.
+        padding (int or tuple[int, int]): zero padding of the search, as in ``F.conv2d``.
+        stride (int or tuple[int, int]): step between output positions.
+        dilation (int or tuple[int, int]): spacing between template taps.
         method (str): ``"auto"`` (the planner decides), ``"direct"`` (convolution kernels;
             best for small depthwise templates), ``"fft"`` (real FFTs; best once the template is
             larger than about 15x15) or ``"gather"`` (one matrix product and a gather, no
@@ -175,7 +175,7 @@ def choose_method(
     r"""The method ``xcorr.xcorr(x, z, ..., method="auto")`` would use, like scipy's ``choose_conv_method``.
 
     Hard constraints first (device, float32 precision, export), then the measured winners, then
-    the cost model (see :mod:`xcorr.planning.engine`). A backward pass is assumed when ``x`` or ``z``
+    the cost model (see :ref:`planning`). A backward pass is assumed when ``x`` or ``z``
     requires grad and grad mode is on; then each pass (the forward, the search gradient, the
     template gradient) may run on a method of its own, chosen for that pass's problem.
 
@@ -185,7 +185,9 @@ def choose_method(
         mode, padding, stride, dilation: as in :func:`xcorr.xcorr`.
         measure (bool): time every allowed option on ``x`` and ``z`` instead (forward, plus
             backward when a backward pass is assumed: then first each pass's problem on its own),
-            cache the winners for ``method="auto"``, and return the timings too.
+            cache the winners for ``method="auto"``, and return the timings too. In
+            deterministic mode (``torch.use_deterministic_algorithms(True)``) ``"auto"`` takes
+            no winner measured in this process, and the method returned is still its own.
 
     Returns:
         :class:`~xcorr.correlation.family.Choice`: a str, ``"direct"``, ``"fft"`` or ``"gather"`` (the

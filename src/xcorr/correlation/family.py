@@ -52,6 +52,7 @@ class Choice(str):
     """The method ``method="auto"`` uses: a string (the forward's method), with :attr:`passes`
     saying the method of each pass when a backward pass follows."""
 
+    #: The method of each pass (forward, search gradient, template gradient).
     passes: Passes
 
     def __new__(cls, passes: Passes) -> Choice:
@@ -68,7 +69,11 @@ class Measured(tuple):
     constants are in force for the device (built-in, or a saved profile's).
     """
 
+    #: Which cost-model constants are in force for the device, in words (the built-in set and
+    #: where it was fitted, or the profile they were read from).
     constants: str
+    #: With a backward pass, each pass's problem (``"forward"``, ``"search"``, ``"template"``)
+    #: timed on its own: median seconds per option; empty without one.
     pass_timings: dict[str, dict[str, float]]
 
     def __new__(
@@ -85,7 +90,8 @@ class Measured(tuple):
 
     @property
     def method(self) -> Choice:
-        """The fastest method (what ``method="auto"`` now uses for this problem's forward)."""
+        """What ``method="auto"`` now uses for this problem's forward: the fastest (in
+        deterministic mode, the model's or a loaded winner)."""
         return self[0]
 
     @property

@@ -27,7 +27,14 @@ class Plan:
     """
 
     def __init__(
-        self, z: Any, search_shape: Any, mode: Any, padding: Any, stride: Any, dilation: Any, method: Any
+        self,
+        z: torch.Tensor,
+        search_shape: tuple[int, int, int, int],
+        mode: str = "naive",
+        padding: int | tuple[int, int] = 0,
+        stride: int | tuple[int, int] = 1,
+        dilation: int | tuple[int, int] = 1,
+        method: str = "auto",
     ) -> None:
         search_shape = check_search_shape(search_shape)
         check_tensor(z, "z", "Bz Cz h w")

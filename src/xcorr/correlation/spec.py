@@ -9,6 +9,7 @@ import torch
 
 from .._checks import (
     Pair,
+    check_channels,
     check_choice,
     check_non_negative_int,
     check_pair,
@@ -91,24 +92,58 @@ class Spec:
 MODES = ("naive", "depthwise", "upchannel")
 
 
-def _check_templates(xs: tuple[int, ...], zs: tuple[int, ...]) -> None:
+#: The order of :func:`xcorr.xcorr`'s arguments, as its messages say it.
+XCORR_TAKES = "xcorr takes (x, z) = (search, template)"
+
+#: The order of the arguments of the heads of :mod:`xcorr.nn`, as their messages say it.
+HEAD_TAKES = "the head takes forward(x, z) = (search, template)"
+
+
+def swapped_note(xs: tuple[int, ...], zs: tuple[int, ...], names: tuple[str, str], takes: str) -> str:
+    """The note for a template that does not fit in its search where the search would fit in
+    the template (at least as large in both dimensions, larger in one): the caller may have
+    swapped the arguments; ``takes`` says which order the call takes. ``""`` otherwise."""
+    a, b = names
+    (H, W), (h, w) = xs[-2:], zs[-2:]
+    if h < H or w < W or (h, w) == (H, W):
+        return ""
+    return f"{b} (template) is larger than {a} (search): {takes}; the arguments may be swapped"
+
+
+def _check_templates(xs: tuple[int, ...], zs: tuple[int, ...], names: tuple[str, str] = ("x", "z")) -> None:
     """Template i serves search items i*k ... i*k+k-1, and templates are not empty."""
+    a, b = names
     B, Bz, (h, w) = xs[0], zs[0], zs[-2:]
     if Bz == 0 and B != 0:
-        raise ValueError(f"z has no templates (shape {zs}) but x has {B} search items")
+        raise ValueError(f"{b} has no templates (shape {zs}) but {a} has {B} search items")
     if Bz and B % Bz:
         raise ValueError(
-            f"x's batch must be a multiple of z's batch (template i serves search items i*k ... i*k+k-1); "
-            f"got x {xs} (B={B}) and z {zs} (Bz={Bz})"
+            f"{a}'s batch must be a multiple of {b}'s batch (template i serves search items i*k ... i*k+k-1); "
+            f"got {a} {xs} (B={B}) and {b} {zs} (Bz={Bz})"
         )
     if h == 0 or w == 0:
-        raise ValueError(f"z must have a non-empty template, got shape {zs}")
+        raise ValueError(f"{b} must have a non-empty template, got shape {zs}")
 
 
-def check_xcorr(x: Any, z: Any, mode: Any, padding: Any, stride: Any, dilation: Any) -> Spec:
-    check_tensor(x, "x", "B C H W")
-    check_tensor(z, "z", "Bz Cz h w")
-    check_same_kind(x, z)
+def check_xcorr(
+    x: Any,
+    z: Any,
+    mode: Any,
+    padding: Any,
+    stride: Any,
+    dilation: Any,
+    names: tuple[str, str] = ("x", "z"),
+    takes: str = XCORR_TAKES,
+) -> Spec:
+    """Validate the arguments of :func:`xcorr.xcorr`; return its problem. ``names`` are the
+    search's and the template's argument names in the messages, ``takes`` the caller's order
+    of them (for the note on swapped arguments), for the drop-ins that call them otherwise."""
+    a, b = names
+    check_tensor(x, a, "B C H W")
+    check_tensor(z, b, "Bz Cz h w")
+    check_same_kind(x, z, names)
+    check_channels(x.shape, a)
+    check_channels(z.shape, b)
     mode = check_choice(mode, "mode", MODES)
     spec = Spec(
         mode=mode,
@@ -123,23 +158,48 @@ def check_xcorr(x: Any, z: Any, mode: Any, padding: Any, stride: Any, dilation: 
     xs, zs = spec.x_shape, spec.z_shape
     C, Cz = xs[1], zs[1]
     if mode == "upchannel":
-        if C == 0 or Cz % C or Cz == 0:
+        if Cz % C:
             raise ValueError(
-                f"mode 'upchannel' needs z's channels to be a positive multiple K*C of x's channels C; "
-                f"got x {xs} (C={C}) and z {zs} (Cz={Cz})"
+                f"mode 'upchannel' needs {b}'s channels to be a positive multiple K*C of {a}'s channels C; "
+                f"got {a} {xs} (C={C}) and {b} {zs} (Cz={Cz})"
             )
     elif Cz != C:
         raise ValueError(
-            f"mode {mode!r} needs z to have as many channels as x; got x {xs} (C={C}) and z {zs} (Cz={Cz})"
+            f"mode {mode!r} needs {b} to have as many channels as {a}; got {a} {xs} (C={C}) and {b} {zs} (Cz={Cz})"
         )
-    _check_templates(xs, zs)
+    _check_templates(xs, zs, names)
     (Hp, Wp), (hd, wd) = spec.padded_search, spec.dilated_template
     if hd > Hp or wd > Wp:
+        note = swapped_note(xs, zs, names, takes)
         raise ValueError(
-            f"the template must fit in the padded search: z {zs} with dilation {spec.dilation} spans "
-            f"{hd}x{wd}, but x {xs} with padding {spec.padding} is {Hp}x{Wp}"
+            f"the template must fit in the padded search: {b} {zs} with dilation {spec.dilation} spans "
+            f"{hd}x{wd}, but {a} {xs} with padding {spec.padding} is {Hp}x{Wp}" + (f"; {note}" if note else "")
         )
     return spec
+
+
+def check_head_inputs(
+    x: Any, z: Any, kernel_size: int = 1, names: tuple[str, str] = ("x", "z"), takes: str = HEAD_TAKES
+) -> None:
+    """Validate the search ``x`` and template ``z`` of a tracker head before its layers see them:
+    (B, C, H, W) tensors of one dtype and device, the template no larger than the search (the head's branches shrink both
+    alike) and at least ``kernel_size`` square (its branch convolutions). ``names`` are the head's
+    argument names for the search and the template, ``takes`` its order of them; the channels the
+    head was built for are its own check (:func:`~xcorr._checks.check_features`)."""
+    a, b = names
+    check_tensor(x, a, "B C H W")
+    check_tensor(z, b, "B C H W")
+    check_same_kind(x, z, names)
+    xs, zs = tuple(x.shape), tuple(z.shape)
+    (H, W), (h, w) = xs[-2:], zs[-2:]
+    if h > H or w > W:
+        note = swapped_note(xs, zs, names, takes) or f"the template must not be larger than the search ({takes})"
+        raise ValueError(f"{b} {zs} does not fit in {a} {xs}; {note}")
+    if h < kernel_size or w < kernel_size:
+        raise ValueError(
+            f"{b} must be at least {kernel_size}x{kernel_size}, the kernel of the head's branch convolutions; "
+            f"got shape {zs}"
+        )
 
 
 def check_pixelwise(x: Any, z: Any) -> None:
@@ -147,6 +207,8 @@ def check_pixelwise(x: Any, z: Any) -> None:
     check_tensor(x, "x", "B C H W")
     check_tensor(z, "z", "Bz C h w")
     check_same_kind(x, z)
+    check_channels(x.shape, "x")
+    check_channels(z.shape, "z")
     xs, zs = tuple(x.shape), tuple(z.shape)
     C, Cz = xs[1], zs[1]
     if Cz != C:
@@ -159,6 +221,7 @@ def check_search_shape(value: Any) -> tuple[int, int, int, int]:
     if not isinstance(value, (tuple, list, torch.Size)) or len(value) != 4:
         raise TypeError(f"search_shape must be 4 non-negative ints (B, C, H, W), got {value!r}")
     B, C, H, W = (check_non_negative_int(v, f"search_shape[{i}] ({d})") for i, (v, d) in enumerate(zip(value, "BCHW")))
+    check_channels((B, C, H, W), "search_shape")
     return B, C, H, W
 
 

@@ -10,6 +10,7 @@ import torch
 
 from .._checks import (
     _type_name,
+    check_channels,
     check_choice,
     check_positive_int,
     check_same_kind,
@@ -52,8 +53,11 @@ def check_match_template(template: Any, method: Any, mask: Any) -> bool:
     if isinstance(template, np.ndarray):
         if template.ndim not in (2, 3):
             raise ValueError(f"template must be 2-D (h, w) or 3-D (h, w, C), got shape {template.shape}")
+        if template.ndim == 3:
+            check_channels(template.shape, "template", dim=2)
     elif isinstance(template, torch.Tensor):
         check_tensor(template, "template", "Nt C h w")
+        check_channels(template.shape, "template")
     else:
         raise TypeError(
             f"template must be a numpy array (h, w[, C]) or a torch tensor (Nt, C, h, w); got {_type_name(template)}"
@@ -72,11 +76,14 @@ def _check_match_arrays(image: Any, template: Any, mask: Any) -> None:
         raise TypeError(
             f"image and template must have the same dtype, got image {image.dtype.name} and template {template.dtype.name}"
         )
+    for name, a in (("image", image), ("template", template)):
+        if a.ndim == 3:
+            check_channels(a.shape, name, dim=2)
     channels = [a.shape[2] if a.ndim == 3 else 1 for a in (image, template)]
-    if channels[0] != channels[1] or channels[0] == 0:
+    if channels[0] != channels[1]:
         raise ValueError(
-            f"image and template must have the same (non-zero) number of channels; got image {image.shape} "
-            f"({channels[0]} channels) and template {template.shape} ({channels[1]} channels)"
+            f"image and template must have the same number of channels; got image {image.shape} "
+            f"({_count(channels[0], 'channel')}) and template {template.shape} ({_count(channels[1], 'channel')})"
         )
     _check_fits(image.shape[:2], template.shape[:2], image.shape, template.shape)
     if mask is None:
@@ -88,7 +95,8 @@ def _check_match_arrays(image: Any, template: Any, mask: Any) -> None:
     mask_channels = mask.shape[2] if mask.ndim == 3 else 1
     if mask.ndim not in (2, 3) or mask.shape[:2] != template.shape[:2] or mask_channels not in (1, channels[1]):
         raise ValueError(
-            f"mask must have the template's size with 1 or {channels[1]} channels, (h, w) or (h, w, C); "
+            f"mask must have the template's size with {_one_or(channels[1])} "
+            f"{'channel, (h, w) or (h, w, 1)' if channels[1] == 1 else 'channels, (h, w) or (h, w, C)'}; "
             f"got mask {mask.shape} for template {template.shape}"
         )
 
@@ -97,11 +105,13 @@ def _check_match_tensors(image: torch.Tensor, template: torch.Tensor, mask: Any)
     check_tensor(image, "image", "N C H W")
     check_tensor(template, "template", "Nt C h w")
     check_same_kind(image, template, ("image", "template"))
+    check_channels(image.shape, "image")
+    check_channels(template.shape, "template")
     N, C, H, W = image.shape
     Nt, Ct, h, w = template.shape
     shapes = f"image {tuple(image.shape)} and template {tuple(template.shape)}"
-    if C != Ct or C == 0:
-        raise ValueError(f"image and template must have the same (non-zero) number of channels; got {shapes}")
+    if C != Ct:
+        raise ValueError(f"image and template must have the same number of channels; got {shapes}")
     if Nt == 0 or N % Nt:
         raise ValueError(
             f"image's batch N must be a multiple of the number of templates Nt >= 1 (template i serves "
@@ -121,9 +131,19 @@ def _check_match_tensors(image: torch.Tensor, template: torch.Tensor, mask: Any)
         ok = mask.shape[-3] in (1, C) and (mask.dim() == 3 or mask.shape[0] in (1, Nt))
     if not ok:
         raise ValueError(
-            f"mask must be (h, w), (1 or C, h, w) or (1 or Nt, 1 or C, h, w) with the template's h, w; "
+            f"mask must be (h, w), ({_one_or(C)}, h, w) or ({_one_or(Nt)}, {_one_or(C)}, h, w) with the "
+            f"template's (h, w) = ({h}, {w}); "
             f"got mask {tuple(mask.shape)} for template {tuple(template.shape)}"
         )
+
+
+def _one_or(n: int) -> str:
+    """The sizes a mask's dimension may have where the template's has ``n``: 1 (broadcast) or ``n``."""
+    return "1" if n == 1 else f"1 or {n}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _check_fits(image_hw: Sequence[int], template_hw: Sequence[int], image_shape: Any, template_shape: Any) -> None:

@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .._compute import needs_grad
+from .._compute import deterministic, needs_grad
 from ..correlation import api as correlation
 from ..correlation.api import xcorr
 from ..correlation.family import CORRELATION, PER_PASS
@@ -463,8 +463,13 @@ def _assemble(pieces, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _box(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Sums over every h x w window: a doubling pass down the rows, then a running sum along them."""
-    c = torch.cumsum(F.pad(_slide(x, h), (1, 0)), -1)
+    """Sums over every h x w window: a doubling pass down the rows, then a running sum along them
+    (doubling along them too on CUDA in deterministic mode, where torch's floating-point
+    ``cumsum`` has no deterministic kernel and raises)."""
+    rows = _slide(x, h)
+    if x.device.type == "cuda" and deterministic():
+        return _slide_columns(rows, w)
+    c = torch.cumsum(F.pad(rows, (1, 0)), -1)
     return c[..., w:] - c[..., :-w]
 
 

@@ -59,7 +59,8 @@ class MatchPlan:
         key = (*x.shape[1:], x.dtype, x.device)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = Plan(self._part.zs, tuple(x.shape), "naive", 0, 1, 1, "auto")
+            B, C, H, W = x.shape
+            plan = self._plans[key] = Plan(self._part.zs, (B, C, H, W))
         return _scores(x, self._z, self.method, None, self._part, lambda xs: (plan(xs), plan.method))
 
     def __repr__(self) -> str:

@@ -39,7 +39,9 @@ def set_autotune(enabled: bool | None) -> None:
             always uses the cost model, and never measures; ``None`` (the default) measures every
             new problem on devices without fitted constants (CUDA), and on the CPU tries the other
             options on the repeated calls of a signature, within 5% of its first hundred calls'
-            time (:mod:`xcorr.planning.trials`).
+            time (see :ref:`planning`). In deterministic mode
+            (``torch.use_deterministic_algorithms(True)``) nothing is measured, whatever the
+            setting: the cost model and loaded tuning files decide (see :ref:`reproducibility`).
 
     Example:
         >>> xcorr.set_autotune(True)
@@ -63,7 +65,8 @@ def _key_types() -> dict[str, type]:
 
 def save_tuning(path: str | os.PathLike) -> None:
     """Save the measured winners of this process (autotune, ``choose_method(..., measure=True)``,
-    repeated calls) to ``path``.
+    repeated calls) and those it loaded to ``path``: of correlations, cost volumes and
+    correlation pyramids alike.
 
     Like FFTW's wisdom: :func:`load_tuning` in a later process skips their measurement. Each
     winner is saved with the machine it was measured on (device kind, threads, torch version).
@@ -83,7 +86,8 @@ def load_tuning(path: str | os.PathLike) -> int:
     """Take the measured winners saved by :func:`save_tuning`; returns how many were taken.
 
     Winners measured on another machine are skipped; an unreadable or foreign file is ignored
-    with one warning.
+    with one warning. Loaded winners serve deterministic mode too, where those measured in this
+    process do not: a run that loads the same file makes the same decisions.
     """
     winners = profile.load_tuning(path, _key_types())
     ENGINE.add_winners(winners)

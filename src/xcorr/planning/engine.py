@@ -23,6 +23,13 @@ batch). :meth:`Engine.cached` keeps bound calls per call signature. All state li
 
 Under ``torch.compile`` and while exporting, decisions come from shapes and the cache alone: no
 timing, no lock, no file, nothing that would break a graph.
+
+**Deterministic mode** (``torch.use_deterministic_algorithms(True)``,
+:func:`xcorr._compute.deterministic`): identical calls give identical bits, in one process and
+across processes, so no decision comes from a timing. Layers 1 and 4 decide, with the winners
+of a loaded tuning file (:func:`xcorr.load_tuning`) in place of layer 2's; nothing is measured
+(layer 3), and no winner measured in this process is used. A call signature keeps its bound
+call per mode.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from typing import Any, Callable
 
 import torch
 
-from .._compute import compute_spec, computed
+from .._compute import compute_spec, computed, deterministic
 from .._tracing import compiling, exporting, tracing
 from .cost import Constants
 from .family import Family, Run
@@ -73,7 +80,8 @@ def signature(name: str, tensors: Sequence[Any], settings: Sequence[Any]) -> tup
 
     Validation depends only on the tensors' types, shapes, dtypes and devices and on the plain
     settings' values, so a repeated call (a tracker's every frame, a training step) skips
-    validation, planning and the backend's shape work."""
+    validation, planning and the backend's shape work. The key ends with whether a backward pass
+    follows and whether torch is in deterministic mode (the engine decides differently there)."""
     # Every call of every API runs this first: plain loops and exact types, no helper calls.
     no_grad = True
     key: list[Any] = [name]
@@ -95,6 +103,7 @@ def signature(name: str, tensors: Sequence[Any], settings: Sequence[Any]) -> tup
         return None
     key += settings
     key.append(not no_grad and torch.is_grad_enabled())
+    key.append(torch.are_deterministic_algorithms_enabled())  # _compute.deterministic, inlined
     return tuple(key)
 
 
@@ -126,15 +135,17 @@ class Engine(State):
 
     def measuring(self, family: Family, device_type: str) -> bool:
         """Whether new problems on ``device_type`` are measured: autotune's setting, or by
-        default where the family has no constants for the device type."""
+        default where the family has no constants for the device type; never in deterministic mode."""
+        if deterministic():
+            return False
         if self._autotune is None:
             return self.constants(family, device_type) is None
         return self._autotune
 
     def trials_enabled(self, family: Family, device_type: str) -> bool:
         """Whether repeated calls try the other options on real calls (:mod:`xcorr.planning.trials`):
-        by default, on devices with constants; never with autotune set."""
-        return self._autotune is None and self.constants(family, device_type) is not None
+        by default, on devices with constants; never with autotune set, nor in deterministic mode."""
+        return self._autotune is None and not deterministic() and self.constants(family, device_type) is not None
 
     def estimate(self, spec: Any, grad: bool = False, constants: Constants | None = None) -> dict[str, float]:
         """The cost model: estimated seconds per option (forward, plus backward when ``grad``)."""
@@ -144,13 +155,15 @@ class Engine(State):
     def decide(self, spec: Any, grad: bool = False) -> str:
         """The option for a validated problem: one allowed option is it; else a measured
         winner; else, when measuring (and not tracing), every option timed and the fastest kept;
-        else the cheapest by the cost model, remembered until :meth:`invalidate`."""
+        else the cheapest by the cost model, remembered until :meth:`invalidate`. In
+        deterministic mode only a loaded winner, else the model."""
         family = self.family_of(spec)
         allowed = family.options(spec, grad)
         if len(allowed) == 1:
             return allowed[0]
         key = family.key(spec, grad)
-        hit = self._measured.get(key)
+        fixed = deterministic()
+        hit = self.winner(key, fixed)
         if hit is not None:
             return hit
         if spec.batch and self.measuring(family, spec.device.type) and not compiling() and not exporting():
@@ -158,13 +171,13 @@ class Engine(State):
                 if key not in self._measured:
                     self._measured[key] = argmin(self.measure(spec, grad, allowed))
                 return self._measured[key]
-        hit = self._modelled.get(key)
+        hit = self._modelled.get((key, fixed))
         if hit is not None:
             return hit
         costs = self.estimate(spec, grad)
         option = argmin({o: costs.get(o, float("inf")) for o in allowed})
         if not compiling():
-            self._modelled[key] = option  # one dict store: atomic, so no lock
+            self._modelled[key, fixed] = option  # one dict store: atomic, so no lock
         return option
 
     def measure(
@@ -212,7 +225,8 @@ class Engine(State):
 
         While tracing, the plain form of the option. An ``"auto"`` call whose problem has no
         measured winner yet tries the options on its repeated calls
-        (:mod:`xcorr.planning.trials`): the model's pick first, then the others by estimate.
+        (:mod:`xcorr.planning.trials`): the model's pick first, then the others by estimate
+        (never in deterministic mode: see :meth:`trials_enabled`).
         """
         family = self.family_of(spec)
         inner = compute_spec(spec)

@@ -177,10 +177,13 @@ def load_constants(
 
 
 def save_constants(
-    device_type: str, constants: dict[str, dict[str, float]], info: dict[str, Any] | None = None
+    device_type: str, constants: dict[str, dict[str, float]], fits: dict[str, dict[str, Any]] | None = None
 ) -> Path:
-    """Add (or replace) this machine's entry of the profile (``constants``: family -> name ->
-    value; families not given keep what the entry had); returns the profile's path."""
+    """Add (or update) this machine's entry of the profile; returns the profile's path.
+
+    ``constants``: family -> name -> value; ``fits``: family -> what its fit was (problems, seed,
+    evaluation), kept beside. Families not given keep what the entry had (the correlations'
+    constants survive a fit of the volumes', and the other way round)."""
     path = profile_path()
     try:
         data = _read(path, PROFILE_FORMAT)
@@ -189,10 +192,12 @@ def save_constants(
         data = None
     here = machine(device_type)
     old = [e for e in (data or {}).get("entries", []) if isinstance(e, dict)]
-    kept = next((e.get("constants") for e in old if e.get("machine") == here), None)
+    entry = next((e for e in old if e.get("machine") == here), {})
+    kept, kept_fits = entry.get("constants"), entry.get("fits")
     merged = {**(kept if isinstance(kept, dict) else {}), **constants}
+    merged_fits = {**(kept_fits if isinstance(kept_fits, dict) else {}), **(fits or {})}
     entries = [e for e in old if e.get("machine") != here]
-    entries.append({"machine": here, "constants": merged, **(info or {})})
+    entries.append({"machine": here, "constants": merged, "fits": merged_fits})
     _write(path, {"format": PROFILE_FORMAT, "version": VERSION, "entries": entries})
     return path
 

@@ -35,7 +35,12 @@ class State:
         self._builtins: dict[tuple[str, str], tuple[Constants, str] | None] = {}
         self._profile_read = False
         self._measured: dict[tuple, str] = {}
-        self._modelled: dict[tuple, str] = {}
+        #: The winners taken from tuning files (also in ``_measured``): the only ones that
+        #: deterministic mode uses.
+        self._loaded: dict[tuple, str] = {}
+        #: The model's answers by (key, deterministic mode): where a problem's estimate asks the
+        #: decisions of others (a per-pass option), those differ between the modes.
+        self._modelled: dict[tuple[tuple, bool], str] = {}
         self.derived: dict[Any, Any] = {}
         self.tuning_source = "measured in this process only"
         self._lock = threading.RLock()
@@ -87,9 +92,11 @@ class State:
         return answer
 
     def clear(self) -> None:
-        """Forget every measured winner (and with :meth:`invalidate` whatever followed from them)."""
+        """Forget every measured winner, loaded ones too (and with :meth:`invalidate` whatever
+        followed from them)."""
         with self._lock:
             self._measured.clear()
+            self._loaded.clear()
             self.invalidate()
 
     @property
@@ -173,12 +180,13 @@ class State:
             return dict(self._measured)
 
     def add_winners(self, winners: dict[tuple, str]) -> None:
-        """Take measured winners (from :func:`xcorr.load_tuning`); unknown options are skipped."""
+        """Take measured winners (from :func:`xcorr.load_tuning`); unknown options are skipped.
+        They serve deterministic mode too, as measured winners of this process do not."""
         with self._lock:
             for key, option in winners.items():
                 family = next((f for f in self._families.values() if isinstance(key, f.key_type)), None)
                 if family is not None and option in family.option_names():
-                    self._measured[key] = option
+                    self._measured[key] = self._loaded[key] = option
             self.invalidate()
 
     def record(self, key: tuple, winner: str) -> None:
@@ -186,8 +194,13 @@ class State:
         decisions take it, the calls bound before keep theirs."""
         with self._lock:
             self._measured[key] = winner
-            self._modelled.pop(key, None)
+            self._modelled.pop((key, False), None)
 
     def is_measured(self, key: tuple) -> bool:
         """Whether the problem of ``key`` has a measured winner."""
         return key in self._measured
+
+    def winner(self, key: tuple, fixed: bool) -> str | None:
+        """The measured winner of ``key``'s problem, or None; in deterministic mode (``fixed``)
+        only a loaded one: a winner measured in this process depends on its timings."""
+        return (self._loaded if fixed else self._measured).get(key)

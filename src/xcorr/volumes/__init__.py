@@ -3,5 +3,6 @@ correlation pyramid (:mod:`.pyramid`), their problem (:mod:`.spec`), their famil
 and their backends."""
 
 from .api import correlate, local_correlation, stereo_correlation
+from .spec import VolumeSpec
 
-__all__ = ["correlate", "local_correlation", "stereo_correlation"]
+__all__ = ["VolumeSpec", "correlate", "local_correlation", "stereo_correlation"]

@@ -1,7 +1,7 @@
 """Cost volumes for optical flow and stereo: two feature maps correlated over a window of displacements.
 
 Every cost volume (local correlation, the stereo volumes, the drop-ins of other packages) is one
-validated :class:`~xcorr.volumes.spec.VolumeSpec` and one call of :func:`correlate`, so the planner
+validated :class:`~xcorr.volumes.VolumeSpec` and one call of :func:`correlate`, so the planner
 chooses the method for all of them (:func:`xcorr.volumes.family.select_volume`), and each
 validated call is kept per call signature, as :func:`xcorr.xcorr` keeps its own:
 
@@ -22,31 +22,43 @@ from .._checks import check_choice
 from .._compute import needs_grad
 from ..planning.engine import ENGINE, Bound, signature
 from .family import VOLUMES
-from .spec import VolumeSpec, check_local_correlation, check_stereo_correlation
+from .spec import VolumeSpec, check_local_correlation, check_stereo_correlation, check_volume_inputs
 
 __all__ = ["correlate", "local_correlation", "stereo_correlation"]
 
 
 def correlate(f1: torch.Tensor, f2: torch.Tensor, spec: VolumeSpec, method: str = "auto") -> torch.Tensor:
-    r"""The cost volume of ``spec`` (see :class:`~xcorr.volumes.spec.VolumeSpec` for its definition).
+    r"""The cost volume of ``spec`` (see :class:`~xcorr.volumes.VolumeSpec` for its definition):
+    any window of displacements, kernel, stride and grouping, planned like the cost volumes above.
 
     Args:
-        f1 (Tensor[B, C, H, W]): first features, validated against ``spec``.
+        f1 (Tensor[B, C, H, W]): first features, of ``spec``'s shape, dtype and device.
         f2 (Tensor[B, C, H, W]): second features, of ``f1``'s shape, dtype and device.
         spec (VolumeSpec): the problem.
-        method (str): ``"auto"`` (the planner decides), or one of the methods of :data:`xcorr.volumes.family.VOLUMES`.
+        method (str): ``"auto"`` (the planner decides), ``"shifted"`` or ``"banded"`` (see
+            above), or the name of a backend registered since.
 
     Returns:
         Tensor[B, G, Py*Px, Ho, Wo] of ``f1``'s dtype; differentiable in ``f1`` and ``f2``. Half
         precision is computed in float32.
 
     Example:
-        >>> from xcorr.volumes.spec import check_local_correlation
+        The 3x3 displacements around every pixel, unscaled: ``local_correlation(f, f, 1)``.
+
+        >>> from xcorr.volumes import VolumeSpec
         >>> f = torch.ones(1, 2, 3, 3)
-        >>> spec = check_local_correlation(f, f, 1, 1, 1, 1, "none", "flat")
-        >>> xcorr.volumes.correlate(f, f, spec)[0, 0, :, 1, 1]
+        >>> spec = VolumeSpec(
+        ...     shape=(1, 2, 3, 3), groups=1, kernel=(1, 1), kernel_dilation=(1, 1), origin=(0, 0),
+        ...     stride=(1, 1), out_size=(3, 3), dy=(-1, 1, 3), dx=(-1, 1, 3), scale=1.0,
+        ...     dtype=f.dtype, device=f.device,
+        ... )
+        >>> out = xcorr.volumes.correlate(f, f, spec)
+        >>> out[0, 0, :, 1, 1]
         tensor([2., 2., 2., 2., 2., 2., 2., 2., 2.])
+        >>> torch.equal(out[:, 0], xcorr.local_correlation(f, f, 1))
+        True
     """
+    check_volume_inputs(f1, f2, spec)
     method = check_choice(method, "method", VOLUMES.methods())
     return ENGINE.bind(spec, needs_grad(f1, f2), method)(f1, f2)
 

@@ -2,7 +2,8 @@
 
 :class:`VolumeFamily` plans every cost volume (:func:`xcorr.volumes.correlate`): the options
 its backends' rules allow, their cost terms, the bound call. :class:`PyramidFamily` plans
-:class:`xcorr.CorrPyramid`: whether the all-pairs volumes fit in memory, and per level whether it
+:class:`xcorr.CorrPyramid`: whether the all-pairs volumes fit in memory (then building them is the
+model's choice, and measurement may find the lookups on demand faster), and per level whether it
 is correlated whole or window by window. :class:`StereoPyramidFamily` plans RAFT-Stereo's 1-D
 pyramid, :class:`xcorr.StereoCorrPyramid`, by the same rules.
 """
@@ -107,15 +108,19 @@ PYRAMID_VOLUME_BYTES = 1 << 30
 #: each window's feature vectors, then dot products) where it has at most this many pixels per
 #: window tap: the matrix product does about that many times more multiply-adds per second
 #: (docs/performance.md).
-PYRAMID_DENSE_PIXELS_PER_TAP = 8
+PYRAMID_DENSE_PIXELS_PER_TAP = 4
 
+#: A backward pass sums a level's taps' gradient over its lookups into one dense gradient of the
+#: level's scores (then two matrix products, once) where that gradient takes at most this many
+#: bytes; beyond, each lookup's gradient is correlated window by window. The levels whose volume
+#: is built, or that are correlated whole, always take the dense way. RAFT's level 1 at 46x62 (16
+#: MB): 12 lookups' windowed backward passes took 10 times the dense one.
+PYRAMID_GRADIENT_BYTES = 32 << 20
 
-#: A row of RAFT-Stereo's on-demand 1-D pyramid (its levels side by side) is correlated whole (the
-#: row's pixels of left against the whole row of the pooled table: one matrix product, then the
-#: taps picked) rather than tap by tap where it has at most this many pixels per tap a lookup
-#: reads: C256, 1 thread, AVX2, per lookup, whole / tap by tap: 10 / 62 ms at W=184 (a row of 395
-#: pixels, 40 taps), 99 / 114 ms at W=736 (1430), 191 / 111 ms at W=1472 (2810).
-STEREO_DENSE_PIXELS_PER_TAP = 40
+#: Lookups of one pyramid when its options are measured (autotune): a pyramid is built once and
+#: looked up once per refinement iteration, 12 in RAFT's training (24 to 32 at evaluation), so
+#: one lookup would weigh the volumes' one-time cost 12 times too heavily.
+PYRAMID_LOOKUPS = 12
 
 
 class PyramidKey(NamedTuple):
@@ -165,7 +170,8 @@ AnyPyramidSpec = PyramidSpec | StereoPyramidSpec
 
 class _MemoryRule:
     """What the families of RAFT's and RAFT-Stereo's pyramids share: all pairs while the volumes
-    fit :data:`PYRAMID_VOLUME_BYTES`, else on demand; no estimate, no constants."""
+    fit :data:`PYRAMID_VOLUME_BYTES` (unless a measured winner says on demand), else on demand;
+    no cost model, no constants."""
 
     name: str
     spec_type: type
@@ -194,16 +200,27 @@ class _MemoryRule:
         raise NotImplementedError
 
     def options(self, spec: AnyPyramidSpec, grad: bool = False) -> list[str]:
-        """The memory rule: the all-pairs volumes while they fit :data:`PYRAMID_VOLUME_BYTES`."""
-        return ["all_pairs"] if self.volume_bytes(spec) <= PYRAMID_VOLUME_BYTES else ["on_demand"]
+        """The memory rule: the all-pairs volumes only while they fit :data:`PYRAMID_VOLUME_BYTES`
+        (first: the model's choice there)."""
+        fits = self.volume_bytes(spec) <= PYRAMID_VOLUME_BYTES
+        return ["all_pairs", "on_demand"] if fits else ["on_demand"]
 
     def estimate(self, spec: AnyPyramidSpec, grad: bool, constants: Constants) -> dict[str, float]:
-        return {}  # the memory rule leaves one option
+        return {}  # no cost model: the first allowed option, unless measured
 
     def runner(self, spec: AnyPyramidSpec, option: str, grad: bool, plain: bool) -> Callable[..., torch.Tensor]:
-        """``run(f1, f2, coords)``: the pyramid built with ``option`` and looked up once."""
-        pyramid = self.pyramid()
-        return lambda f1, f2, coords: pyramid(f1, f2, spec.num_levels, spec.radius, method=option)(coords)
+        """``run(f1, f2, coords)``: the pyramid built with ``option`` and looked up
+        :data:`PYRAMID_LOOKUPS` times around ``coords`` (the lookups summed)."""
+        pyramid_type = self.pyramid()
+
+        def run(f1: torch.Tensor, f2: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+            pyramid = pyramid_type(f1, f2, spec.num_levels, spec.radius, method=option)
+            out = pyramid(coords)
+            for step in range(1, PYRAMID_LOOKUPS):
+                out = out + pyramid(coords + step / PYRAMID_LOOKUPS)
+            return out
+
+        return run
 
     def random_inputs(self, spec: AnyPyramidSpec) -> tuple[torch.Tensor, ...]:
         gen = torch.Generator(device=spec.device).manual_seed(0)
@@ -214,14 +231,17 @@ class _MemoryRule:
         return f1, f2, coords
 
     def builtin_constants(self, device_type: str) -> tuple[Constants, str] | None:
-        return (Constants(), "none needed: the memory rule decides") if device_type == "cpu" else None
+        """None needed on any device: the memory rule decides, then the first option (so a
+        pyramid is measured only with autotune)."""
+        return Constants(), "none needed: the memory rule decides"
 
     def constant_names(self) -> list[str]:
         return []
 
 
 class PyramidFamily(_MemoryRule):
-    """RAFT's correlation pyramid: all pairs while the volumes fit the memory rule, else on demand."""
+    """RAFT's correlation pyramid: all pairs while the volumes fit the memory rule (unless a
+    measured winner says on demand), else on demand."""
 
     name = "pyramid"
     spec_type = PyramidSpec
@@ -238,12 +258,17 @@ class PyramidFamily(_MemoryRule):
     def level_dense(self, level_pixels: int, radius: int) -> bool:
         """Whether a level of ``level_pixels`` pixels is correlated whole rather than window by
         window (see :data:`PYRAMID_DENSE_PIXELS_PER_TAP`); a window reads ``(2r + 2)**2`` pixels."""
-        return correlated_whole(level_pixels, (2 * radius + 2) ** 2)
+        return level_pixels <= PYRAMID_DENSE_PIXELS_PER_TAP * (2 * radius + 2) ** 2
+
+    def gradient_dense(self, pixels: int, level_pixels: int, itemsize: int) -> bool:
+        """Whether the lookups' backward pass of a level sums into a dense gradient of its
+        scores, ``pixels`` (all items') by ``level_pixels`` (see :data:`PYRAMID_GRADIENT_BYTES`)."""
+        return pixels * level_pixels * itemsize <= PYRAMID_GRADIENT_BYTES
 
 
 class StereoPyramidFamily(_MemoryRule):
     """RAFT-Stereo's 1-D pyramid: all pairs while its volumes (each row against its row, every
-    level) fit the memory rule, else on demand."""
+    level) fit the memory rule (unless a measured winner says on demand), else on demand."""
 
     name = "stereo_pyramid"
     spec_type = StereoPyramidSpec
@@ -256,19 +281,6 @@ class StereoPyramidFamily(_MemoryRule):
         from .stereo_pyramid import StereoCorrPyramid
 
         return StereoCorrPyramid
-
-    def row_dense(self, row_pixels: int, taps: int) -> bool:
-        """Whether a row of the on-demand pyramid, ``row_pixels`` pixels over all levels of which
-        a lookup reads ``taps``, is correlated whole rather than tap by tap (see
-        :data:`STEREO_DENSE_PIXELS_PER_TAP`)."""
-        return correlated_whole(row_pixels, taps, STEREO_DENSE_PIXELS_PER_TAP)
-
-
-def correlated_whole(pixels: int, taps: int, pixels_per_tap: int = PYRAMID_DENSE_PIXELS_PER_TAP) -> bool:
-    """Whether ``pixels`` pixels, of which each lookup reads ``taps``, are correlated whole (one
-    matrix product, then the taps picked) rather than tap by tap: while they are at most
-    ``pixels_per_tap`` per tap (:data:`PYRAMID_DENSE_PIXELS_PER_TAP` for RAFT's pyramid)."""
-    return pixels <= pixels_per_tap * taps
 
 
 #: The families of this process, with the registry of :mod:`xcorr.volumes.backends`.
@@ -292,7 +304,8 @@ def select_volume(spec: VolumeSpec, grad: bool = False) -> str:
 
 def select_pyramid(shape: tuple[int, ...], num_levels: int, dtype: torch.dtype) -> str:
     """The method of ``CorrPyramid(..., method="auto")``: ``"all_pairs"`` while the volumes fit
-    :data:`PYRAMID_VOLUME_BYTES`, ``"on_demand"`` beyond.
+    :data:`~xcorr.volumes.family.PYRAMID_VOLUME_BYTES` (unless a measured winner says otherwise),
+    ``"on_demand"`` beyond.
 
     Example:
         >>> from xcorr.volumes.family import select_pyramid
@@ -309,9 +322,15 @@ def pyramid_level_dense(level_pixels: int, radius: int) -> bool:
     return PYRAMIDS.level_dense(level_pixels, radius)
 
 
+def pyramid_gradient_dense(pixels: int, level_pixels: int, itemsize: int) -> bool:
+    """See :meth:`PyramidFamily.gradient_dense`."""
+    return PYRAMIDS.gradient_dense(pixels, level_pixels, itemsize)
+
+
 def select_stereo_pyramid(shape: tuple[int, ...], num_levels: int, radius: int, dtype: torch.dtype) -> str:
     """The method of ``StereoCorrPyramid(..., method="auto")``: ``"all_pairs"`` while the 1-D
-    volumes fit :data:`PYRAMID_VOLUME_BYTES`, ``"on_demand"`` beyond.
+    volumes fit :data:`PYRAMID_VOLUME_BYTES` (unless a measured winner says otherwise),
+    ``"on_demand"`` beyond.
 
     Example:
         >>> from xcorr.volumes.family import select_stereo_pyramid
@@ -321,8 +340,3 @@ def select_stereo_pyramid(shape: tuple[int, ...], num_levels: int, radius: int, 
         'on_demand'
     """
     return ENGINE.decide(StereoPyramidSpec(tuple(shape), num_levels, radius, dtype, torch.device("cpu")))
-
-
-def stereo_pyramid_row_dense(row_pixels: int, taps: int) -> bool:
-    """See :meth:`StereoPyramidFamily.row_dense`."""
-    return STEREO_PYRAMIDS.row_dense(row_pixels, taps)

@@ -15,6 +15,7 @@ the samples of one window share their fractional offset, so a window is a biline
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -23,14 +24,20 @@ import torch.nn.functional as F
 from .._compute import compute_dtype, empty_result, needs_grad
 from .._tracing import tracing
 from ..planning.engine import ENGINE, signature
-from .family import pyramid_level_dense
+from .family import pyramid_gradient_dense, pyramid_level_dense
 from .spec import PyramidSpec, check_corr_coords, check_corr_pyramid
 
-#: Bytes of the temporaries of one chunk of an on-demand lookup, and of every backward pass: the
-#: gathered windows (pixels x taps x C) or a chunk of one level's scores (pixels x level pixels).
+#: The bytes that the temporaries of one chunk of an on-demand lookup, and of every backward pass,
+#: may take (the gathered windows, pixels x taps x C, or a chunk of one level's scores, pixels x
+#: level pixels).
 #: 8 MiB keeps a chunk in cache: 64-pixel chunks of 100 taps x 256 channels (6.5 MB) took a third
 #: of the time of 1024-pixel ones (RAFT's level 0 at 46x62, 2-core AVX2 CPU).
 CHUNK_BYTES = 8 << 20
+
+#: A level's table has a multiple of this many rows (its pixels, then at least one row of zeros):
+#: volumes with rows of 2856 floats took 0.7 of the time of rows of 2853 (RAFT's level 0 at
+#: 46x62 and its zero row, 2-core AVX2 CPU).
+TABLE_ROWS_MULTIPLE = 16
 
 
 def _method(f1: torch.Tensor, f2: torch.Tensor, num_levels: int, radius: int, method: str) -> str:
@@ -38,7 +45,8 @@ def _method(f1: torch.Tensor, f2: torch.Tensor, num_levels: int, radius: int, me
     method = check_corr_pyramid(f1, f2, num_levels, radius, method)
     if method != "auto":
         return method
-    return ENGINE.decide(PyramidSpec(tuple(f1.shape), num_levels, radius, compute_dtype(f1.dtype), f1.device))
+    spec = PyramidSpec(tuple(f1.shape), num_levels, radius, compute_dtype(f1.dtype), f1.device)
+    return ENGINE.decide(spec, needs_grad(f1, f2))
 
 
 class CorrPyramid:
@@ -66,7 +74,7 @@ class CorrPyramid:
             values: one matrix product per level; lookups then only read it), the right choice
             while it fits in memory; ``"on_demand"`` keeps only the pooled features and
             correlates the looked-up windows at each lookup, in chunks of
-            :data:`CHUNK_BYTES` (RAFT's ``AlternateCorrBlock``, in plain PyTorch, any dtype:
+            :data:`~xcorr.volumes.pyramid.CHUNK_BYTES` (RAFT's ``AlternateCorrBlock``, in plain PyTorch, any dtype:
             at 136x240 its peak memory is a small fraction of the 5.7 GB of the volumes);
             ``"auto"`` (default) asks the planning engine, which takes the volumes while they
             fit :data:`xcorr.volumes.family.PYRAMID_VOLUME_BYTES`.
@@ -108,9 +116,11 @@ class CorrPyramid:
         self._rows1 = _scaled_rows(f1c, 1.0 / math.sqrt(C))
         all_pairs = self.method == "all_pairs" and B > 0
         self._levels = [
-            _Level(size, table, _level_volume(self._rows1, table, size[0] * size[1]) if all_pairs else None)
+            _Level(size, table, _level_volume(self._rows1, table) if all_pairs else None)
             for size, table in _pooled_tables(f2c, num_levels)
         ]
+        # Per level, where the lookups of one backward pass sum their taps' gradient (see _Scores).
+        self._scores: list[_Scores | None] = [None] * num_levels
 
     def __repr__(self) -> str:
         return (
@@ -134,25 +144,45 @@ class CorrPyramid:
         if self._empty is not None:
             return empty_result((0, self.num_levels * window, H, W), *self._empty, coords)
         xy = coords.to(self.dtype).reshape(-1, 2, H * W)
-        if tracing():
-            levels = [
-                _lookup(self._rows1, level, xy, index, self.radius, False) for index, level in enumerate(self._levels)
-            ]
-            traced = torch.cat(levels, dim=1) if len(levels) > 1 else levels[0]
-            return traced.reshape(-1, self.num_levels * window, H, W).contiguous()
-        grad = needs_grad(self._rows1, self._levels[0].table)
-        # Eager lookups write each level into the output, holding no level's result besides.
-        out = xy.new_empty(B, self.num_levels * window, H, W)
-        for index, level in enumerate(self._levels):
-            samples = _lookup(self._rows1, level, xy, index, self.radius, grad)
-            out[:, index * window : (index + 1) * window].copy_(samples.reshape(B, window, H, W))
-        return out
+        grad = not tracing() and needs_grad(self._rows1, self._levels[0].table)
+        levels = [
+            _lookup(self._rows1, level, xy, index, self.radius, grad and self._sink(index))
+            for index, level in enumerate(self._levels)
+        ]
+        if tracing() or (torch.is_grad_enabled() and any(t.requires_grad for t in levels)):
+            # One concatenation, whose backward pass slices the gradient (copies into slices of
+            # one output would clone the whole gradient once per level).
+            out = torch.cat([t.transpose(1, 2) for t in levels], dim=1)
+            return out.view(-1, self.num_levels * window, H, W)
+        # Each item's level transposed into its rows of the output: copies of a transposed
+        # matrix, blocked (half the time of the concatenation's element-wise strided copy).
+        out = xy.new_empty(B, self.num_levels * window, H * W)
+        for index, samples in enumerate(levels):
+            for b in range(B):
+                out[b, index * window : (index + 1) * window].copy_(samples[b].t())
+        return out.view(B, self.num_levels * window, H, W)
+
+    def _sink(self, index: int) -> _Scores | None:
+        """The level's current :class:`_Scores`, made anew after a backward pass consumed it, or
+        ``None`` where each lookup's backward pass correlates its windows."""
+        level = self._levels[index]
+        table = level.table
+        dense = _dense(level, self.radius)
+        if not dense and not pyramid_gradient_dense(
+            self._rows1.shape[0] * self._rows1.shape[1], table.shape[1], table.element_size()
+        ):
+            return None
+        scores = self._scores[index]
+        if scores is None or scores.consumed:
+            scores = self._scores[index] = _Scores(self._rows1, level, dense)
+        return scores
 
 
 class _Level(NamedTuple):
-    """One level of the pyramid: its size, ``f2`` pooled to it as a table of pixel rows with a
-    last row of zeros that stands for "outside" (B*Hl*Wl + 1, C), and its volume against ``f1``
-    (B, H*W, Hl*Wl) where the volumes are built."""
+    """One level of the pyramid: its size, ``f2`` pooled to it as a table of pixel rows per item
+    (B, R, C), rows ``Hl*Wl`` on zeros (the first stands for "outside"; ``R`` is a multiple of
+    :data:`TABLE_ROWS_MULTIPLE`), and where the volumes are built, its volume against ``f1``
+    (B, H*W, R)."""
 
     size: tuple[int, int]
     table: torch.Tensor
@@ -166,23 +196,29 @@ def _pooled_tables(f2: torch.Tensor, num_levels: int) -> list[tuple[tuple[int, i
     for index in range(num_levels):
         if index:
             level = F.avg_pool2d(level, 2, stride=2)
-        rows = level.permute(0, 2, 3, 1).reshape(-1, C)
-        tables.append(((level.shape[-2], level.shape[-1]), torch.cat([rows, rows.new_zeros(1, C)])))
+        pixels = level.shape[-2] * level.shape[-1]
+        rows = level.permute(0, 2, 3, 1).reshape(-1, pixels, C)
+        zeros = TABLE_ROWS_MULTIPLE - pixels % TABLE_ROWS_MULTIPLE
+        tables.append(((level.shape[-2], level.shape[-1]), F.pad(rows, (0, 0, 0, zeros))))
     return tables
 
 
-def _level_volume(rows1: torch.Tensor, table: torch.Tensor, pixels: int) -> torch.Tensor:
-    """The correlations (B, H*W, pixels) of ``f1``'s rows with every pixel of one level's table."""
-    level = table[:-1].reshape(-1, pixels, table.shape[1])
+def _level_volume(rows1: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """The correlations (B, H*W, R) of ``f1``'s rows with every row of one level's table."""
     if tracing():
         # Plain operations: autograd differentiates the gathers from it.
-        return torch.bmm(rows1, level.transpose(1, 2))
-    with torch.no_grad():  # the backward pass of _Windows does not need it
-        return torch.bmm(rows1, level.transpose(1, 2))
+        return torch.bmm(rows1, table.transpose(1, 2))
+    with torch.no_grad():  # the backward pass of _Scores does not need it
+        return torch.bmm(rows1, table.transpose(1, 2))
 
 
-def _lookup(rows1: torch.Tensor, level: _Level, xy: torch.Tensor, index: int, radius: int, grad: bool) -> torch.Tensor:
-    """The window samples (B, (2r+1)**2, P) of level ``index`` around ``xy / 2**index`` (B, 2, P)."""
+def _lookup(
+    rows1: torch.Tensor, level: _Level, xy: torch.Tensor, index: int, radius: int, grad: bool | _Scores | None
+) -> torch.Tensor:
+    """The window samples (B, P, (2r+1)**2) of level ``index`` around ``xy / 2**index`` (B, 2, P).
+
+    ``grad`` is false without a backward pass, the level's :class:`_Scores` where its taps'
+    gradient is summed densely over the lookups, or ``None`` for a windowed backward pass."""
     (Hl, Wl), table, volume = level
     n = 2 * radius + 2
     # Far outside, every tap is outside: clamping there keeps the integer taps small without
@@ -190,18 +226,23 @@ def _lookup(rows1: torch.Tensor, level: _Level, xy: torch.Tensor, index: int, ra
     x = (xy[:, 0] / 2**index).clamp(-(radius + 2), Wl + radius + 1)
     y = (xy[:, 1] / 2**index).clamp(-(radius + 2), Hl + radius + 1)
     x0, y0 = x.floor(), y.floor()
-    local, valid = _taps(x0.long() - radius, y0.long() - radius, Hl, Wl, n)
-    # With the volumes built, the backward pass is dense too: per chunk of pixels, the taps'
-    # gradient scattered into a row of scores and two matrix products (RAFT's level 0 at 46x62:
-    # a third of the time of the windows' gathers and scattered adds).
-    dense = volume is not None or pyramid_level_dense(Hl * Wl, radius)
-    if grad:
-        taps = _Windows.apply(rows1, table, local, valid, volume, dense, (Hl, Wl))
+    local = _taps(x0.long() - radius, y0.long() - radius, Hl, Wl, n)
+    dense = _dense(level, radius)
+    if isinstance(grad, _Scores):
+        taps = _DenseTaps.apply(grad.token, grad, local)
+    elif grad is None:
+        taps = _Windows.apply(rows1, table, local)
     elif tracing():
-        taps = _traced(rows1, table, local, valid, volume, dense, Hl * Wl)
+        taps = _traced(rows1, table, local, volume, dense)
     else:
-        taps = _eager(rows1, table, local, valid, volume, dense, Hl * Wl)
-    return _blend(taps, x - x0, y - y0, n).reshape(-1, xy.shape[-1], (n - 1) ** 2).transpose(1, 2)
+        taps = _eager(rows1, table, local, volume, dense)
+    return _blend(taps, x - x0, y - y0, n)
+
+
+def _dense(level: _Level, radius: int) -> bool:
+    """Whether a level's taps are read from a matrix product with the whole level (its volume,
+    or per chunk of pixels) rather than correlated window by window."""
+    return level.volume is not None or pyramid_level_dense(level.size[0] * level.size[1], radius)
 
 
 def _scaled_rows(f1: torch.Tensor, scale: float) -> torch.Tensor:
@@ -214,116 +255,238 @@ def _scaled_rows(f1: torch.Tensor, scale: float) -> torch.Tensor:
     return rows.view(B, H * W, C)
 
 
-def _taps(x: torch.Tensor, y: torch.Tensor, H: int, W: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``n x n`` integer taps from ``(x, y)`` (B, P) of a level of ``H x W`` pixels: their
-    pixel indices in the level, clamped inside it, and whether they lie inside; (B, P, n*n) each,
-    tap ``a*n + b`` at ``(x + a, y + b)`` (x major, as the output's channels)."""
+def _taps(x: torch.Tensor, y: torch.Tensor, H: int, W: int, n: int) -> torch.Tensor:
+    """The ``n x n`` integer taps from ``(x, y)`` (B, P) of a level of ``H x W`` pixels as rows of
+    its table (B, P, n*n): ``H*W``, the zero row, for a tap outside the level; tap ``a*n + b`` at
+    ``(x + a, y + b)`` (x major, as the output's channels)."""
     steps = torch.arange(n, device=x.device)
     cols, rows = x.unsqueeze(-1) + steps, y.unsqueeze(-1) + steps
-    valid = ((cols >= 0) & (cols < W)).unsqueeze(-1) & ((rows >= 0) & (rows < H)).unsqueeze(-2)
-    local = cols.clamp(0, W - 1).unsqueeze(-1) + rows.clamp(0, H - 1).unsqueeze(-2) * W
-    return local.flatten(-2), valid.flatten(-2)
+    outside = H * W
+    # A column or row outside counts ``outside`` alone, so that any sum with it is at least that.
+    cols = torch.where((cols >= 0) & (cols < W), cols, outside)
+    rows = torch.where((rows >= 0) & (rows < H), rows * W, outside)
+    return (cols.unsqueeze(-1) + rows.unsqueeze(-2)).clamp_(max=outside).flatten(-2)
 
 
 def _blend(taps: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, n: int) -> torch.Tensor:
-    """The window's bilinear samples (B, P, n-1, n-1) from its integer taps (B, P, n*n), every
+    """The window's bilinear samples (B, P, (n-1)**2) from its integer taps (B, P, n*n), every
     sample at fractional offset ``(fx, fy)`` (B, P) from its top-left tap."""
-    d = taps.unflatten(-1, (n, n))
-    fx, fy = fx[..., None, None], fy[..., None, None]
-    across = d[..., :-1, :] + (d[..., 1:, :] - d[..., :-1, :]) * fx
-    return across[..., :-1] + (across[..., 1:] - across[..., :-1]) * fy
+    B, P = fx.shape
+    d = taps.view(B * P, n, n)
+    fx, fy = fx.reshape(-1, 1, 1), fy.reshape(-1, 1, 1)
+    if tracing():
+        across = d[:, :-1] + (d[:, 1:] - d[:, :-1]) * fx
+        return (across[..., :-1] + (across[..., 1:] - across[..., :-1]) * fy).view(B, P, -1)
+    return _Bilinear.apply(d, fx, fy).view(B, P, -1)
 
 
-def _rows_index(local: torch.Tensor, valid: torch.Tensor, pixels: int, table: torch.Tensor) -> torch.Tensor:
-    """Rows of ``table`` (all items' level pixels, then the zero row) that the taps read."""
-    offsets = torch.arange(local.shape[0], device=local.device).view(-1, 1, 1) * pixels
-    return (local + offsets).masked_fill_(~valid, table.shape[0] - 1)
+class _Bilinear(torch.autograd.Function):
+    """Windows (N, n, n) blended to their samples (N, n-1, n-1): linear along the first axis
+    (the x offset) at ``fx`` (N, 1, 1), then along the second at ``fy``. Two kernels forward, a few
+    backward, each over window-sized arrays (autograd of the blend's slices made a dozen)."""
+
+    @staticmethod
+    def forward(ctx, d, fx, fy):
+        across = torch.lerp(d[:, :-1], d[:, 1:], fx)
+        ctx.save_for_backward(d, fx, fy)
+        return torch.lerp(across[..., :-1], across[..., 1:], fy)
+
+    @staticmethod
+    def backward(ctx, g):
+        d, fx, fy = ctx.saved_tensors
+        need_d, need_x, need_y = ctx.needs_input_grad
+        # The transpose of each linear step: a share (1 - f) to the first tap, f to the next.
+        upper = g * fy
+        ga = torch.cat([g - upper, upper[..., -1:]], dim=-1)
+        ga[..., 1:-1] += upper[..., :-1]
+        gd = gx = gy = None
+        if need_d:
+            upper = ga * fx
+            gd = torch.cat([ga - upper, upper[:, -1:]], dim=1)
+            gd[:, 1:-1] += upper[:, :-1]
+        if need_x:
+            gx = (ga * (d[:, 1:] - d[:, :-1])).sum((1, 2), keepdim=True)
+        if need_y:
+            across = torch.lerp(d[:, :-1], d[:, 1:], fx)
+            gy = (g * (across[..., 1:] - across[..., :-1])).sum((1, 2), keepdim=True)
+        return gd, gx, gy
+
+
+def _rows_index(local: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rows of the items' tables flattened (B * R, C) that the taps read."""
+    offsets = torch.arange(local.shape[0], device=local.device).view(-1, 1, 1) * table.shape[1]
+    return local + offsets
 
 
 def _chunk(per_pixel: int, itemsize: int) -> int:
     return max(1, CHUNK_BYTES // (per_pixel * itemsize))
 
 
-def _traced(rows1, table, local, valid, volume, dense, pixels) -> torch.Tensor:
+def _traced(rows1, table, local, volume, dense) -> torch.Tensor:
     """The taps in plain operations, one chunk: what a tracer records, autograd differentiates."""
     if volume is None and dense:
-        volume = torch.bmm(rows1, table[:-1].reshape(-1, pixels, table.shape[1]).transpose(1, 2))
+        volume = torch.bmm(rows1, table.transpose(1, 2))
     if volume is not None:
-        return volume.gather(2, local) * valid
-    # The clamped taps inside the level, then masked: no index depends on the (symbolic) batch.
-    offsets = torch.arange(local.shape[0], device=local.device).view(-1, 1, 1) * pixels
-    return (table[local + offsets] * rows1.unsqueeze(2)).sum(-1) * valid
+        return volume.gather(2, local)
+    return (table.reshape(-1, table.shape[-1])[_rows_index(local, table)] * rows1.unsqueeze(2)).sum(-1)
 
 
-def _eager(rows1, table, local, valid, volume, dense, pixels) -> torch.Tensor:
+def _eager(rows1, table, local, volume, dense) -> torch.Tensor:
     """The taps (B, P, T) in chunks under :data:`CHUNK_BYTES`: read from the volume, or
     correlated window by window, or a chunk of pixels against the whole level (``dense``)."""
     if volume is not None:
-        return volume.gather(2, local).masked_fill_(~valid, 0)
+        return volume.gather(2, local)
     B, P, C = rows1.shape
     T = local.shape[-1]
     if dense:
-        level = table[:-1].view(B, pixels, C)
         out = rows1.new_empty(B, P, T)
-        step = _chunk(pixels, rows1.element_size())
+        step = _chunk(table.shape[1], rows1.element_size())
         for b in range(B):
             for s in range(0, P, step):
-                scores = torch.mm(rows1[b, s : s + step], level[b].t())
+                scores = torch.mm(rows1[b, s : s + step], table[b].t())
                 torch.gather(scores, 1, local[b, s : s + step], out=out[b, s : s + step])
-        return out.masked_fill_(~valid, 0)
-    index = _rows_index(local, valid, pixels, table).view(-1, T)
-    flat = rows1.reshape(-1, C)
+        return out
+    index = _rows_index(local, table).view(-1, T)
+    flat, rows = table.reshape(-1, C), rows1.reshape(-1, C)
+    if rows1.device.type == "cpu" and T <= table.shape[1]:
+        # (More taps per window than the level has rows fails in sampled_addmm; such levels are
+        # correlated whole unless asked otherwise.)
+        return _sampled(rows, flat, index).view(B, P, T)
     out = rows1.new_empty(B * P, T)
     step = _chunk(T * C, rows1.element_size())
     for s in range(0, B * P, step):
-        picked = table.index_select(0, index[s : s + step].reshape(-1)).view(-1, T, C)
+        picked = flat.index_select(0, index[s : s + step].reshape(-1)).view(-1, T, C)
         # Batched matrix-vector products: no (pixels, T, C) product is written and read again.
-        torch.bmm(picked, flat[s : s + step].unsqueeze(-1), out=out[s : s + step].unsqueeze(-1))
+        torch.bmm(picked, rows[s : s + step].unsqueeze(-1), out=out[s : s + step].unsqueeze(-1))
     return out.view(B, P, T)
 
 
-class _Windows(torch.autograd.Function):
-    """The integer taps (B, P, T) of ``rows1`` (B, P, C) against ``table``'s rows, with a
-    backward pass made of the same windowed (or per-level dense) correlations, in chunks: no
-    volume-sized gradient is ever made."""
+def _pattern(index: torch.Tensor, values: torch.Tensor, columns: int) -> torch.Tensor:
+    """The sparse matrix (N, columns) of ``values`` (N, T) at columns ``index`` (N, T), in CSR."""
+    N, T = index.shape
+    crow = torch.arange(0, N * T + 1, T, device=index.device)
+    with warnings.catch_warnings():  # (CSR tensors are a beta feature of PyTorch)
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            crow, index.reshape(-1), values.reshape(-1), size=(N, columns), check_invariants=False
+        )
+
+
+def _sampled(rows: torch.Tensor, table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``rows[p] . table[index[p, t]]`` (N, T) for rows (N, C) and a table (R, C): the matrix
+    product at the taps only, one kernel that writes no gathered window (on a CPU, 1/20 of the
+    time of gathering the windows for batched matrix-vector products at RAFT's level 0)."""
+    pattern = _pattern(index, rows.new_zeros(index.shape), table.shape[0])
+    return torch.sparse.sampled_addmm(pattern, rows, table.t(), beta=0.0).values().view(index.shape)
+
+
+class _Scores:
+    """One level's scores against ``f1`` as a node of the graph, for a backward pass that makes
+    them once: every lookup's taps' gradient is scattered into one dense gradient of the scores
+    (B, P, R), and when the last lookup of the backward pass has added its own, two
+    matrix products per item turn it into the gradients of ``f1``'s rows and the level's table.
+
+    RAFT looks a pyramid up 12 times per training step: correlating the scores' gradient per
+    lookup made its backward pass 12 times the matrix products of one. ``token`` is the 0-d
+    output of the node (:class:`_LevelScores`) that every lookup takes as its input, so the
+    autograd engine runs that node after all of them. A backward pass consumes it; the next
+    lookup then makes a new one.
+    """
+
+    def __init__(self, rows1: torch.Tensor, level: _Level, dense: bool) -> None:
+        self.rows1, self.level, self.dense = rows1, level, dense
+        self.grad: torch.Tensor | None = None
+        self.consumed = False
+        self.token = _LevelScores.apply(rows1, level.table, self)
+
+    def taps(self, local: torch.Tensor) -> torch.Tensor:
+        return _eager(self.rows1, self.level.table, local, self.level.volume, self.dense)
+
+    def add(self, local: torch.Tensor, g: torch.Tensor) -> None:
+        """Adds a lookup's taps' gradient (B, P, T)."""
+        if self.grad is None:
+            self.grad = g.new_zeros(*local.shape[:2], self.level.table.shape[1])
+        self.grad.scatter_add_(2, local, g)
+
+
+class _LevelScores(torch.autograd.Function):
+    """``rows1`` against a level's table, in the graph as a 0-d token (see :class:`_Scores`)."""
 
     @staticmethod
-    def forward(ctx, rows1, table, local, valid, volume, dense, size):
-        ctx.save_for_backward(rows1, table, local, valid)
-        ctx.dense, ctx.pixels = dense, size[0] * size[1]
-        return _eager(rows1, table, local, valid, volume, dense, ctx.pixels)
+    def forward(ctx, rows1, table, scores):
+        ctx.save_for_backward(rows1, table)
+        ctx.scores = scores
+        return rows1.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, _):
+        rows1, table = ctx.saved_tensors
+        scores = ctx.scores
+        g, scores.grad, scores.consumed = scores.grad, None, True
+        if g is None:  # no lookup of this backward pass reached the level
+            return None, None, None
+        need1, need2 = ctx.needs_input_grad[:2]
+        # (The zero rows' gradient is the padding's, which drops it.)
+        return torch.bmm(g, table) if need1 else None, torch.bmm(g.transpose(1, 2), rows1) if need2 else None, None
+
+
+class _DenseTaps(torch.autograd.Function):
+    """A lookup's integer taps (B, P, T) of a level whose backward pass is :class:`_Scores`'."""
+
+    @staticmethod
+    def forward(ctx, token, scores, local):
+        ctx.save_for_backward(local)
+        ctx.scores = scores
+        return scores.taps(local)
 
     @staticmethod
     def backward(ctx, g):
-        rows1, table, local, valid = ctx.saved_tensors
+        (local,) = ctx.saved_tensors
+        ctx.scores.add(local, g)
+        return torch.zeros((), dtype=g.dtype, device=g.device), None, None
+
+
+class _Windows(torch.autograd.Function):
+    """The integer taps (B, P, T) of ``rows1`` (B, P, C) against a level's table, correlated
+    window by window, with a backward pass made of the same windowed correlations, in chunks: no
+    volume-sized gradient is ever made (the levels too large to correlate whole)."""
+
+    @staticmethod
+    def forward(ctx, rows1, table, local):
+        ctx.save_for_backward(rows1, table, local)
+        return _eager(rows1, table, local, None, False)
+
+    @staticmethod
+    def backward(ctx, g):
+        rows1, table, local = ctx.saved_tensors
         need1, need2 = ctx.needs_input_grad[:2]
         B, P, C = rows1.shape
-        T, pixels = local.shape[-1], ctx.pixels
-        g = g.masked_fill(~valid, 0)
+        T = local.shape[-1]
+        index = _rows_index(local, table).view(-1, T)
+        flat, rows, g = table.reshape(-1, C), rows1.reshape(-1, C), g.reshape(-1, T)
+        g1 = gt = None
+        if rows1.device.type == "cpu":
+            # Sparse products with the taps' gradient as a matrix (B*P, B*R): it by the table,
+            # its transpose by f1's rows; neither writes a gathered window.
+            if need1:
+                g1 = F.embedding_bag(index, flat, mode="sum", per_sample_weights=g).view(B, P, C)
+            if need2:
+                pixels = torch.arange(B * P, device=g.device).repeat_interleave(T)
+                at = torch.stack([index.reshape(-1), pixels])
+                gradient = torch.sparse_coo_tensor(at, g.reshape(-1), (len(flat), B * P), check_invariants=False)
+                gt = torch.sparse.mm(gradient, rows)
+            return g1, gt.view(table.shape) if gt is not None else None, None
         g1 = torch.empty_like(rows1) if need1 else None
         gt = torch.zeros_like(table) if need2 else None
-        if ctx.dense:
-            level = table[:-1].view(B, pixels, C)
-            step = _chunk(pixels, rows1.element_size())
-            for b in range(B):
-                for s in range(0, P, step):
-                    e = slice(s, s + step)
-                    scores = rows1.new_zeros(g[b, e].shape[0], pixels).scatter_add_(1, local[b, e], g[b, e])
-                    if g1 is not None:
-                        torch.mm(scores, level[b], out=g1[b, e])
-                    if gt is not None:
-                        gt[:-1].view(B, pixels, C)[b].addmm_(scores.t(), rows1[b, e])
-            return g1, gt, None, None, None, None, None
-        index = _rows_index(local, valid, pixels, table).view(-1, T)
-        flat, g = rows1.reshape(-1, C), g.reshape(-1, T)
         g1_flat = g1.view(-1, C) if g1 is not None else None
+        gt_flat = gt.view(-1, C) if gt is not None else None
         step = _chunk(T * C, rows1.element_size())
         for s in range(0, B * P, step):
             e = slice(s, s + step)
-            rows = index[e].reshape(-1)
+            picks = index[e].reshape(-1)
             if g1_flat is not None:
-                picked = table.index_select(0, rows).view(-1, T, C)
+                picked = flat.index_select(0, picks).view(-1, T, C)
                 torch.bmm(g[e].unsqueeze(1), picked, out=g1_flat[e].unsqueeze(1))
-            if gt is not None:
-                gt.index_add_(0, rows, (g[e].unsqueeze(-1) * flat[e].unsqueeze(1)).view(-1, C))
-        return g1, gt, None, None, None, None, None
+            if gt_flat is not None:
+                gt_flat.index_add_(0, picks, (g[e].unsqueeze(-1) * rows[e].unsqueeze(1)).view(-1, C))
+        return g1, gt, None

@@ -10,6 +10,7 @@ import torch
 
 from .._checks import (
     Pair,
+    _type_name,
     check_choice,
     check_feature_pair,
     check_non_negative_int,
@@ -26,7 +27,24 @@ class VolumeSpec:
     F1[b, c, Yu, Xv] * F2[b, c, Yu + dy_i, Xv + dx_j]`` with ``Yu = origin[0] + y*stride[0] +
     u*kernel_dilation[0]``, ``Xv`` likewise, ``dy_i = dy[0] + i*dy[1]``, ``dx_j = dx[0] + j*dx[1]``
     and ``F1``, ``F2`` the inputs extended by zeros outside the map. Group ``g`` holds channels
-    ``g*C/G ... (g+1)*C/G - 1``.
+    ``g*C/G ... (g+1)*C/G - 1``. :func:`xcorr.local_correlation` and :func:`xcorr.stereo_correlation`
+    build theirs from their arguments; build one directly for any other volume and compute it
+    with :func:`xcorr.volumes.correlate`.
+
+    Attributes:
+        shape (tuple[int, int, int, int]): ``(B, C, H, W)`` of both feature maps.
+        groups (int): ``G``, a divisor of ``C``.
+        kernel (tuple[int, int]): ``(kh, kw)``, the taps summed per output.
+        kernel_dilation (tuple[int, int]): spacing of the taps.
+        origin (tuple[int, int]): the ``f1`` position of output ``(0, 0)``'s first tap (negative
+            to centre a kernel on the output's pixel).
+        stride (tuple[int, int]): step between output positions.
+        out_size (tuple[int, int]): ``(Ho, Wo)``.
+        dy (tuple[int, int, int]): ``(first, step, Py)``: the rows of the displacement window.
+        dx (tuple[int, int, int]): ``(first, step, Px)``: its columns.
+        scale (float): factor of every output.
+        dtype (torch.dtype): the features' dtype.
+        device (torch.device): the features' device.
     """
 
     shape: tuple[int, int, int, int]
@@ -66,7 +84,7 @@ class VolumeSpec:
 
     @property
     def extent(self) -> Pair:
-        """Rows and columns one kernel spans: ``dilation * (kernel - 1) + 1``."""
+        """The rows and columns one kernel spans, ``dilation * (kernel - 1) + 1``."""
         (kh, kw), (dh, dw) = self.kernel, self.kernel_dilation
         return dh * (kh - 1) + 1, dw * (kw - 1) + 1
 
@@ -77,7 +95,7 @@ class VolumeSpec:
 
     @property
     def product_grid(self) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-        """The f1 positions whose products with f2 make the volume: ``((row0, step, rows), (col0,
+        """The f1 positions whose products with f2 make the volume, as ``((row0, step, rows), (col0,
         step, cols))``. A one-tap kernel needs the output positions only; a larger kernel needs
         every position its windows cover (then summed over each window)."""
         (oy, ox), (sy, sx), (Ho, Wo) = self.origin, self.stride, self.out_size
@@ -205,6 +223,19 @@ def check_local_correlation(
         dtype=f1.dtype,
         device=f1.device,
     )
+
+
+def check_volume_inputs(f1: Any, f2: Any, spec: Any) -> None:
+    """Validate the arguments of :func:`xcorr.volumes.correlate`: a :class:`VolumeSpec`, and
+    features of its shape, dtype and device."""
+    if not isinstance(spec, VolumeSpec):
+        raise TypeError(f"spec must be a VolumeSpec, got {_type_name(spec)}")
+    check_feature_pair(f1, f2, ("f1", "f2"))
+    if tuple(f1.shape) != tuple(spec.shape) or f1.dtype != spec.dtype or f1.device != spec.device:
+        raise ValueError(
+            f"f1 and f2 must have the spec's shape, dtype and device {tuple(spec.shape)}, {spec.dtype}, "
+            f"{spec.device}; got {tuple(f1.shape)}, {f1.dtype}, {f1.device}"
+        )
 
 
 def check_groups(groups: Any, channels: int) -> int:
