@@ -41,7 +41,7 @@ nitpicky = True
 nitpick_ignore_regex = [
     ("py:class", r"(torch|numpy|np|os|collections\.abc|typing)\.\w+(\.\w+)*"),
     ("py:class", r"Tensor|ndarray"),
-    ("py:class", r"[A-Z][a-z]?|[a-z]"),
+    ("py:class", r"[A-Z][a-z]?|[a-z]|\w+(\*\w+)+"),
 ]
 
 # api.rst documents every name of xcorr.__all__; a class of xcorr.nn left out of it would be missing

@@ -421,3 +421,23 @@ def test_pyramids_of_one_signature_are_validated_and_planned_once(monkeypatch):
     xcorr.CorrPyramid(f1, f2, 2, 2)  # another radius: validated once
     xcorr.CorrPyramid(f1, f2, 2, 2)
     assert checks == [(2, 2, "auto")]
+
+
+def test_a_pyramid_builds_in_the_buffers_of_the_last_one_of_its_shape():
+    from xcorr._spares import SPARES
+
+    xcorr.clear_cache()
+    f1, f2, coords = make(1, 3, 8, 9, torch.float32)
+    pyr = xcorr.CorrPyramid(f1, f2, 2, 1, method="all_pairs")
+    first = pyr(coords)
+    volumes = [level.volume.data_ptr() for level in pyr._levels]
+    del pyr
+    assert len(SPARES) == 2
+    # A new pair of the same shape: the same memory, values of its own.
+    pyr = xcorr.CorrPyramid(f2, f1, 2, 1, method="all_pairs")
+    assert [level.volume.data_ptr() for level in pyr._levels] == volumes and len(SPARES) == 0
+    assert_close_rel(pyr(coords), corr_pyramid_reference(f2, f1, coords, 2, 1), torch.float32)
+    assert not torch.equal(pyr(coords), first)
+    del pyr
+    xcorr.clear_cache()
+    assert len(SPARES) == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from .._spares import SPARES
 from . import profile
 from .cost import CPU_CAPABILITY, Constants, Terms
 from .engine import ENGINE, Bound, Engine
@@ -51,12 +52,14 @@ def set_autotune(enabled: bool | None) -> None:
 
 
 def clear_cache() -> None:
-    """Forget every measured winner and every remembered decision (they are made again on next use).
+    """Forget every measured winner and every remembered decision (they are made again on next
+    use), and free the buffers kept for a next call of the same shape (RAFT's pyramid volumes).
 
     Example:
         >>> xcorr.clear_cache()
     """
     ENGINE.clear()
+    SPARES.clear()
 
 
 def _key_types() -> dict[str, type]:

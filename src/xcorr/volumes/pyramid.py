@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .._compute import compute_dtype, empty_result, needs_grad
+from .._spares import SPARES
 from .._tracing import tracing
 from ..planning.engine import ENGINE, signature
 from .family import pyramid_gradient_dense, pyramid_level_dense
@@ -115,11 +117,18 @@ class CorrPyramid:
         # f1's pixels as rows (B, H*W, C), the 1/sqrt(C) folded in; -1 keeps the batch symbolic.
         self._rows1 = _scaled_rows(f1c, 1.0 / math.sqrt(C))
         all_pairs = self.method == "all_pairs" and B > 0
-        self._levels = [
-            _Level(size, table, _level_volume(self._rows1, table) if all_pairs else None)
-            for size, table in _pooled_tables(f2c, num_levels)
-        ]
-        # Per level, where the lookups of one backward pass sum their taps' gradient (see _Scores).
+        self._levels: list[_Level] = []
+        for size, table in _pooled_tables(f2c, num_levels):
+            volume = None
+            if all_pairs:
+                below = self._levels[-1] if self._levels else None
+                volume = _level_volume(self._rows1, table) if below is None else _pooled_volume(below, size, table)
+            self._levels.append(_Level(size, table, volume))
+        if all_pairs and not tracing():
+            # The next pyramid of this shape (RAFT's next image pair) builds in these buffers.
+            weakref.finalize(self, SPARES.give, [level.volume for level in self._levels if level.volume is not None])
+        # Where the lookups of one backward pass sum their taps' gradient (see _Scores): one for
+        # every level, with the volumes built; else one per level.
         self._scores: list[_Scores | None] = [None] * num_levels
 
     def __repr__(self) -> str:
@@ -162,20 +171,25 @@ class CorrPyramid:
                 out[b, index * window : (index + 1) * window].copy_(samples[b].t())
         return out.view(B, self.num_levels * window, H, W)
 
-    def _sink(self, index: int) -> _Scores | None:
-        """The level's current :class:`_Scores`, made anew after a backward pass consumed it, or
-        ``None`` where each lookup's backward pass correlates its windows."""
-        level = self._levels[index]
-        table = level.table
-        dense = _dense(level, self.radius)
-        if not dense and not pyramid_gradient_dense(
-            self._rows1.shape[0] * self._rows1.shape[1], table.shape[1], table.element_size()
-        ):
-            return None
-        scores = self._scores[index]
+    def _sink(self, index: int) -> tuple[_Scores, int] | None:
+        """The current :class:`_Scores` of level ``index`` (made anew after a backward pass
+        consumed it) and the level's place in it, or ``None`` where each lookup's backward pass
+        correlates its windows."""
+        if self._levels[0].volume is not None:  # every level's volume pooled from level 0's
+            levels, place, key = self._levels, index, 0
+        else:
+            level = self._levels[index]
+            table = level.table
+            pixels = self._rows1.shape[0] * self._rows1.shape[1]
+            if not _dense(level, self.radius) and not pyramid_gradient_dense(
+                pixels, table.shape[1], table.element_size()
+            ):
+                return None
+            levels, place, key = [level], 0, index
+        scores = self._scores[key]
         if scores is None or scores.consumed:
-            scores = self._scores[index] = _Scores(self._rows1, level, dense)
-        return scores
+            scores = self._scores[key] = _Scores(self._rows1, levels, self.radius)
+        return scores, place
 
 
 class _Level(NamedTuple):
@@ -203,40 +217,77 @@ def _pooled_tables(f2: torch.Tensor, num_levels: int) -> list[tuple[tuple[int, i
     return tables
 
 
+def _pooled_volume(below: _Level, size: tuple[int, int], table: torch.Tensor) -> torch.Tensor:
+    """A level's volume (B, H*W, R) from the volume of the level below it, average pooled 2x2
+    (as its table is): a quarter of the matrix product's time read from memory instead."""
+    (Hb, Wb), (Hl, Wl) = below.size, size
+    assert below.volume is not None
+    B, P, _ = below.volume.shape
+    if tracing():
+        image = below.volume[..., : Hb * Wb].reshape(B * P, 1, Hb, Wb)
+        pooled = F.avg_pool2d(image, 2, stride=2).reshape(B, P, Hl * Wl)
+        return F.pad(pooled, (0, table.shape[1] - Hl * Wl))
+    out = SPARES.take((B, P, table.shape[1]), below.volume.dtype, below.volume.device)
+    out[..., Hl * Wl :] = 0
+    corners = _corners(below.volume, below.size, size)
+    pooled = out[..., : Hl * Wl].view(B, P, Hl, Wl)
+    torch.add(corners[0], corners[1], out=pooled)
+    pooled.add_(corners[2]).add_(corners[3]).mul_(0.25)
+    return out
+
+
+def _corners(volume: torch.Tensor, below: tuple[int, int], size: tuple[int, int]) -> list[torch.Tensor]:
+    """The four views (B, P, Hl, Wl) of a volume's (B, P, R) scores at the level below whose
+    2x2 average makes each pixel of a level of ``size``: top left, top right, bottom left, bottom
+    right."""
+    (Hb, Wb), (Hl, Wl) = below, size
+    image = volume[..., : Hb * Wb].unflatten(-1, (Hb, Wb))
+    return [image[..., i : 2 * Hl : 2, j : 2 * Wl : 2] for i in (0, 1) for j in (0, 1)]
+
+
 def _level_volume(rows1: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """The correlations (B, H*W, R) of ``f1``'s rows with every row of one level's table."""
     if tracing():
         # Plain operations: autograd differentiates the gathers from it.
         return torch.bmm(rows1, table.transpose(1, 2))
+    out = SPARES.take((rows1.shape[0], rows1.shape[1], table.shape[1]), rows1.dtype, rows1.device)
     with torch.no_grad():  # the backward pass of _Scores does not need it
-        return torch.bmm(rows1, table.transpose(1, 2))
+        return torch.bmm(rows1, table.transpose(1, 2), out=out)
 
 
 def _lookup(
-    rows1: torch.Tensor, level: _Level, xy: torch.Tensor, index: int, radius: int, grad: bool | _Scores | None
+    rows1: torch.Tensor,
+    level: _Level,
+    xy: torch.Tensor,
+    index: int,
+    radius: int,
+    grad: bool | tuple[_Scores, int] | None,
 ) -> torch.Tensor:
     """The window samples (B, P, (2r+1)**2) of level ``index`` around ``xy / 2**index`` (B, 2, P).
 
-    ``grad`` is false without a backward pass, the level's :class:`_Scores` where its taps'
-    gradient is summed densely over the lookups, or ``None`` for a windowed backward pass."""
+    ``grad`` is false without a backward pass, the :class:`_Scores` and the level's place in it
+    where its taps' gradient is summed densely over the lookups, or ``None`` for a windowed
+    backward pass."""
     (Hl, Wl), table, volume = level
     n = 2 * radius + 2
     # Far outside, every tap is outside: clamping there keeps the integer taps small without
     # changing a value (nor a gradient: it is zero there).
-    x = (xy[:, 0] / 2**index).clamp(-(radius + 2), Wl + radius + 1)
-    y = (xy[:, 1] / 2**index).clamp(-(radius + 2), Hl + radius + 1)
-    x0, y0 = x.floor(), y.floor()
-    local = _taps(x0.long() - radius, y0.long() - radius, Hl, Wl, n)
+    high = torch.tensor([[Wl + radius + 1.0], [Hl + radius + 1.0]], dtype=xy.dtype, device=xy.device)
+    xy = torch.minimum((xy / 2**index if index else xy).clamp(min=-(radius + 2)), high)
+    corner = xy.floor()
+    fraction = xy - corner
+    local = _taps(corner, radius, Hl, Wl, n)
     dense = _dense(level, radius)
-    if isinstance(grad, _Scores):
-        taps = _DenseTaps.apply(grad.token, grad, local)
+    if isinstance(grad, tuple):
+        scores, place = grad
+        taps = _DenseTaps.apply(scores.token, scores, place, local)
     elif grad is None:
         taps = _Windows.apply(rows1, table, local)
     elif tracing():
         taps = _traced(rows1, table, local, volume, dense)
     else:
         taps = _eager(rows1, table, local, volume, dense)
-    return _blend(taps, x - x0, y - y0, n)
+    return _blend(taps, fraction[:, 0], fraction[:, 1], n)
 
 
 def _dense(level: _Level, radius: int) -> bool:
@@ -255,17 +306,19 @@ def _scaled_rows(f1: torch.Tensor, scale: float) -> torch.Tensor:
     return rows.view(B, H * W, C)
 
 
-def _taps(x: torch.Tensor, y: torch.Tensor, H: int, W: int, n: int) -> torch.Tensor:
-    """The ``n x n`` integer taps from ``(x, y)`` (B, P) of a level of ``H x W`` pixels as rows of
-    its table (B, P, n*n): ``H*W``, the zero row, for a tap outside the level; tap ``a*n + b`` at
-    ``(x + a, y + b)`` (x major, as the output's channels)."""
-    steps = torch.arange(n, device=x.device)
-    cols, rows = x.unsqueeze(-1) + steps, y.unsqueeze(-1) + steps
+def _taps(corner: torch.Tensor, radius: int, H: int, W: int, n: int) -> torch.Tensor:
+    """The ``n x n`` integer taps of windows whose sample at offset ``(0, 0)`` lies in the pixel
+    ``corner`` (B, 2, P; x, y) of a level of ``H x W`` pixels, as rows of its table (B, P, n*n):
+    ``H*W``, the zero row, for a tap outside the level; tap ``a*n + b`` at ``(x - r + a, y - r + b)``
+    (x major, as the output's channels)."""
+    steps = torch.arange(-radius, n - radius, device=corner.device)
+    position = corner.long().unsqueeze(-1) + steps  # (B, 2, P, n): columns, then rows
+    size = torch.tensor([W, H], device=corner.device).view(2, 1, 1)
     outside = H * W
     # A column or row outside counts ``outside`` alone, so that any sum with it is at least that.
-    cols = torch.where((cols >= 0) & (cols < W), cols, outside)
-    rows = torch.where((rows >= 0) & (rows < H), rows * W, outside)
-    return (cols.unsqueeze(-1) + rows.unsqueeze(-2)).clamp_(max=outside).flatten(-2)
+    inside = (position >= 0) & (position < size)
+    position = torch.where(inside, position * torch.tensor([1, W], device=corner.device).view(2, 1, 1), outside)
+    return (position[:, 0].unsqueeze(-1) + position[:, 1].unsqueeze(-2)).clamp_(max=outside).flatten(-2)
 
 
 def _blend(taps: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, n: int) -> torch.Tensor:
@@ -381,10 +434,13 @@ def _sampled(rows: torch.Tensor, table: torch.Tensor, index: torch.Tensor) -> to
 
 
 class _Scores:
-    """One level's scores against ``f1`` as a node of the graph, for a backward pass that makes
-    them once: every lookup's taps' gradient is scattered into one dense gradient of the scores
-    (B, P, R), and when the last lookup of the backward pass has added its own, two
-    matrix products per item turn it into the gradients of ``f1``'s rows and the level's table.
+    """Scores against ``f1`` as a node of the graph, for a backward pass that makes them once:
+    every lookup's taps' gradient is scattered into one dense gradient of its level's scores
+    (B, P, R), and when the last lookup of the backward pass has added its own, two matrix
+    products per item turn it into the gradients of ``f1``'s rows and the first level's table.
+    ``levels`` are that level and, where the volumes are built, the levels pooled from it: their
+    gradients reach it through the pooling's transpose (each pixel's gradient, a quarter to each
+    of the four it averages).
 
     RAFT looks a pyramid up 12 times per training step: correlating the scores' gradient per
     lookup made its backward pass 12 times the matrix products of one. ``token`` is the 0-d
@@ -393,20 +449,46 @@ class _Scores:
     lookup then makes a new one.
     """
 
-    def __init__(self, rows1: torch.Tensor, level: _Level, dense: bool) -> None:
-        self.rows1, self.level, self.dense = rows1, level, dense
-        self.grad: torch.Tensor | None = None
+    def __init__(self, rows1: torch.Tensor, levels: list[_Level], radius: int) -> None:
+        self.rows1, self.levels = rows1, levels
+        self.dense = [_dense(level, radius) for level in levels]
+        self.grads: list[torch.Tensor | None] = [None] * len(levels)
         self.consumed = False
-        self.token = _LevelScores.apply(rows1, level.table, self)
+        self.token = _LevelScores.apply(rows1, levels[0].table, self)
 
-    def taps(self, local: torch.Tensor) -> torch.Tensor:
-        return _eager(self.rows1, self.level.table, local, self.level.volume, self.dense)
+    def taps(self, place: int, local: torch.Tensor) -> torch.Tensor:
+        level = self.levels[place]
+        return _eager(self.rows1, level.table, local, level.volume, self.dense[place])
 
-    def add(self, local: torch.Tensor, g: torch.Tensor) -> None:
-        """Adds a lookup's taps' gradient (B, P, T)."""
-        if self.grad is None:
-            self.grad = g.new_zeros(*local.shape[:2], self.level.table.shape[1])
-        self.grad.scatter_add_(2, local, g)
+    def add(self, place: int, local: torch.Tensor, g: torch.Tensor) -> None:
+        """Adds a lookup's taps' gradient (B, P, T) at level ``place``."""
+        grad = self.grads[place]
+        if grad is None:
+            grad = self.grads[place] = self._zeros(place, g)
+        grad.scatter_add_(2, local, g)
+
+    def _zeros(self, place: int, like: torch.Tensor) -> torch.Tensor:
+        """A zero gradient of level ``place``'s scores, in a spare buffer where one waits."""
+        shape = (self.rows1.shape[0], self.rows1.shape[1], self.levels[place].table.shape[1])
+        return SPARES.take(shape, like.dtype, like.device).zero_()
+
+    def take(self) -> torch.Tensor | None:
+        """The gradient of the first level's scores, every pooled level's added to it; the node
+        consumed."""
+        grads, self.grads, self.consumed = self.grads, [None] * len(self.levels), True
+        for place in range(len(grads) - 1, 0, -1):
+            g = grads[place]
+            if g is None:
+                continue
+            below = grads[place - 1]
+            if below is None:
+                below = grads[place - 1] = self._zeros(place - 1, g)
+            (Hl, Wl) = self.levels[place].size
+            quarter = g[..., : Hl * Wl].view(*g.shape[:2], Hl, Wl).mul_(0.25)
+            for corner in _corners(below, self.levels[place - 1].size, (Hl, Wl)):
+                corner.add_(quarter)
+            SPARES.give([g])
+        return grads[0]
 
 
 class _LevelScores(torch.autograd.Function):
@@ -421,29 +503,31 @@ class _LevelScores(torch.autograd.Function):
     @staticmethod
     def backward(ctx, _):
         rows1, table = ctx.saved_tensors
-        scores = ctx.scores
-        g, scores.grad, scores.consumed = scores.grad, None, True
-        if g is None:  # no lookup of this backward pass reached the level
+        g = ctx.scores.take()
+        if g is None:  # no lookup of this backward pass reached the levels
             return None, None, None
         need1, need2 = ctx.needs_input_grad[:2]
         # (The zero rows' gradient is the padding's, which drops it.)
-        return torch.bmm(g, table) if need1 else None, torch.bmm(g.transpose(1, 2), rows1) if need2 else None, None
+        g1 = torch.bmm(g, table) if need1 else None
+        gt = torch.bmm(g.transpose(1, 2), rows1) if need2 else None
+        SPARES.give([g])
+        return g1, gt, None
 
 
 class _DenseTaps(torch.autograd.Function):
     """A lookup's integer taps (B, P, T) of a level whose backward pass is :class:`_Scores`'."""
 
     @staticmethod
-    def forward(ctx, token, scores, local):
+    def forward(ctx, token, scores, place, local):
         ctx.save_for_backward(local)
-        ctx.scores = scores
-        return scores.taps(local)
+        ctx.scores, ctx.place = scores, place
+        return scores.taps(place, local)
 
     @staticmethod
     def backward(ctx, g):
         (local,) = ctx.saved_tensors
-        ctx.scores.add(local, g)
-        return torch.zeros((), dtype=g.dtype, device=g.device), None, None
+        ctx.scores.add(ctx.place, local, g)
+        return torch.zeros((), dtype=g.dtype, device=g.device), None, None, None
 
 
 class _Windows(torch.autograd.Function):
