@@ -1,5 +1,7 @@
 """xcorr.StereoCorrPyramid against RAFT-Stereo's CorrBlock1D, as defined and as RAFT-Stereo writes it."""
 
+import gc
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +10,9 @@ from reference import stereo_pyramid_reference
 
 import xcorr
 import xcorr.volumes.family
+import xcorr.volumes.spec
 import xcorr.volumes.stereo_pyramid
+from xcorr._spares import SPARES
 
 METHODS = ["all_pairs", "on_demand"]
 
@@ -252,6 +256,31 @@ def test_partial_and_repeated_backward_passes(method):
     for got, twice, expected in zip(first, (a.grad, b.grad), (a2.grad, b2.grad)):
         assert_close_rel(got, expected, tol=1e-12)
         assert_close_rel(twice, 2 * expected, tol=1e-12)
+
+
+def test_pyramids_built_in_the_buffers_of_the_last_one():
+    # A volume goes back to a pool when its pyramid is freed, and its gradient when its backward
+    # pass is done; the next pyramid of the shape finds them full of the last one's values (here
+    # NaN), zero columns included.
+    SPARES.clear()
+    left, right, coords = make(2, 3, 4, 11)
+    row = xcorr.volumes.spec.level_columns(xcorr.volumes.spec.level_widths(11, 3), 2)[1]
+    SPARES.give([torch.full((2 * 4 * 11, row), float("nan"), dtype=torch.float64) for _ in range(2)])
+    weight = torch.randn(2, 3 * 5, 4, 11, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    a, b = left.clone().requires_grad_(True), right.clone().requires_grad_(True)
+    pyramid = xcorr.StereoCorrPyramid(a, b, 3, 2, method="all_pairs")
+    out = pyramid(coords)
+    (out * weight).sum().backward()
+    assert len(SPARES) == 1  # the gradient's, back
+    del pyramid
+    gc.collect()
+    assert len(SPARES) == 2  # and the volume
+    a2, b2 = left.clone().requires_grad_(True), right.clone().requires_grad_(True)
+    expected = stereo_pyramid_reference(a2, b2, coords, 3, 2)
+    (expected * weight).sum().backward()
+    assert_close_rel(out, expected, tol=1e-12)
+    assert_close_rel(a.grad, a2.grad, tol=1e-12)
+    assert_close_rel(b.grad, b2.grad, tol=1e-12)
 
 
 def test_auto_follows_the_planner():

@@ -18,6 +18,7 @@ map, once per backward pass, not once per lookup.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .._compute import compute_dtype, empty_result, needs_grad
+from .._spares import SPARES
 from .._tracing import tracing
 from ..planning.engine import ENGINE, signature
 from .pyramid import _eager, _scaled_rows, _traced, _Windows
@@ -110,6 +112,10 @@ class StereoCorrPyramid:
         if self.method == "all_pairs":
             self._gradient = _Gradient()
             self._volume = _volume(lc, rc, self._layout, self._gradient)
+            if not tracing():
+                # The next pyramid of this shape (RAFT-Stereo's next pair) builds in this buffer:
+                # no lookup's backward pass keeps it.
+                weakref.finalize(self, SPARES.give, [self._volume])
             # The first column of each pixel's row in the volume, flattened.
             self._row_starts = torch.arange(self._volume.shape[0], device=self.device).unsqueeze(-1) * self._layout.row
         else:
@@ -274,12 +280,13 @@ class _Gradient:
     def __init__(self) -> None:
         self.buffer: torch.Tensor | None = None
 
-    def add(self, first: torch.Tensor, grads: torch.Tensor, numel: int) -> None:
-        """Add ``grads`` (F, n) at the windows from each flat index of ``first`` (F,)."""
+    def add(self, first: torch.Tensor, grads: torch.Tensor, shape: torch.Size) -> None:
+        """Add ``grads`` (F, n) at the windows from each flat index of ``first`` (F,) of a
+        volume of ``shape``."""
         if self.buffer is None:
-            self.buffer = grads.new_zeros(numel)
+            self.buffer = SPARES.take(tuple(shape), grads.dtype, grads.device).zero_()
         index = first.unsqueeze(-1) + torch.arange(grads.shape[-1], device=first.device)
-        self.buffer.scatter_add_(0, index.view(-1), grads.reshape(-1))
+        self.buffer.view(-1).scatter_add_(0, index.view(-1), grads.reshape(-1))
 
     def take(self) -> torch.Tensor | None:
         buffer, self.buffer = self.buffer, None
@@ -295,14 +302,14 @@ class _Windows1D(torch.autograd.Function):
     @staticmethod
     def forward(ctx, volume, first, n, gradient):
         ctx.save_for_backward(first)
-        ctx.numel, ctx.gradient = volume.numel(), gradient
+        ctx.shape, ctx.gradient = volume.shape, gradient
         return volume.view(-1).unfold(0, n, 1).index_select(0, first)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g):
         (first,) = ctx.saved_tensors
-        ctx.gradient.add(first, g, ctx.numel)
+        ctx.gradient.add(first, g, ctx.shape)
         return None, None, None, None
 
 
@@ -344,16 +351,19 @@ def _pooled_volume(left: torch.Tensor, right: torch.Tensor, layout: _Layout) -> 
     with a leading dimension of H*W: no copy), then each further level pooled from the one
     before into its columns."""
     B, C, H, W = left.shape
-    out = left.new_zeros(B, H, W, layout.row)
     pad = layout.starts[0]
+    volume = SPARES.take((B * H * W, layout.row), left.dtype, left.device)
+    out = volume.view(B, H, W, layout.row)
     for b in range(B):
         # (A matrix product written into a strided slice of out took 15 times as long.)
         product = torch.bmm(left[b].permute(1, 2, 0), right[b].permute(1, 0, 2))
         torch.mul(product, 1.0 / math.sqrt(C), out=out[b, ..., pad : pad + W])
+    for start in (*layout.starts, layout.row):  # the columns of zeros before each level, and after
+        out[..., start - pad : start].zero_()
     for finer, (start, width) in zip(layout.starts, zip(layout.starts[1:], layout.widths[1:])):
         pairs = out[..., finer : finer + 2 * width]
         torch.add(pairs[..., 0::2], pairs[..., 1::2], out=out[..., start : start + width]).mul_(0.5)
-    return out.view(B * H * W, -1)
+    return volume
 
 
 class _Volume(torch.autograd.Function):
@@ -379,8 +389,8 @@ class _Volume(torch.autograd.Function):
         if g is None and added is None:
             return None, None, None, None
         # The lookups' sum is ours to change in place; autograd's gradient is not.
-        g = added if g is None else (g.reshape(-1).clone() if added is None else added.add_(g.reshape(-1)))
-        g = g.view(B, H, W, -1)
+        summed = added if g is None else (g.clone() if added is None else added.add_(g))
+        g = summed.view(B, H, W, -1)
         for level in reversed(range(len(widths) - 1)):
             start, coarser = starts[level], widths[level + 1]
             pairs = g[..., start : start + 2 * coarser].unflatten(-1, (coarser, 2))
@@ -397,4 +407,5 @@ class _Volume(torch.autograd.Function):
             for b in range(B):
                 torch.bmm(other[b].permute(1, 0, 2), volume[b], out=grad[b])
             grads.append(grad.mul_(1.0 / math.sqrt(C)).transpose(1, 2))
+        SPARES.give([summed])  # for the next backward pass of this shape
         return grads[0], grads[1], None, None
