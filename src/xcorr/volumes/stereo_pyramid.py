@@ -67,10 +67,10 @@ class StereoCorrPyramid:
         method (str): ``"all_pairs"`` builds every level's volume once (``B*H*W`` by
             ``W + W//2 + ...`` values: one matrix product per row of the image; lookups then only
             read it), the right choice while it fits in memory; ``"on_demand"`` keeps only the
-            pooled features and correlates the looked-up taps at each lookup, in chunks
-            (RAFT-Stereo's ``PytorchAlternateCorrBlock1D``, without its copy of the features per
-            tap); ``"auto"`` (default) asks the planning engine, which takes the volumes while
-            they fit :data:`xcorr.volumes.family.PYRAMID_VOLUME_BYTES`.
+            pooled features and correlates the looked-up taps at each lookup (RAFT-Stereo's
+            ``PytorchAlternateCorrBlock1D``, without its sampled copy of the features per tap);
+            ``"auto"`` (default) asks the planning engine, which takes the volumes while they
+            fit :data:`xcorr.volumes.family.PYRAMID_VOLUME_BYTES`.
 
     Lookups return float32 for float16, bfloat16 and float32 features (half precision is
     computed in float32, as RAFT-Stereo's ``.float()`` returns it) and float64 for float64 ones;
