@@ -174,3 +174,39 @@ def corr_pyramid_reference(f1, f2, coords, num_levels, radius):
                     samples = _bilinear(level[b : b + 1], X + di, Y + dj)
                     out[b, lv * K * K : (lv + 1) * K * K, y, x] = samples[0]
     return out
+
+
+def _linear(row, px):
+    """Linear samples of ``row`` (W,) at pixel positions ``px`` (n,), zero outside: (n,)."""
+    W = row.shape[-1]
+    out = torch.zeros(px.numel(), dtype=torch.float64)
+    x0 = px.floor()
+    for cx in (x0, x0 + 1):
+        inside = (cx >= 0) & (cx < W)
+        out = out + row[cx.long().clamp(0, W - 1)] * ((1 - (px - cx).abs()) * inside)
+    return out
+
+
+def stereo_pyramid_reference(left, right, coords, num_levels, radius):
+    """RAFT-Stereo's ``CorrBlock1D(left, right, num_levels, radius)(coords)`` in float64, from its
+    definition.
+
+    Per row ``h``, the all-pairs volume ``left[:, :, h, w1] . right[:, :, h, w2] / sqrt(C)``,
+    average-pooled along ``w2`` in pairs (widths rounded down) ``l`` times, sampled linearly at
+    ``coords[:, 0] / 2**l + d``, ``d = -r ... r``, with zeros outside; channel ``l*(2r+1) + d + r``.
+    """
+    left, right, x = left.double(), right.double(), coords[:, 0].double()
+    B, C, H, W = left.shape
+    K = 2 * radius + 1
+    offsets = torch.arange(K, dtype=torch.float64) - radius
+    out = torch.zeros(B, num_levels * K, H, W, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            level = left[b, :, h, :].t() @ right[b, :, h, :] / math.sqrt(C)  # (w1, w2)
+            for lv in range(num_levels):
+                if lv:
+                    w = level.shape[-1] // 2
+                    level = level[:, : 2 * w].reshape(W, w, 2).mean(-1)
+                for w1 in range(W):
+                    out[b, lv * K : (lv + 1) * K, h, w1] = _linear(level[w1], x[b, h, w1] / 2**lv + offsets)
+    return out

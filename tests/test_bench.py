@@ -132,17 +132,22 @@ def test_flow_suite_runs_at_tiny_sizes(monkeypatch, capsys):
     results = runner.run(["tiny flow"])
     out = capsys.readouterr().out
     names = [r.case for r in results]
-    assert len(names) == len(set(names)) == sum(len(p.grads) for p in flow.PROBLEMS) == 25
+    assert len(names) == len(set(names)) == sum(len(p.grads) for p in flow.PROBLEMS) == 27
     assert "FlowNetC B8 fwd+bwd" in names and "PWC-Net level 2 B4 fwd" in names and "GwcNet B2 fwd" in names
-    # RAFT as it trains and evaluates: lookups of one pyramid per call.
+    # RAFT and RAFT-Stereo as they train and evaluate: lookups of one pyramid per call.
     assert {
         "RAFT B2, 12 lookups fwd+bwd",
         "RAFT B2, 12 lookups on demand fwd",
         "RAFT 55x128 B1, 32 lookups fwd",
+        "RAFT-Stereo B2, 12 lookups fwd+bwd",
+        "RAFT-Stereo B2, 32 lookups fwd",
     } <= set(names)
-    assert "RAFT 55x128 B1, 32 lookups fwd+bwd" not in names
+    assert "RAFT 55x128 B1, 32 lookups fwd+bwd" not in names and "RAFT-Stereo B2, 32 lookups fwd+bwd" not in names
     for r in results:
-        peers = {flow.CORR_BLOCK} if r.case.startswith("RAFT") else {flow.LOOP, flow.UNFOLD}
+        if r.case.startswith("RAFT-Stereo"):
+            peers = {flow.CORR_BLOCK_1D}
+        else:
+            peers = {flow.CORR_BLOCK} if r.case.startswith("RAFT") else {flow.LOOP, flow.UNFOLD}
         assert set(r.times) >= {OURS, *peers} and r.ratio is not None and r.target is not None
         assert r.info["error"] <= 2e-6, r.case
         assert set(r.info["peak_bytes"]) == set(r.times) and all(v is not None for v in r.info["peak_bytes"].values())
@@ -183,6 +188,14 @@ def test_flow_peer_formulations_are_correct():
     block = flow.CorrBlock(f1, f2, num_levels=3, radius=2)
     torch.testing.assert_close(block.lookup(coords), xcorr.CorrPyramid(f1, f2, 3, 2)(coords))
     assert block(coords).dtype == torch.float32  # as RAFT's CorrBlock returns it
+    block_1d = flow.CorrBlock1D(f1, f2, num_levels=2, radius=2)
+    torch.testing.assert_close(block_1d.lookup(coords), xcorr.StereoCorrPyramid(f1, f2, 2, 2)(coords))
+    assert block_1d(coords).dtype == torch.float32  # as RAFT-Stereo's CorrBlock1D returns it
+    # RAFT-Stereo's rows: two lookups (at coords and coords + 1/2), their sum weighted.
+    weights = torch.randn(2, 10, 12, 10, generator=gen, dtype=torch.float64)
+    run = flow._weighted(flow._looked_up(lambda a, b: xcorr.StereoCorrPyramid(a, b, 2, 2), 2))
+    pyramid = xcorr.StereoCorrPyramid(f1, f2, 2, 2)
+    torch.testing.assert_close(run(f1, f2, coords, weights), (pyramid(coords) + pyramid(coords + 0.5)) * weights)
 
 
 def test_a_case_runs_at_its_threads_for_torch_and_opencv_then_restores_them():

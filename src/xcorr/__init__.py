@@ -11,6 +11,7 @@ from .nn import DepthwiseXCorrHead, LocalCorrelation, SiamFCHead, StereoCorrelat
 from .planning import clear_cache, load_tuning, save_tuning, set_autotune
 from .volumes.api import local_correlation, stereo_correlation
 from .volumes.pyramid import CorrPyramid
+from .volumes.stereo_pyramid import StereoCorrPyramid
 
 # Leaf functions of torch.fx.symbolic_trace for models that call xcorr.xcorr / xcorr.pixelwise
 # themselves (the heads of xcorr.nn are covered in nn.py): one call_function node each.
@@ -26,6 +27,7 @@ __all__ = [
     "MatchPlan",
     "Plan",
     "SiamFCHead",
+    "StereoCorrPyramid",
     "StereoCorrelation",
     "UpChannelHead",
     "XCorr",

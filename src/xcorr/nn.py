@@ -5,6 +5,11 @@ checks its settings when it is built, and shows the non-default ones in its ``re
 build on ``method="auto"``, so a model that uses them exports to ONNX with a dynamic batch (see
 :doc:`deploy`), compiles with ``torch.compile``, trains under ``DistributedDataParallel`` and
 traces with ``torch.fx.symbolic_trace`` (where the correlation is one ``call_function`` node).
+
+RAFT's and RAFT-Stereo's pyramids, :class:`~xcorr.CorrPyramid` and :class:`~xcorr.StereoCorrPyramid`,
+are found here too, as they are: a network builds one from each pair of feature maps in its
+``forward`` and looks it up at every iteration (``corr_fn = StereoCorrPyramid(fmap1, fmap2)``,
+then ``corr_fn(coords1)``), so they hold no settings a module would keep.
 """
 
 from __future__ import annotations
@@ -17,9 +22,20 @@ from .correlation.api import xcorr
 from .correlation.family import CORRELATION
 from .correlation.spec import MODES, check_head_inputs
 from .volumes.api import local_correlation, stereo_correlation
+from .volumes.pyramid import CorrPyramid
 from .volumes.spec import LAYOUTS, NORMALIZE
+from .volumes.stereo_pyramid import StereoCorrPyramid
 
-__all__ = ["DepthwiseXCorrHead", "LocalCorrelation", "SiamFCHead", "StereoCorrelation", "UpChannelHead", "XCorr"]
+__all__ = [
+    "CorrPyramid",
+    "DepthwiseXCorrHead",
+    "LocalCorrelation",
+    "SiamFCHead",
+    "StereoCorrPyramid",
+    "StereoCorrelation",
+    "UpChannelHead",
+    "XCorr",
+]
 
 # Leaf functions of ``torch.fx.symbolic_trace`` (as torchvision's feature extraction runs it): a
 # traced model keeps one call of each where the modules call it, instead of tracing into the

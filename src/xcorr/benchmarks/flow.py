@@ -12,6 +12,11 @@ Cases, forward and forward+backward (inputs standard normal, float32):
   lookup), with the volumes and on demand; as RAFT evaluates, B1, 55x128 (Sintel's 436x1024 at
   1/8), 32 lookups, forward; and RAFT at high resolution, B1, C256, 136x240,
   ``method="on_demand"``. Lookup ``k`` of ``n`` is around ``coords + k/n``.
+* RAFT-Stereo: B2, C256, 80x184 (a 320x736 pair at 1/4), 4 levels, radius 4, its 1-D pyramid
+  built once and looked up as RAFT-Stereo trains (12 lookups, forward and backward) and
+  evaluates (32 lookups, forward), ``coords`` = every pixel less a disparity uniform in (0, 48);
+  the lookups' sum times random weights (so that each lookup's gradient is a training step's,
+  not a sum's constant one).
 * DispNetC: B4, C256, 48x96, 40 disparities; GwcNet: B2, C320, 40 groups, 48 disparities, 64x128.
 
 Peers, side by side in the same process:
@@ -22,7 +27,8 @@ Peers, side by side in the same process:
   displacement, channel mean; for stereo, GwcNet's ``build_gwc_volume`` loop);
 * the ``F.unfold`` formulation (every displaced patch of ``f2`` materialised, then one product);
 * RAFT's ``CorrBlock`` formulation (all pairs by one matrix product, an average-pooled pyramid of
-  volumes, ``grid_sample`` lookups), for the RAFT cases.
+  volumes, ``grid_sample`` lookups), for the RAFT cases, and RAFT-Stereo's ``CorrBlock1D`` (its
+  1-D form: one row against its row, pooled along the row), for the RAFT-Stereo cases.
 
 A peer whose estimated peak memory exceeds :func:`memory_budget` is left out (and named in the
 method column): the unfold formulation of FlowNetC needs about 22 GB, the high-resolution
@@ -51,6 +57,7 @@ from . import OURS, Case
 PEERS: tuple[str, ...] = ()
 
 SAMPLER, LOOP, UNFOLD, CORR_BLOCK = "spatial-correlation-sampler", "shifted loop", "unfold", "CorrBlock"
+CORR_BLOCK_1D = "CorrBlock1D"
 SAMPLER_MODULE = "spatial_correlation_sampler"
 SAMPLER_UNAVAILABLE = (
     f"{SAMPLER} is unavailable: the module {SAMPLER_MODULE} cannot be imported (its PyPI sdist needs "
@@ -63,12 +70,13 @@ MEMORY_SHARE = 0.4
 
 @dataclass(frozen=True)
 class Problem:
-    """One network's cost volume: ``kind`` "local" (FlowNetC, PWC-Net), "stereo" or "raft"."""
+    """One network's cost volume: ``kind`` "local" (FlowNetC, PWC-Net), "stereo", "raft" or
+    "raft_stereo"."""
 
     name: str
     kind: str
     shape: tuple[int, int, int, int]
-    #: Max displacement ("local"), disparities ("stereo") or the lookup radius ("raft").
+    #: Max displacement ("local"), disparities ("stereo") or the lookup radius ("raft", "raft_stereo").
     reach: int
     displacement_stride: int = 1
     groups: int | None = None
@@ -76,7 +84,7 @@ class Problem:
     method: str = "auto"
     #: Targets of the forward and the forward+backward rows (our time / the fastest peer's).
     targets: tuple[float, float] = (0.5, 0.3)
-    #: RAFT: lookups of one pyramid per call (its refinement iterations).
+    #: RAFT, RAFT-Stereo: lookups of one pyramid per call (its refinement iterations).
     lookups: int = 1
     #: Whether the rows are forward (False) and forward+backward (True).
     grads: tuple[bool, ...] = (False, True)
@@ -116,6 +124,18 @@ PROBLEMS = [
     ),
     Problem("RAFT 55x128 B1, 32 lookups", "raft", (1, 256, 55, 128), 4, targets=(0.5, 0.5), lookups=32, grads=(False,)),
     Problem("RAFT 136x240 B1", "raft", (1, 256, 136, 240), 4, method="on_demand"),
+    Problem(
+        "RAFT-Stereo B2, 12 lookups", "raft_stereo", (2, 256, 80, 184), 4, targets=(0.5, 0.5), lookups=12, grads=(True,)
+    ),
+    Problem(
+        "RAFT-Stereo B2, 32 lookups",
+        "raft_stereo",
+        (2, 256, 80, 184),
+        4,
+        targets=(0.5, 0.5),
+        lookups=32,
+        grads=(False,),
+    ),
     Problem("DispNetC B4", "stereo", (4, 256, 48, 96), 40),
     Problem("GwcNet B2", "stereo", (2, 320, 64, 128), 48, groups=40),
 ]
@@ -219,6 +239,42 @@ class CorrBlock:
         return torch.cat(looked_up, dim=-1).permute(0, 3, 1, 2).contiguous()
 
 
+class CorrBlock1D:
+    """RAFT-Stereo's 1-D correlation pyramid as RAFT-Stereo writes it (``core/corr.py``): each row
+    against its row by ``einsum``, divided by a float32 ``sqrt(C)``, ``avg_pool2d`` levels along
+    the row (one more than it looks up), ``grid_sample`` lookups on one-pixel-high images."""
+
+    def __init__(self, left: torch.Tensor, right: torch.Tensor, num_levels: int = 4, radius: int = 4) -> None:
+        B, C, H, W = left.shape
+        corr = torch.einsum("aijk,aijh->ajkh", left, right).reshape(B, H, W, 1, W).contiguous()
+        corr = (corr / torch.sqrt(torch.tensor(C).float())).reshape(B * H * W, 1, 1, W)
+        self.num_levels, self.radius = num_levels, radius
+        self.pyramid = [corr]
+        for _ in range(num_levels):
+            corr = F.avg_pool2d(corr, [1, 2], stride=[1, 2])
+            self.pyramid.append(corr)
+
+    def __call__(self, coords: torch.Tensor) -> torch.Tensor:
+        """The lookup as RAFT-Stereo returns it: float32."""
+        return self.lookup(coords).float()
+
+    def lookup(self, coords: torch.Tensor) -> torch.Tensor:
+        """The ``2r+1`` linear samples of every level around ``coords[:, 0]`` (B, 2, H, W), in the
+        volume's dtype."""
+        r = self.radius
+        x = coords[:, :1].permute(0, 2, 3, 1)
+        B, H, W, _ = x.shape
+        looked_up = []
+        for level in range(self.num_levels):
+            corr = self.pyramid[level]
+            dx = torch.linspace(-r, r, 2 * r + 1, device=coords.device).view(2 * r + 1, 1)
+            x0 = dx + x.reshape(B * H * W, 1, 1, 1) / 2**level
+            # RAFT-Stereo's bilinear_sampler: the x of the grid normalised, its y (0) not, for H = 1.
+            grid = torch.cat([2 * x0 / (corr.shape[-1] - 1) - 1, torch.zeros_like(x0)], dim=-1)
+            looked_up.append(F.grid_sample(corr, grid, align_corners=True).view(B, H, W, -1))
+        return torch.cat(looked_up, dim=-1).permute(0, 3, 1, 2).contiguous()
+
+
 # --- memory ------------------------------------------------------------------------------------
 
 
@@ -241,6 +297,8 @@ def _estimate(peer: str, p: Problem, grad: bool) -> float:
     if p.kind == "raft":
         volume = 4.0 * B * (H * W) ** 2
         return volume * (5.0 if grad else 2.4)
+    if p.kind == "raft_stereo":  # the volumes, and with the backward pass their gradients
+        return 4.0 * B * H * W * W * (6.0 if grad else 2.4)
     displacements = (2 * (p.reach // p.displacement_stride) + 1) ** 2 if p.kind == "local" else p.reach
     if peer == UNFOLD:
         return 2 * feature * displacements * (2.0 if grad else 1.0)
@@ -306,17 +364,27 @@ def _device() -> torch.device:
     return torch.empty(0).device
 
 
+#: RAFT-Stereo's disparities at 1/4 of a 320x736 pair: uniform in (0, MAX_DISPARITY) pixels.
+MAX_DISPARITY = 48
+
+
 def _inputs(p: Problem, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
-    """Both feature maps and, for RAFT, ``coords`` = every pixel plus a flow uniform in (-8, 8)."""
+    """Both feature maps and, for RAFT, ``coords`` = every pixel plus a flow uniform in (-8, 8);
+    for RAFT-Stereo, ``coords`` = every pixel less a disparity (its y the pixel's row) and the
+    weights of the lookups' sum."""
     B, C, H, W = p.shape
     gen = torch.Generator().manual_seed(0)
     f1 = torch.randn(p.shape, generator=gen, dtype=dtype)
     f2 = torch.randn(p.shape, generator=gen, dtype=dtype)
     tensors: tuple[torch.Tensor, ...] = (f1, f2)
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=dtype), torch.arange(W, dtype=dtype), indexing="ij")
     if p.kind == "raft":
-        ys, xs = torch.meshgrid(torch.arange(H, dtype=dtype), torch.arange(W, dtype=dtype), indexing="ij")
         flow = 16 * torch.rand(B, 2, H, W, generator=gen, dtype=dtype) - 8
         tensors += (torch.stack([xs, ys]).expand(B, 2, H, W) + flow,)
+    if p.kind == "raft_stereo":
+        disparity = MAX_DISPARITY * torch.rand(B, H, W, generator=gen, dtype=dtype)
+        weights = torch.randn(B, p.levels * (2 * p.reach + 1), H, W, generator=gen, dtype=dtype)
+        tensors += (torch.stack([xs - disparity, ys.expand(B, H, W)], dim=1), weights)
     return tuple(t.to(_device()) for t in tensors)
 
 
@@ -327,6 +395,12 @@ def _ours(p: Problem) -> Callable[..., torch.Tensor]:
         )
     if p.kind == "stereo":
         return lambda left, right: xcorr.stereo_correlation(left, right, p.reach, groups=p.groups)
+    if p.kind == "raft_stereo":
+        return _weighted(
+            _looked_up(
+                lambda left, right: xcorr.StereoCorrPyramid(left, right, p.levels, p.reach, method=p.method), p.lookups
+            )
+        )
     return _looked_up(lambda f1, f2: xcorr.CorrPyramid(f1, f2, p.levels, p.reach, method=p.method), p.lookups)
 
 
@@ -347,6 +421,12 @@ def _looked_up(
     return run
 
 
+def _weighted(run: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``run(f1, f2, coords) * weights``: a backward pass then gives every lookup the gradient of
+    a loss that weighs its outputs, as training does (the sum alone gives a constant one)."""
+    return lambda f1, f2, coords, weights: run(f1, f2, coords) * weights
+
+
 def _peers(p: Problem) -> dict[str, Callable[..., torch.Tensor]]:
     if p.kind == "local":
         args = (p.reach, p.displacement_stride)
@@ -361,6 +441,12 @@ def _peers(p: Problem) -> dict[str, Callable[..., torch.Tensor]]:
         return {
             LOOP: lambda left, right: stereo_loop(left, right, p.reach, p.groups),
             UNFOLD: lambda left, right: unfold_stereo(left, right, p.reach, p.groups),
+        }
+    if p.kind == "raft_stereo":
+        return {
+            CORR_BLOCK_1D: _weighted(
+                _looked_up(lambda left, right: CorrBlock1D(left, right, p.levels, p.reach), p.lookups)
+            )
         }
     return {CORR_BLOCK: _looked_up(lambda f1, f2: CorrBlock(f1, f2, p.levels, p.reach), p.lookups)}
 
@@ -381,13 +467,17 @@ Index = tuple[slice, ...]
 
 def _reference(p: Problem) -> tuple[Index, torch.Tensor]:
     """The float64 volume of the first batch item (RAFT at 136x240: of its first 8 rows), by the
-    peer loop (local, stereo) or ``CorrBlock`` (RAFT), and the part of our output it is of."""
+    peer loop (local, stereo), ``CorrBlock`` (RAFT) or ``CorrBlock1D`` (RAFT-Stereo, times the
+    weights), and the part of our output it is of."""
     tensors = tuple(t[:1].double() for t in _inputs(p))
     with torch.no_grad():
         if p.kind == "local":
             return (slice(0, 1),), shifted_loop(tensors[0], tensors[1], p.reach, p.displacement_stride)
         if p.kind == "stereo":
             return (slice(0, 1),), stereo_loop(tensors[0], tensors[1], p.reach, p.groups)
+        if p.kind == "raft_stereo":
+            left, right, coords, weights = tensors
+            return (slice(0, 1),), CorrBlock1D(left, right, p.levels, p.reach).lookup(coords) * weights
         f1, f2, coords = tensors
         rows = min(8, f1.shape[2]) if p.method == "on_demand" else f1.shape[2]
         block = CorrBlock(f1[:, :, :rows], f2, p.levels, p.reach)
@@ -401,6 +491,9 @@ def _method(p: Problem, grad: bool) -> str:
 
     if p.kind == "raft":
         return volumes_family.select_pyramid(p.shape, p.levels, torch.float32) if p.method == "auto" else p.method
+    if p.kind == "raft_stereo":
+        auto = volumes_family.select_stereo_pyramid(p.shape, p.levels, p.reach, torch.float32)
+        return auto if p.method == "auto" else p.method
     f = torch.empty(p.shape, device="meta")
     if p.kind == "local":
         spec = volumes_spec.check_local_correlation(f, f, p.reach, p.displacement_stride, 1, 1, "mean", "flat")
@@ -485,9 +578,9 @@ def _case(p: Problem, grad: bool, references: dict[Problem, tuple[Index, torch.T
         method = _method(p, grad)
         memory = ", ".join(f"{name} {_mib(peaks[name])}" for name in dict.fromkeys((OURS, *peaks)))
         cell = f"{method} | peak MiB: {memory}"
-        if p.kind == "raft":
+        if p.kind in ("raft", "raft_stereo"):
             B, _, H, W = p.shape
-            volume = 4.0 * B * (H * W) ** 2
+            volume = 4.0 * B * H * W * (H * W if p.kind == "raft" else W)
             ours_peak = peaks.get(OURS)
             if ours_peak is not None:
                 cell += f" (xcorr: {ours_peak / volume:.3f} of the all-pairs volume, {_mib(volume)})"

@@ -1,10 +1,11 @@
-"""Cost volumes and RAFT's correlation pyramid as the planning engine sees them: two families.
+"""Cost volumes and RAFT's correlation pyramids as the planning engine sees them: three families.
 
 :class:`VolumeFamily` plans every cost volume (:func:`xcorr.volumes.correlate`): the options
 its backends' rules allow, their cost terms, the bound call. :class:`PyramidFamily` plans
 :class:`xcorr.CorrPyramid`: whether the all-pairs volumes fit in memory (then building them is the
 model's choice, and measurement may find the lookups on demand faster), and per level whether it
-is correlated whole or window by window.
+is correlated whole or window by window. :class:`StereoPyramidFamily` plans RAFT-Stereo's 1-D
+pyramid, :class:`xcorr.StereoCorrPyramid`, by the same rules.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..planning.cost import CPU_CAPABILITY, Constants, builtin_constants
 from ..planning.engine import ENGINE, Engine
 from ..planning.family import Registry
 from .backends import VOLUME_BACKENDS, VolumeBackend
-from .spec import PyramidSpec, VolumeSpec
+from .spec import PyramidSpec, StereoPyramidSpec, VolumeSpec, level_columns, level_widths
 
 
 class VolumeKey(NamedTuple):
@@ -143,13 +144,38 @@ def pyramid_volume_bytes(shape: tuple[int, ...], num_levels: int, dtype: torch.d
     return B * H * W * sum((H >> level) * (W >> level) for level in range(num_levels)) * itemsize(dtype)
 
 
-class PyramidFamily:
-    """RAFT's correlation pyramid: all pairs while the volumes fit the memory rule (unless a
-    measured winner says on demand), else on demand."""
+class StereoPyramidKey(NamedTuple):
+    """The key of a 1-D (stereo) pyramid problem."""
 
-    name = "pyramid"
-    spec_type = PyramidSpec
-    key_type = PyramidKey
+    shape: tuple[int, ...]
+    num_levels: int
+    radius: int
+    dtype: torch.dtype
+    device_type: str
+    device_index: int | None
+    grad: bool
+
+
+def stereo_pyramid_volume_bytes(shape: tuple[int, ...], num_levels: int, radius: int, dtype: torch.dtype) -> int:
+    """Bytes of the 1-D all-pairs volumes of every level for features of ``shape`` (B, C, H, W):
+    each pixel of ``left`` against every pixel of its row of each level, in one table with its
+    columns of zeros (:func:`~xcorr.volumes.spec.level_columns`)."""
+    B, _, H, W = shape
+    B = B if isinstance(B, int) else 1  # a symbolic batch counts as one item (see pyramid_volume_bytes)
+    return B * H * W * level_columns(level_widths(W, num_levels), radius)[1] * itemsize(dtype)
+
+
+AnyPyramidSpec = PyramidSpec | StereoPyramidSpec
+
+
+class _MemoryRule:
+    """What the families of RAFT's and RAFT-Stereo's pyramids share: all pairs while the volumes
+    fit :data:`PYRAMID_VOLUME_BYTES` (unless a measured winner says on demand), else on demand;
+    no cost model, no constants."""
+
+    name: str
+    spec_type: type
+    key_type: type
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -160,27 +186,35 @@ class PyramidFamily:
     def option_names(self) -> tuple[str, ...]:
         return self.methods()[1:]
 
-    def key(self, spec: PyramidSpec, grad: bool) -> PyramidKey:
-        return PyramidKey(
+    def key(self, spec: AnyPyramidSpec, grad: bool) -> tuple:
+        return self.key_type(
             spec.shape, spec.num_levels, spec.radius, spec.dtype, spec.device.type, spec.device.index, grad
         )
 
-    def options(self, spec: PyramidSpec, grad: bool = False) -> list[str]:
+    def volume_bytes(self, spec: AnyPyramidSpec) -> int:
+        """Bytes of the problem's all-pairs volumes."""
+        raise NotImplementedError
+
+    def pyramid(self) -> type:
+        """The pyramid's class (imported on use: it imports this module)."""
+        raise NotImplementedError
+
+    def options(self, spec: AnyPyramidSpec, grad: bool = False) -> list[str]:
         """The memory rule: the all-pairs volumes only while they fit :data:`PYRAMID_VOLUME_BYTES`
         (first: the model's choice there)."""
-        fits = pyramid_volume_bytes(spec.shape, spec.num_levels, spec.dtype) <= PYRAMID_VOLUME_BYTES
+        fits = self.volume_bytes(spec) <= PYRAMID_VOLUME_BYTES
         return ["all_pairs", "on_demand"] if fits else ["on_demand"]
 
-    def estimate(self, spec: PyramidSpec, grad: bool, constants: Constants) -> dict[str, float]:
+    def estimate(self, spec: AnyPyramidSpec, grad: bool, constants: Constants) -> dict[str, float]:
         return {}  # no cost model: the first allowed option, unless measured
 
-    def runner(self, spec: PyramidSpec, option: str, grad: bool, plain: bool) -> Callable[..., torch.Tensor]:
+    def runner(self, spec: AnyPyramidSpec, option: str, grad: bool, plain: bool) -> Callable[..., torch.Tensor]:
         """``run(f1, f2, coords)``: the pyramid built with ``option`` and looked up
         :data:`PYRAMID_LOOKUPS` times around ``coords`` (the lookups summed)."""
-        from .pyramid import CorrPyramid
+        pyramid_type = self.pyramid()
 
         def run(f1: torch.Tensor, f2: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-            pyramid = CorrPyramid(f1, f2, spec.num_levels, spec.radius, method=option)
+            pyramid = pyramid_type(f1, f2, spec.num_levels, spec.radius, method=option)
             out = pyramid(coords)
             for step in range(1, PYRAMID_LOOKUPS):
                 out = out + pyramid(coords + step / PYRAMID_LOOKUPS)
@@ -188,7 +222,7 @@ class PyramidFamily:
 
         return run
 
-    def random_inputs(self, spec: PyramidSpec) -> tuple[torch.Tensor, ...]:
+    def random_inputs(self, spec: AnyPyramidSpec) -> tuple[torch.Tensor, ...]:
         gen = torch.Generator(device=spec.device).manual_seed(0)
         B, _, H, W = spec.shape
         f1 = torch.randn(spec.shape, generator=gen, device=spec.device, dtype=spec.dtype)
@@ -204,6 +238,23 @@ class PyramidFamily:
     def constant_names(self) -> list[str]:
         return []
 
+
+class PyramidFamily(_MemoryRule):
+    """RAFT's correlation pyramid: all pairs while the volumes fit the memory rule (unless a
+    measured winner says on demand), else on demand."""
+
+    name = "pyramid"
+    spec_type = PyramidSpec
+    key_type = PyramidKey
+
+    def volume_bytes(self, spec: AnyPyramidSpec) -> int:
+        return pyramid_volume_bytes(spec.shape, spec.num_levels, spec.dtype)
+
+    def pyramid(self) -> type:
+        from .pyramid import CorrPyramid
+
+        return CorrPyramid
+
     def level_dense(self, level_pixels: int, radius: int) -> bool:
         """Whether a level of ``level_pixels`` pixels is correlated whole rather than window by
         window (see :data:`PYRAMID_DENSE_PIXELS_PER_TAP`); a window reads ``(2r + 2)**2`` pixels."""
@@ -215,11 +266,30 @@ class PyramidFamily:
         return pixels * level_pixels * itemsize <= PYRAMID_GRADIENT_BYTES
 
 
+class StereoPyramidFamily(_MemoryRule):
+    """RAFT-Stereo's 1-D pyramid: all pairs while its volumes (each row against its row, every
+    level) fit the memory rule (unless a measured winner says on demand), else on demand."""
+
+    name = "stereo_pyramid"
+    spec_type = StereoPyramidSpec
+    key_type = StereoPyramidKey
+
+    def volume_bytes(self, spec: AnyPyramidSpec) -> int:
+        return stereo_pyramid_volume_bytes(spec.shape, spec.num_levels, spec.radius, spec.dtype)
+
+    def pyramid(self) -> type:
+        from .stereo_pyramid import StereoCorrPyramid
+
+        return StereoCorrPyramid
+
+
 #: The families of this process, with the registry of :mod:`xcorr.volumes.backends`.
 VOLUMES = VolumeFamily(ENGINE, VOLUME_BACKENDS)
 PYRAMIDS = PyramidFamily(ENGINE)
+STEREO_PYRAMIDS = StereoPyramidFamily(ENGINE)
 ENGINE.register(VOLUMES)
 ENGINE.register(PYRAMIDS)
+ENGINE.register(STEREO_PYRAMIDS)
 
 
 def select_volume(spec: VolumeSpec, grad: bool = False) -> str:
@@ -255,3 +325,18 @@ def pyramid_level_dense(level_pixels: int, radius: int) -> bool:
 def pyramid_gradient_dense(pixels: int, level_pixels: int, itemsize: int) -> bool:
     """See :meth:`PyramidFamily.gradient_dense`."""
     return PYRAMIDS.gradient_dense(pixels, level_pixels, itemsize)
+
+
+def select_stereo_pyramid(shape: tuple[int, ...], num_levels: int, radius: int, dtype: torch.dtype) -> str:
+    """The method of ``StereoCorrPyramid(..., method="auto")``: ``"all_pairs"`` while the 1-D
+    volumes fit :data:`PYRAMID_VOLUME_BYTES` (unless a measured winner says otherwise),
+    ``"on_demand"`` beyond.
+
+    Example:
+        >>> from xcorr.volumes.family import select_stereo_pyramid
+        >>> select_stereo_pyramid((2, 256, 80, 184), 4, 4, torch.float32)  # RAFT-Stereo, 320x736 at 1/4
+        'all_pairs'
+        >>> select_stereo_pyramid((1, 256, 496, 718), 4, 4, torch.float32)  # 1984x2872 at 1/4
+        'on_demand'
+    """
+    return ENGINE.decide(StereoPyramidSpec(tuple(shape), num_levels, radius, dtype, torch.device("cpu")))

@@ -126,6 +126,54 @@ class PyramidSpec:
         return (B, self.num_levels * (2 * self.radius + 1) ** 2, H, W)
 
 
+@dataclass(frozen=True)
+class StereoPyramidSpec:
+    """A validated 1-D (stereo) correlation pyramid: features of ``shape`` (B, C, H, W), its
+    levels and radius."""
+
+    shape: tuple[int, ...]
+    num_levels: int
+    radius: int
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def batch(self) -> int:
+        return self.shape[0]
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Each level's width: ``W`` halved, rounding down, once per level (``W // 2**l``)."""
+        return level_widths(self.shape[-1], self.num_levels)
+
+    @property
+    def row(self) -> int:
+        """The width of a row of its tables, every level side by side (see :func:`level_columns`)."""
+        return level_columns(self.widths, self.radius)[1]
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """The shape of one lookup's output."""
+        B, _, H, W = self.shape
+        return (B, self.num_levels * (2 * self.radius + 1), H, W)
+
+
+def level_widths(width: int, num_levels: int) -> tuple[int, ...]:
+    """The widths of a 1-D pyramid's levels: ``width // 2**l`` (``F.avg_pool2d`` with a kernel and
+    stride of 1x2 halves a width rounding down, and halving twice is dividing by 4)."""
+    return tuple(width >> level for level in range(num_levels))
+
+
+def level_columns(widths: tuple[int, ...], radius: int) -> tuple[tuple[int, ...], int]:
+    """Where a 1-D pyramid's levels lie in a row of its tables (its volumes, its pooled features):
+    each level's first column, and the row's width. Before, between and after the levels lie
+    ``2r + 2`` columns of zeros, so that a lookup's ``2r + 2`` taps in a level, consecutive
+    columns, stay in the row wherever they fall and read zeros outside the level."""
+    pad = 2 * radius + 2
+    starts = tuple(pad + sum(widths[:level]) + level * pad for level in range(len(widths)))
+    return starts, starts[-1] + widths[-1] + pad
+
+
 NORMALIZE = ("none", "mean", "sqrt")
 
 
@@ -255,6 +303,42 @@ def check_corr_coords(coords: Any, shape: tuple[int, ...], device: torch.device)
         raise ValueError(
             f"coords must have shape (B, 2, H, W) = {(B, 2, H, W)}: an (x, y) position in f2 for every pixel "
             f"of f1; got {tuple(coords.shape)}"
+        )
+    if coords.device != device:
+        raise ValueError(f"coords must be on the features' device {device}, got {coords.device}")
+    return coords
+
+
+def check_stereo_corr_pyramid(left: Any, right: Any, num_levels: Any, radius: Any, method: Any) -> str:
+    """Validate the arguments of :class:`xcorr.StereoCorrPyramid`; return the method.
+
+    ``left`` and ``right`` are (B, C, H, W) of one shape, dtype and device with at least one
+    channel; every level halves (rounding down) the width of the one before, and the coarsest,
+    ``2**(num_levels - 1)`` times narrower, must keep a pixel. The height is never pooled.
+    """
+    _, _, _, W = check_feature_pair(left, right, ("left", "right"))
+    check_positive_int(num_levels, "num_levels")
+    check_positive_int(radius, "radius")
+    method = check_choice(method, "method", PYRAMID_METHODS)
+    smallest = 2 ** (num_levels - 1)
+    if W < smallest:
+        raise ValueError(
+            f"num_levels={num_levels} needs left and right at least {smallest} pixels wide (each level halves the "
+            f"width of the one before and the coarsest must keep a pixel); got shape {tuple(left.shape)}"
+        )
+    return method
+
+
+def check_stereo_coords(coords: Any, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """``coords`` (B, 2, H, W) or (B, 1, H, W) for features of ``shape`` (B, C, H, W),
+    floating-point, on ``device``."""
+    check_tensor(coords, "coords", "B 2 H W")
+    B, _, H, W = shape
+    if tuple(coords.shape) not in ((B, 2, H, W), (B, 1, H, W)):
+        raise ValueError(
+            f"coords must have shape (B, 2, H, W) = {(B, 2, H, W)} (RAFT-Stereo's coords1: channel 0 is an x "
+            f"position in right for every pixel of left, channel 1 is not read) or (B, 1, H, W) = {(B, 1, H, W)}; "
+            f"got {tuple(coords.shape)}"
         )
     if coords.device != device:
         raise ValueError(f"coords must be on the features' device {device}, got {coords.device}")
