@@ -16,8 +16,9 @@ Cases, forward and forward+backward (inputs standard normal, float32):
 
 Peers, side by side in the same process:
 
-* ``spatial-correlation-sampler`` where it can be imported (it is a compiled extension: its PyPI
-  sdist needs ``CUDA_HOME``, and its CPU build includes a CUDA header unconditionally);
+* ``spatial-correlation-sampler``, for FlowNetC and PWC-Net, where it can be imported (a compiled
+  extension whose PyPI sdist builds with CUDA only; ``make sampler`` builds its CPU version into
+  the virtual environment with ``tools/build_sampler.py``);
 * the shifted-product loop users write (one product of ``f1`` with a shifted ``f2`` per
   displacement, channel mean; for stereo, GwcNet's ``build_gwc_volume`` loop);
 * the ``F.unfold`` formulation (every displaced patch of ``f2`` materialised, then one product);
@@ -53,8 +54,8 @@ PEERS: tuple[str, ...] = ()
 SAMPLER, LOOP, UNFOLD, CORR_BLOCK = "spatial-correlation-sampler", "shifted loop", "unfold", "CorrBlock"
 SAMPLER_MODULE = "spatial_correlation_sampler"
 SAMPLER_UNAVAILABLE = (
-    f"{SAMPLER} is unavailable: the module {SAMPLER_MODULE} cannot be imported (its PyPI sdist needs "
-    "CUDA_HOME and its CPU build includes a CUDA header unconditionally; it is not a dependency of xcorr)"
+    f"{SAMPLER} is unavailable: the module {SAMPLER_MODULE} cannot be imported (a compiled extension, "
+    "not a dependency of xcorr; `make sampler` builds its CPU version into the virtual environment)"
 )
 
 #: Share of the memory available when a case starts that a peer may be estimated to need.
