@@ -428,12 +428,18 @@ def _step(fn: Callable[..., torch.Tensor], tensors: tuple[torch.Tensor, ...], gr
     return both
 
 
-def _measured_first(call: Callable[[], Any], name: str, peaks: dict[str, int | None]) -> Callable[[], Any]:
-    """``call``, its peak memory measured on its first run (the runner's warm-up)."""
+def _measured_first(
+    call: Callable[[], Any], name: str, peaks: dict[str, int | None], tensors: tuple[torch.Tensor, ...]
+) -> Callable[[], Any]:
+    """``call``, its peak memory measured on its first run (the runner's warm-up). The gradients
+    an earlier contender left on ``tensors`` are freed first: freed inside the measured call, they
+    would lower its peak by their size."""
 
     def run() -> Any:
         if name in peaks:
             return call()
+        for t in tensors:
+            t.grad = None
         peaks[name] = peak_bytes(call, _device())
         return None
 
@@ -471,7 +477,7 @@ def _case(p: Problem, grad: bool, references: dict[Problem, tuple[Index, torch.T
             if need > budget:
                 left_out[name] = need
             else:
-                contenders[name] = _measured_first(_step(fn, tensors, grad), name, peaks)
+                contenders[name] = _measured_first(_step(fn, tensors, grad), name, peaks, tensors)
         return contenders
 
     def info() -> dict[str, Any]:
