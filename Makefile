@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv install install-dev demo lint docs test bench clean
+.PHONY: venv install install-dev demo lint docs test bench sampler clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ demo: venv
 	$(PY) -m xcorr demo
 
 # Lint and formatting rules and the type checker's settings live in pyproject.toml.
-LINT_PATHS := src tests examples conftest.py docs/conf.py
+LINT_PATHS := src tests examples tools conftest.py docs/conf.py
 
 lint: install-dev
 	$(PY) -m ruff check $(LINT_PATHS)
@@ -44,6 +44,11 @@ test: lint docs
 bench: venv
 	$(PY) -m pip install --quiet -e ".[bench]"
 	$(PY) -m xcorr bench
+
+# Optional: spatial-correlation-sampler's CPU extension, the compiled peer of the flow suite and of
+# tests/test_compat.py, which then use it (nothing else needs it). Needs a C++ compiler and PyPI.
+sampler: venv
+	$(PY) tools/build_sampler.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache docs/_build

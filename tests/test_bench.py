@@ -1,5 +1,6 @@
 """The benchmark runner on a tiny fake suite (speed itself is never asserted)."""
 
+import importlib.util
 import json
 import sys
 import types
@@ -143,17 +144,21 @@ def test_flow_suite_runs_at_tiny_sizes(monkeypatch, capsys):
         "RAFT-Stereo B2, 32 lookups fwd",
     } <= set(names)
     assert "RAFT 55x128 B1, 32 lookups fwd+bwd" not in names and "RAFT-Stereo B2, 32 lookups fwd+bwd" not in names
+    sampler = {flow.SAMPLER} if flow.sampler_available() else set()
     for r in results:
         if r.case.startswith("RAFT-Stereo"):
             peers = {flow.CORR_BLOCK_1D}
+        elif r.case.startswith("RAFT"):
+            peers = {flow.CORR_BLOCK}
         else:
-            peers = {flow.CORR_BLOCK} if r.case.startswith("RAFT") else {flow.LOOP, flow.UNFOLD}
+            local = r.case.startswith(("FlowNetC", "PWC-Net"))
+            peers = {flow.LOOP, flow.UNFOLD} | (sampler if local else set())
         assert set(r.times) >= {OURS, *peers} and r.ratio is not None and r.target is not None
         assert r.info["error"] <= 2e-6, r.case
         assert set(r.info["peak_bytes"]) == set(r.times) and all(v is not None for v in r.info["peak_bytes"].values())
     assert "peak MiB: xcorr" in out and "shifted loop" in out and "CorrBlock" in out
     if not flow.sampler_available():
-        assert "spatial-correlation-sampler is unavailable" in out and "CUDA_HOME" in out
+        assert "spatial-correlation-sampler is unavailable" in out and "make sampler" in out
 
 
 def test_flow_peers_over_the_memory_budget_are_left_out(monkeypatch):
@@ -163,8 +168,28 @@ def test_flow_peers_over_the_memory_budget_are_left_out(monkeypatch):
     case = flow.cases(tiny=True)[1]  # FlowNetC fwd+bwd
     result = runner.time_case(case, repeats=1)
     assert set(result.times) == {OURS} and result.ratio is None
-    assert set(result.info["left_out_bytes"]) == {flow.LOOP, flow.UNFOLD}
+    sampler = {flow.SAMPLER} if flow.sampler_available() else set()
+    assert set(result.info["left_out_bytes"]) == {flow.LOOP, flow.UNFOLD} | sampler
     assert "left out, over the memory budget: shifted loop" in result.info["method"]
+
+
+def test_flow_peak_memory_of_a_peer_is_that_of_its_call_alone():
+    from xcorr.benchmarks import flow
+
+    case = flow.cases(tiny=True)[1]  # FlowNetC fwd+bwd
+    assert case.name == "FlowNetC B8 fwd+bwd"
+    peaks = runner.time_case(case, repeats=1).info["peak_bytes"]
+    p = flow.PROBLEMS[0].tiny()
+    f1, f2 = (torch.randn(p.shape).requires_grad_() for _ in range(2))
+    peers = [(flow.LOOP, flow.shifted_loop), (flow.UNFOLD, flow.unfold_local)]
+    peers += [(flow.SAMPLER, flow.sampler_local)] if flow.sampler_available() else []
+    for name, peer in peers:
+        f1.grad = f2.grad = None
+        alone = flow.peak_bytes(
+            lambda peer=peer: peer(f1, f2, p.reach, p.displacement_stride).sum().backward(), torch.device("cpu")
+        )
+        # The gradients ours left on the shared inputs are not freed inside the peer's measured call.
+        assert peaks[name] == alone and alone >= 2 * f1.numel() * 4, name
 
 
 def test_flow_peer_formulations_are_correct():
@@ -196,6 +221,27 @@ def test_flow_peer_formulations_are_correct():
     run = flow._weighted(flow._looked_up(lambda a, b: xcorr.StereoCorrPyramid(a, b, 2, 2), 2))
     pyramid = xcorr.StereoCorrPyramid(f1, f2, 2, 2)
     torch.testing.assert_close(run(f1, f2, coords, weights), (pyramid(coords) + pyramid(coords + 0.5)) * weights)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("spatial_correlation_sampler") is None,
+    reason="spatial_correlation_sampler is not installed (`make sampler` builds its CPU extension)",
+)
+def test_flow_sampler_peer_is_correct():
+    import xcorr
+    from xcorr.benchmarks import flow
+
+    gen = torch.Generator().manual_seed(0)
+    f1, f2 = (t.requires_grad_() for t in torch.randn(2, 2, 4, 7, 9, generator=gen, dtype=torch.float64))
+    for md, ds in ((3, 1), (4, 2), (3, 2)):
+        ours = xcorr.local_correlation(f1, f2, md, displacement_stride=ds, normalize="mean")
+        theirs = flow.sampler_local(f1, f2, md, ds)
+        torch.testing.assert_close(theirs, ours)
+        weight = torch.randn(ours.shape, generator=gen, dtype=torch.float64)
+        for a, b in zip(
+            torch.autograd.grad((theirs * weight).sum(), (f1, f2)), torch.autograd.grad((ours * weight).sum(), (f1, f2))
+        ):
+            torch.testing.assert_close(a, b)
 
 
 def test_a_case_runs_at_its_threads_for_torch_and_opencv_then_restores_them():

@@ -25,14 +25,19 @@ def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
+def sampler_positions(size, kernel_size, stride, padding, dilation):
+    """The package's output size on one axis: C++ integer division, which rounds toward zero."""
+    return math.trunc((size + 2 * padding - ((kernel_size - 1) * dilation + 1)) / stride) + 1
+
+
 def sampler_reference(in1, in2, kernel_size=1, patch_size=1, stride=1, padding=0, dilation=1, dilation_patch=1):
     """spatial-correlation-sampler's CPU forward in float64, one output and one tap at a time."""
     (kH, kW), (pH, pW), (dH, dW) = _pair(kernel_size), _pair(patch_size), _pair(stride)
     (padH, padW), (dilH, dilW), (dpH, dpW) = _pair(padding), _pair(dilation), _pair(dilation_patch)
     in1, in2 = in1.double(), in2.double()
     B, C, iH, iW = in1.shape
-    oH = (iH + 2 * padH - ((kH - 1) * dilH + 1)) // dH + 1
-    oW = (iW + 2 * padW - ((kW - 1) * dilW + 1)) // dW + 1
+    oH = sampler_positions(iH, kH, dH, padH, dilH)
+    oW = sampler_positions(iW, kW, dW, padW, dilW)
     out = torch.zeros(B, pH, pW, oH, oW, dtype=torch.float64)
     for ph in range(pH):
         for pw in range(pW):
@@ -91,7 +96,8 @@ def features(B, C, H, W, dtype=torch.float64, seed=0):
 
 
 # (B, C, H, W, kernel_size, patch_size, stride, padding, dilation, dilation_patch): odd sizes,
-# even and rectangular patches, kernels larger than one tap, dilations, strides, padding.
+# even and rectangular patches, kernels larger than one tap, dilations, strides, padding, and
+# kernels overhanging the padded input by less than a stride (one row) and by a stride (no rows).
 SAMPLER_GEOMETRIES = [
     (1, 3, 7, 9, 1, 5, 1, 0, 1, 1),
     (3, 2, 8, 7, 1, 4, 1, 0, 1, 1),
@@ -102,6 +108,8 @@ SAMPLER_GEOMETRIES = [
     (2, 2, 12, 9, (2, 3), (5, 2), (2, 3), (1, 2), (1, 2), (1, 3)),
     (5, 1, 6, 6, 1, 7, 3, 0, 1, 2),
     (1, 5, 5, 8, 4, 2, 1, 3, 1, 1),
+    (2, 2, 6, 11, 4, 3, 2, 0, 2, 1),
+    (2, 3, 5, 9, 4, 3, 2, 0, 2, (1, 2)),
 ]
 
 
@@ -223,12 +231,27 @@ def test_sampler_module():
 )
 @settings(max_examples=30, deadline=None)
 def test_sampler_any_geometry(B, C, H, W, kernel, patch, stride, padding, dilation, dilation_patch):
-    span = dilation * (kernel - 1) + 1
-    if span > min(H, W) + 2 * padding:
-        return  # rejected, as test_bad_inputs checks
     in1, in2 = features(B, C, H, W)
     args = (kernel, patch, stride, padding, dilation, dilation_patch)
+    if min(sampler_positions(n, kernel, stride, padding, dilation) for n in (H, W)) < 0:
+        # Where the package fails to allocate its output.
+        with pytest.raises(ValueError, match=r"the kernel must overhang the padded input by less than two strides"):
+            spatial_correlation_sample(in1, in2, *args)
+        return
     assert_close_rel(spatial_correlation_sample(in1, in2, *args), sampler_reference(in1, in2, *args))
+
+
+def test_kernel_overhanging_the_padded_input():
+    # 6 rows, kernel 4 with dilation 2 (span 7), stride 2: (6 - 7) / 2 rounds to 0, one row whose
+    # window's last tap reads a zero below the input; 5 rows: (5 - 7) / 2 = -1, no rows.
+    in1, in2 = (t.requires_grad_() for t in features(2, 3, 6, 9))
+    out = spatial_correlation_sample(in1, in2, 4, 3, 2, 0, 2, 1)
+    assert out.shape == (2, 3, 3, 1, 2)
+    assert_close_rel(out, sampler_reference(in1, in2, 4, 3, 2, 0, 2, 1))
+    empty = spatial_correlation_sample(in1[:, :, :5], in2[:, :, :5], 4, 3, 2, 0, 2, 1)
+    assert empty.shape == (2, 3, 3, 0, 2)
+    empty.sum().backward()
+    assert torch.equal(in1.grad, torch.zeros_like(in1)) and torch.equal(in2.grad, torch.zeros_like(in2))
 
 
 # (B, C, H, W, pad_size, kernel_size, max_displacement, stride1, stride2): FlowNetC's and
@@ -300,8 +323,8 @@ def test_flownet2_module_settings():
 
 @pytest.mark.skipif(
     importlib.util.find_spec("spatial_correlation_sampler") is None,
-    reason="spatial_correlation_sampler is not installed (its PyPI sdist needs CUDA_HOME and its CPU build "
-    "includes a CUDA header unconditionally); the float64 loop of its CPU code stands in for it",
+    reason="spatial_correlation_sampler is not installed (`make sampler` builds its CPU extension); "
+    "the float64 loop of its CPU code stands in for it",
 )
 @pytest.mark.parametrize("geometry", SAMPLER_GEOMETRIES)
 def test_sampler_matches_the_package(geometry):
@@ -333,7 +356,7 @@ BAD_INPUTS = [
     (lambda: spatial_correlation_sample(F1, F2, padding=-1), ValueError, r"padding must be non-negative, got -1"),
     (lambda: spatial_correlation_sample(F1, F2, dilation_patch=1.5), TypeError, r"dilation_patch must be an int or a pair of ints, got 1\.5"),
     (lambda: spatial_correlation_sample(F1, F2, dilation=(1, 2, 3)), TypeError, r"dilation must be an int or a pair"),
-    (lambda: spatial_correlation_sample(F1, F2, kernel_size=5, dilation=2), ValueError, r"kernel must fit in the padded input: kernel_size \(5, 5\) with dilation \(2, 2\) spans 9x9, but input1 \(2, 3, 8, 8\) with padding \(0, 0\) is 8x8"),
+    (lambda: spatial_correlation_sample(F1, F2, kernel_size=5, dilation=(2, 3)), ValueError, r"kernel must overhang the padded input by less than two strides .*: kernel_size \(5, 5\) with dilation \(2, 3\) spans 9x13, input1 \(2, 3, 8, 8\) with padding \(0, 0\) is 8x8, stride \(1, 1\): 0x-4 positions"),
     (lambda: spatial_correlation_sample(F1[:, :0], F2[:, :0]), ValueError, r"^input1 and input2 must have at least one channel, got shape \(2, 0, 8, 8\)$"),
     (lambda: Correlation(4, 1, 4, 1, 1)(F1[:, :0], F2[:, :0]), ValueError, r"^input1 and input2 must have at least one channel, got shape \(2, 0, 8, 8\)$"),
     (lambda: SpatialCorrelationSampler(patch_size=-3), ValueError, r"patch_size must be at least 1, got -3"),

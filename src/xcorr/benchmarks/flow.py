@@ -21,8 +21,9 @@ Cases, forward and forward+backward (inputs standard normal, float32):
 
 Peers, side by side in the same process:
 
-* ``spatial-correlation-sampler`` where it can be imported (it is a compiled extension: its PyPI
-  sdist needs ``CUDA_HOME``, and its CPU build includes a CUDA header unconditionally);
+* ``spatial-correlation-sampler``, for FlowNetC and PWC-Net, where it can be imported (a compiled
+  extension whose PyPI sdist builds with CUDA only; ``make sampler`` builds its CPU version into
+  the virtual environment with ``tools/build_sampler.py``);
 * the shifted-product loop users write (one product of ``f1`` with a shifted ``f2`` per
   displacement, channel mean; for stereo, GwcNet's ``build_gwc_volume`` loop);
 * the ``F.unfold`` formulation (every displaced patch of ``f2`` materialised, then one product);
@@ -60,8 +61,8 @@ SAMPLER, LOOP, UNFOLD, CORR_BLOCK = "spatial-correlation-sampler", "shifted loop
 CORR_BLOCK_1D = "CorrBlock1D"
 SAMPLER_MODULE = "spatial_correlation_sampler"
 SAMPLER_UNAVAILABLE = (
-    f"{SAMPLER} is unavailable: the module {SAMPLER_MODULE} cannot be imported (its PyPI sdist needs "
-    "CUDA_HOME and its CPU build includes a CUDA header unconditionally; it is not a dependency of xcorr)"
+    f"{SAMPLER} is unavailable: the module {SAMPLER_MODULE} cannot be imported (a compiled extension, "
+    "not a dependency of xcorr; `make sampler` builds its CPU version into the virtual environment)"
 )
 
 #: Share of the memory available when a case starts that a peer may be estimated to need.
@@ -520,12 +521,18 @@ def _step(fn: Callable[..., torch.Tensor], tensors: tuple[torch.Tensor, ...], gr
     return both
 
 
-def _measured_first(call: Callable[[], Any], name: str, peaks: dict[str, int | None]) -> Callable[[], Any]:
-    """``call``, its peak memory measured on its first run (the runner's warm-up)."""
+def _measured_first(
+    call: Callable[[], Any], name: str, peaks: dict[str, int | None], tensors: tuple[torch.Tensor, ...]
+) -> Callable[[], Any]:
+    """``call``, its peak memory measured on its first run (the runner's warm-up). The gradients
+    an earlier contender left on ``tensors`` are freed first: freed inside the measured call, they
+    would lower its peak by their size."""
 
     def run() -> Any:
         if name in peaks:
             return call()
+        for t in tensors:
+            t.grad = None
         peaks[name] = peak_bytes(call, _device())
         return None
 
@@ -563,7 +570,7 @@ def _case(p: Problem, grad: bool, references: dict[Problem, tuple[Index, torch.T
             if need > budget:
                 left_out[name] = need
             else:
-                contenders[name] = _measured_first(_step(fn, tensors, grad), name, peaks)
+                contenders[name] = _measured_first(_step(fn, tensors, grad), name, peaks, tensors)
         return contenders
 
     def info() -> dict[str, Any]:

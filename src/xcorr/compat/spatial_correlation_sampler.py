@@ -9,8 +9,11 @@ the same output::
 
 with ``Y = y*stride - padding`` (the kernel is anchored at its top-left tap, not its centre),
 ``sy_p = (p - (patch_size - 1) // 2) * dilation_patch``, zeros outside the inputs, no
-normalisation, and an output of ``(H + 2*padding - dilation*(kernel_size-1) - 1) // stride + 1``
-rows.
+normalisation, and an output of ``(H + 2*padding - dilation*(kernel_size-1) - 1) / stride + 1``
+rows, the division rounded toward zero as the package's C++ divides: a kernel that overhangs the
+padded input by less than a stride still gives one row (its taps outside read zeros), one that
+overhangs it by less than two strides none, and a larger one is rejected (the package fails to
+allocate its output).
 
 Where the package's own two paths disagree we follow its CPU code: for an even patch size with
 ``dilation_patch > 1`` its CUDA kernel centres the offsets at ``dilation_patch*(patch_size-1)//2``
@@ -19,7 +22,9 @@ offsets of every other case (odd patch sizes, or ``dilation_patch == 1``, where 
 
 Unlike the package: float16 and bfloat16 are accumulated in float32 (its CUDA kernel sums in
 the inputs' dtype), the CPU takes every floating-point dtype (its CPU code float32 and float64
-only), there is nothing to compile, and ``torch.onnx.export`` and ``torch.compile`` work.
+only: another dtype aborts the process), inputs of two shapes or without channels, rows or
+columns raise a ``ValueError`` (the package reads past the smaller input, or returns zeros),
+there is nothing to compile, and ``torch.onnx.export`` and ``torch.compile`` work.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from .._checks import (
     check_feature_pair,
     check_pair,
 )
+from .._compute import empty_result
 from ..volumes.api import bound
 from ..volumes.spec import VolumeSpec
 
@@ -55,21 +61,30 @@ def check_sampler_settings(
     )
 
 
+def _positions(room: int, stride: int) -> int:
+    """Output positions on an axis with ``room`` = padded size - kernel span: ``room / stride + 1``
+    with the division rounded toward zero, as the package's C++ divides (one position while the
+    kernel overhangs the padded input by less than a stride, none by less than two, then negative)."""
+    return (room // stride if room >= 0 else -(-room // stride)) + 1
+
+
 def check_spatial_correlation_sample(input1: Any, input2: Any, settings: SamplerSettings) -> VolumeSpec:
     """Validate the inputs of ``spatial_correlation_sample``; return its problem.
 
-    The package's output size, ``(H + 2*padding - dilated kernel) // stride + 1``, and the
-    patch offsets of its CPU code, ``(p - (patch_size - 1) // 2) * dilation_patch`` for ``p <
-    patch_size``.
+    The package's output size, ``(H + 2*padding - dilated kernel) / stride + 1`` with the
+    division rounded toward zero, and the patch offsets of its CPU code, ``(p - (patch_size -
+    1) // 2) * dilation_patch`` for ``p < patch_size``.
     """
     B, C, H, W = check_feature_pair(input1, input2, ("input1", "input2"))
     (kh, kw), (ph, pw), (sh, sw), (padh, padw), (dh, dw), (dph, dpw) = settings
     span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    if span_h > H + 2 * padh or span_w > W + 2 * padw:
+    out_size = (_positions(H + 2 * padh - span_h, sh), _positions(W + 2 * padw - span_w, sw))
+    if min(out_size) < 0:
         raise ValueError(
-            f"the kernel must fit in the padded input: kernel_size {(kh, kw)} with dilation {(dh, dw)} spans "
-            f"{span_h}x{span_w}, but input1 {(B, C, H, W)} with padding {(padh, padw)} is "
-            f"{H + 2 * padh}x{W + 2 * padw}"
+            f"the kernel must overhang the padded input by less than two strides (the output has "
+            f"(H + 2*padding - span) / stride + 1 positions, rounded toward zero, on each axis): kernel_size "
+            f"{(kh, kw)} with dilation {(dh, dw)} spans {span_h}x{span_w}, input1 {(B, C, H, W)} with padding "
+            f"{(padh, padw)} is {H + 2 * padh}x{W + 2 * padw}, stride {(sh, sw)}: {out_size[0]}x{out_size[1]} positions"
         )
     return VolumeSpec(
         shape=(B, C, H, W),
@@ -78,7 +93,7 @@ def check_spatial_correlation_sample(input1: Any, input2: Any, settings: Sampler
         kernel_dilation=(dh, dw),
         origin=(-padh, -padw),
         stride=(sh, sw),
-        out_size=((H + 2 * padh - span_h) // sh + 1, (W + 2 * padw - span_w) // sw + 1),
+        out_size=out_size,
         dy=(-((ph - 1) // 2) * dph, dph, ph),
         dx=(-((pw - 1) // 2) * dpw, dpw, pw),
         scale=1.0,
@@ -121,8 +136,8 @@ def spatial_correlation_sample(
 
     Returns:
         Tensor[B, PH, PW, oH, oW] of ``input1``'s dtype (sums, not averages), with
-        ``oH = (H + 2*padding - dilation*(kernel_size - 1) - 1) // stride + 1``;
-        differentiable in both inputs.
+        ``oH = (H + 2*padding - dilation*(kernel_size - 1) - 1) / stride + 1``, the division
+        rounded toward zero (see the module's notes); differentiable in both inputs.
 
     Example:
         >>> from xcorr.compat.spatial_correlation_sampler import spatial_correlation_sample
@@ -144,7 +159,10 @@ def spatial_correlation_sample(
         lambda: check_spatial_correlation_sample(input1, input2, check_sampler_settings(*given)),
     )
     spec = run.spec
-    return run(input1, input2).reshape(spec.batch, spec.dy[2], spec.dx[2], *spec.out_size)
+    shape = (spec.batch, spec.dy[2], spec.dx[2], *spec.out_size)
+    if 0 in spec.out_size:  # a kernel overhanging the padded input by a stride or more: no positions
+        return empty_result(shape, input1, input2)
+    return run(input1, input2).reshape(shape)
 
 
 class SpatialCorrelationSampler(nn.Module):
