@@ -285,8 +285,13 @@ class _Gradient:
         volume of ``shape``."""
         if self.buffer is None:
             self.buffer = SPARES.take(tuple(shape), grads.dtype, grads.device).zero_()
-        index = first.unsqueeze(-1) + torch.arange(grads.shape[-1], device=first.device)
-        self.buffer.view(-1).scatter_add_(0, index.view(-1), grads.reshape(-1))
+        # Each pixel's windows lie in its own row of the volume: a scatter along the rows runs
+        # on every core, where one over the flat volume ran on one (2.2 times the time, 2 cores).
+        row = shape[-1]
+        pixels = self.buffer.numel() // row
+        columns = first.view(pixels, -1) - torch.arange(0, pixels * row, row, device=first.device).unsqueeze(-1)
+        index = (columns.unsqueeze(-1) + torch.arange(grads.shape[-1], device=first.device)).view(pixels, -1)
+        self.buffer.view(pixels, row).scatter_add_(1, index, grads.reshape(pixels, -1))
 
     def take(self) -> torch.Tensor | None:
         buffer, self.buffer = self.buffer, None
