@@ -127,19 +127,9 @@ class PyramidSpec:
 
 
 @dataclass(frozen=True)
-class StereoPyramidSpec:
+class StereoPyramidSpec(PyramidSpec):
     """A validated 1-D (stereo) correlation pyramid: features of ``shape`` (B, C, H, W), its
-    levels and radius."""
-
-    shape: tuple[int, ...]
-    num_levels: int
-    radius: int
-    dtype: torch.dtype
-    device: torch.device
-
-    @property
-    def batch(self) -> int:
-        return self.shape[0]
+    levels and radius. (The planning engine finds a spec's family by its exact type.)"""
 
     @property
     def widths(self) -> tuple[int, ...]:
