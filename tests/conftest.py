@@ -2,6 +2,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # The test modules import their shared helpers (helpers.py, reference.py) by name.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -25,3 +26,12 @@ def fresh_planner():
     xcorr.set_autotune(None)
     ENGINE.reset_constants()
     xcorr.clear_cache()
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Dynamo's caches emptied before and after the test (compiled graphs of earlier tests would
+    otherwise be reused or counted against the recompilation limit)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

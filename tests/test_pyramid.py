@@ -389,13 +389,6 @@ def test_onnx_export_with_dynamic_batch(method, dynamo):
         assert_close_rel(torch.from_numpy(got), corr_pyramid_reference(f1, f2, coords, 2, 2), tol=1e-5)
 
 
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_compiles_without_graph_break_forward_and_backward(method, fresh_dynamo):
     def f(a, b, c):

@@ -320,13 +320,6 @@ def test_pyramids_of_one_signature_are_validated_and_planned_once(monkeypatch):
     assert checks == [(2, 2, "auto")]
 
 
-@pytest.fixture
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_compiles_without_graph_break_forward_and_backward(method, fresh_dynamo):
     def f(a, b, c):
