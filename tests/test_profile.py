@@ -220,6 +220,17 @@ def test_volume_and_pyramid_winners_round_trip(tmp_path, monkeypatch):
     assert xcorr.CorrPyramid(f1, f2, 2, 1).method == pyramid.method
 
 
+def test_a_pyramid_key_without_a_field_added_since_reads_with_its_default():
+    key = PyramidKey((1, 4, 12, 16), 2, 1, torch.float32, "cpu", None, False)
+    written = _profile.key_to_json(PYRAMIDS.name, key)
+    assert written.pop("once") is False
+    assert _profile.key_from_json(written, {PYRAMIDS.name: PyramidKey}) == key
+    with pytest.raises(TypeError, match="fields"):
+        _profile.key_from_json({**written, "other": 1}, {PYRAMIDS.name: PyramidKey})
+    with pytest.raises(TypeError, match="fields"):
+        _profile.key_from_json({k: v for k, v in written.items() if k != "radius"}, {PYRAMIDS.name: PyramidKey})
+
+
 def local_spec(f):
     return check_local_correlation(f, f, 2, 1, 1, 1, "none", "flat")
 

@@ -409,7 +409,8 @@ def test_pyramids_of_one_signature_are_validated_and_planned_once(monkeypatch):
     checks = []
     real = xcorr.volumes.pyramid.check_corr_pyramid
     monkeypatch.setattr(xcorr.volumes.pyramid, "check_corr_pyramid", lambda *a: checks.append(a[2:]) or real(*a))
-    out = [xcorr.CorrPyramid(f1, f2, 2, 1)(coords) for _ in range(3)]
+    pyramids = [xcorr.CorrPyramid(f1, f2, 2, 1) for _ in range(3)]
+    out = [p(coords) + p(coords) for p in pyramids]  # looked up twice: planned as the first one
     assert checks == [] and all(torch.equal(o, out[0]) for o in out)
     xcorr.CorrPyramid(f1, f2, 2, 2)  # another radius: validated once
     xcorr.CorrPyramid(f1, f2, 2, 2)
@@ -434,3 +435,31 @@ def test_a_pyramid_builds_in_the_buffers_of_the_last_one_of_its_shape():
     del pyr
     xcorr.clear_cache()
     assert len(SPARES) == 0
+
+
+def test_a_pyramid_after_one_looked_up_once_is_planned_for_one_lookup():
+    """RAFT's use (many lookups) keeps the volumes; a pyramid looked up once makes the next one of
+    its signature correlate on demand, until a pyramid is looked up more than once again. (Not
+    RAFT-Stereo's: there one lookup on demand measured slower than the volumes.)"""
+    build = xcorr.CorrPyramid
+    f1, f2, coords = make(1, 4, 8, 8)
+    xcorr.clear_cache()
+    first = build(f1, f2, 2, 1)
+    assert first.method == "all_pairs"
+    reference = first(coords)
+    once = build(f1, f2, 2, 1)
+    assert once.method == "on_demand"
+    assert_close_rel(once(coords), reference)
+    once(coords)  # now twice
+    assert build(f1, f2, 2, 1).method == "all_pairs"
+    build(f1, f2, 2, 1)(coords)
+    assert build(f1, f2, 2, 1, method="all_pairs").method == "all_pairs"  # another signature
+    xcorr.clear_cache()  # forgets the lookups seen
+    assert build(f1, f2, 2, 1).method == "all_pairs"
+    build(f1, f2, 2, 1)(coords)
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert build(f1, f2, 2, 1).method == "all_pairs"  # nothing seen decides there
+    finally:
+        torch.use_deterministic_algorithms(False)
+    xcorr.clear_cache()

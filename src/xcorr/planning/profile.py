@@ -233,9 +233,11 @@ def key_from_json(k: dict[str, Any], key_types: dict[str, type]) -> Key:
     name -> its key's named-tuple type); raises KeyError or TypeError if it is not one."""
     key_type = key_types[k["family"]]
     fields = key_type._fields  # type: ignore[attr-defined]
-    if set(k) != {"family", *fields}:
+    # A field with a default may be absent (a file written before the field was added).
+    defaults = key_type._field_defaults  # type: ignore[attr-defined]
+    if not {"family", *fields} - set(defaults) <= set(k) <= {"family", *fields}:
         raise TypeError(f"fields {sorted(k)}")
-    key = key_type(**{name: _from_json(k[name], name) for name in fields})
+    key = key_type(**{name: _from_json(k[name], name) for name in fields if name in k})
     if type(key.grad) is not bool or type(key.device_type) is not str:
         raise TypeError(k)
     return key

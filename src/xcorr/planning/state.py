@@ -97,6 +97,11 @@ class State:
         with self._lock:
             self._measured.clear()
             self._loaded.clear()
+            for family in self._families.values():
+                # What a family saw of the calls, where it keeps any (the pyramids' lookups).
+                forget = getattr(family, "forget_seen", None)
+                if forget is not None:
+                    forget()
             self.invalidate()
 
     @property

@@ -10,11 +10,12 @@ pyramid, :class:`xcorr.StereoCorrPyramid`, by the same rules.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Callable, NamedTuple
 
 import torch
 
-from .._compute import itemsize
+from .._compute import deterministic, itemsize
 from .._tracing import exporting
 from ..planning.cost import CPU_CAPABILITY, Constants, builtin_constants
 from ..planning.engine import ENGINE, Engine
@@ -133,6 +134,7 @@ class PyramidKey(NamedTuple):
     device_type: str
     device_index: int | None
     grad: bool
+    once: bool = False
 
 
 def pyramid_volume_bytes(shape: tuple[int, ...], num_levels: int, dtype: torch.dtype) -> int:
@@ -154,6 +156,7 @@ class StereoPyramidKey(NamedTuple):
     device_type: str
     device_index: int | None
     grad: bool
+    once: bool = False
 
 
 def stereo_pyramid_volume_bytes(shape: tuple[int, ...], num_levels: int, radius: int, dtype: torch.dtype) -> int:
@@ -171,7 +174,8 @@ AnyPyramidSpec = PyramidSpec | StereoPyramidSpec
 class _MemoryRule:
     """What the families of RAFT's and RAFT-Stereo's pyramids share: all pairs while the volumes
     fit :data:`PYRAMID_VOLUME_BYTES` (unless a measured winner says on demand), else on demand;
-    no cost model, no constants."""
+    on demand first for a spec looked up ``once`` (:meth:`PyramidFamily.looked_up_once`); no cost
+    model, no constants."""
 
     name: str
     spec_type: type
@@ -188,7 +192,7 @@ class _MemoryRule:
 
     def key(self, spec: AnyPyramidSpec, grad: bool) -> tuple:
         return self.key_type(
-            spec.shape, spec.num_levels, spec.radius, spec.dtype, spec.device.type, spec.device.index, grad
+            spec.shape, spec.num_levels, spec.radius, spec.dtype, spec.device.type, spec.device.index, grad, spec.once
         )
 
     def volume_bytes(self, spec: AnyPyramidSpec) -> int:
@@ -203,21 +207,24 @@ class _MemoryRule:
         """The memory rule: the all-pairs volumes only while they fit :data:`PYRAMID_VOLUME_BYTES`
         (first: the model's choice there)."""
         fits = self.volume_bytes(spec) <= PYRAMID_VOLUME_BYTES
-        return ["all_pairs", "on_demand"] if fits else ["on_demand"]
+        if not fits:
+            return ["on_demand"]
+        return ["on_demand", "all_pairs"] if spec.once else ["all_pairs", "on_demand"]
 
     def estimate(self, spec: AnyPyramidSpec, grad: bool, constants: Constants) -> dict[str, float]:
         return {}  # no cost model: the first allowed option, unless measured
 
     def runner(self, spec: AnyPyramidSpec, option: str, grad: bool, plain: bool) -> Callable[..., torch.Tensor]:
         """``run(f1, f2, coords)``: the pyramid built with ``option`` and looked up
-        :data:`PYRAMID_LOOKUPS` times around ``coords`` (the lookups summed)."""
+        :data:`PYRAMID_LOOKUPS` times around ``coords`` (once where ``spec.once``), the lookups summed."""
         pyramid_type = self.pyramid()
+        lookups = 1 if spec.once else PYRAMID_LOOKUPS
 
         def run(f1: torch.Tensor, f2: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
             pyramid = pyramid_type(f1, f2, spec.num_levels, spec.radius, method=option)
             out = pyramid(coords)
-            for step in range(1, PYRAMID_LOOKUPS):
-                out = out + pyramid(coords + step / PYRAMID_LOOKUPS)
+            for step in range(1, lookups):
+                out = out + pyramid(coords + step / lookups)
             return out
 
         return run
@@ -241,11 +248,32 @@ class _MemoryRule:
 
 class PyramidFamily(_MemoryRule):
     """RAFT's correlation pyramid: all pairs while the volumes fit the memory rule (unless a
-    measured winner says on demand), else on demand."""
+    measured winner says on demand), else on demand; on demand first where the last pyramid of
+    the call signature was looked up once (:meth:`looked_up_once`)."""
 
     name = "pyramid"
     spec_type = PyramidSpec
     key_type = PyramidKey
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        # Lookups of the last pyramid of each call signature, so far (see looked_up_once).
+        self._lookups: dict[Hashable, int] = {}
+
+    def looked_up(self, signature: Hashable, lookups: int) -> None:
+        """Note that the pyramid of call ``signature`` has now been looked up ``lookups`` times."""
+        self._lookups[signature] = lookups
+
+    def looked_up_once(self, signature: Hashable | None) -> bool:
+        """Whether the last pyramid of call ``signature`` was looked up once, no more (so far):
+        then its next one is planned for one lookup, where correlating the windows on demand
+        does a fraction of the volumes' multiply-adds (RAFT's 46x62 level 0: 400 taps' windows
+        against 2852 pixels). Never in deterministic mode, whose choices depend on nothing seen."""
+        return signature is not None and not deterministic() and self._lookups.get(signature) == 1
+
+    def forget_seen(self) -> None:
+        """Forget the lookups seen (:func:`xcorr.clear_cache`)."""
+        self._lookups.clear()
 
     def volume_bytes(self, spec: AnyPyramidSpec) -> int:
         return pyramid_volume_bytes(spec.shape, spec.num_levels, spec.dtype)

@@ -107,13 +107,16 @@ class VolumeSpec:
 
 @dataclass(frozen=True)
 class PyramidSpec:
-    """A validated correlation pyramid: features of ``shape`` (B, C, H, W), its levels and radius."""
+    """A validated correlation pyramid: features of ``shape`` (B, C, H, W), its levels and radius;
+    ``once``: whether the last pyramid of its call signature was looked up only once (see
+    :meth:`xcorr.volumes.family.PyramidFamily.looked_up_once`)."""
 
     shape: tuple[int, ...]
     num_levels: int
     radius: int
     dtype: torch.dtype
     device: torch.device
+    once: bool = False
 
     @property
     def batch(self) -> int:
