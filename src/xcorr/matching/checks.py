@@ -232,9 +232,11 @@ def check_find_matches(
         if arrays != isinstance(template, np.ndarray) or not isinstance(template, (np.ndarray, torch.Tensor)):
             kind = "a numpy array (h, w[, C]) like the image" if arrays else "a torch tensor (C, h, w) or (1, C, h, w)"
             raise TypeError(f"{name} must be {kind}, got {_type_name(template)}")
-        if not arrays and not (template.dim() == 3 or (template.dim() == 4 and template.shape[0] == 1)):
-            raise ValueError(f"{name} must be 3-D (C, h, w) or 4-D (1, C, h, w), got shape {tuple(template.shape)}")
-        t = template if arrays or template.dim() == 4 else template.unsqueeze(0)
+        t: Any = template
+        if not arrays:
+            if not (t.dim() == 3 or (t.dim() == 4 and t.shape[0] == 1)):
+                raise ValueError(f"{name} must be 3-D (C, h, w) or 4-D (1, C, h, w), got shape {tuple(t.shape)}")
+            t = t if t.dim() == 4 else t.unsqueeze(0)
         h, w = (t.shape[0], t.shape[1]) if arrays else (t.shape[2], t.shape[3])
         try:
             check_match(t, t, method, m)  # the template's own rules and its mask's
