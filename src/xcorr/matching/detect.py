@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .._compute import HALF
 from .api import _array_tensor, _mask_tensor
 from .checks import check_find_matches
-from .many import _many
+from .many import SHARED, _many
 from .scores import _scores
 
 Array = Union[np.ndarray, torch.Tensor]
@@ -182,6 +182,8 @@ def _find(
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per image of ``x`` (N, C, H, W): boxes, scores, template indices and scales of the matches."""
     H, W = x.shape[-2:]
+    if x.shape[0] == 0:
+        return []
     dtype = torch.float32 if x.dtype in HALF else x.dtype
     xc = x.to(dtype)
     pairs = []  # (template index, scale, resized template, resized mask) that fit
@@ -212,9 +214,10 @@ def _find(
 
 def _score_maps(x: torch.Tensor, pairs: list, method: str) -> list[torch.Tensor]:
     """The score maps (N, 1, H', W') of every (template, scale) pair: all unmasked ones together
-    (:func:`.many._many`) where the inputs are finite, else one by one (:func:`.scores._scores`,
-    whose maps are NaN exactly at the windows that hold a non-finite pixel)."""
-    unmasked = [j for j, p in enumerate(pairs) if p[3] is None]
+    (:func:`.many._many`) where the method shares the image's work and the inputs are finite,
+    else one by one (:func:`.scores._scores`, whose maps are NaN exactly at the windows that hold
+    a non-finite pixel)."""
+    unmasked = [j for j, p in enumerate(pairs) if p[3] is None] if method in SHARED else []
     maps: list[torch.Tensor | None] = [None] * len(pairs)
     if unmasked and bool(torch.isfinite(x.sum())) and all(bool(torch.isfinite(pairs[j][2].sum())) for j in unmasked):
         for j, s in zip(unmasked, _many(x, [pairs[j][2] for j in unmasked], method)):

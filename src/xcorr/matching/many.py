@@ -15,10 +15,10 @@ windows again. Here:
   every normed score keeps :mod:`.dense`'s guarantee, within 2e-4 of float64 at every window) and
   the normalisation (OpenCV's rules, :func:`.normalise._normalise`).
 
-The shifts that keep large means out of the rounding must be common to all templates, since
-they share the image's correlation: ``ccoeff`` centres each template and each image by its own
-mean, as :mod:`.dense` does; ``sqdiff`` shifts images and templates by the images' mean per
-channel (:mod:`.dense` takes the template's mean instead; either leaves ``I - T`` unchanged).
+The shifts that keep large means out of the rounding must not depend on the template, since the
+templates share the image's correlation: ``ccoeff`` centres each template and each image by its
+own mean, as :mod:`.dense` does, and ``ccorr`` shifts nothing. ``sqdiff`` shifts image and
+template by the template's mean, so it is not scored here (see :data:`SHARED`).
 """
 
 from __future__ import annotations
@@ -33,12 +33,10 @@ from ..correlation import api as correlation
 from ..correlation.family import CORRELATION, PER_PASS
 from .dense import (
     _PIECE,
-    NUMERATOR_ERROR,
     _assemble,
     _box,
     _centred_energy,
     _centred_energy_fast,
-    _fast_gamma,
     _pieces,
     _Problem,
     _shifted_image,
@@ -61,17 +59,13 @@ _CALL_ELEMENTS = 1 << 21
 def _many(x: torch.Tensor, zs: Sequence[torch.Tensor], method: str) -> list[torch.Tensor]:
     """The ``method`` scores (N, 1, H-h+1, W-w+1) of images ``x`` (N, C, H, W) against each template
     of ``zs`` (1, C, h, w each, sizes may differ, none larger than the images): as
-    :func:`.dense._dense` with one template for all images, without gradients. Finite inputs of
-    float32 or float64 only (the caller sends others through :func:`.scores._scores`)."""
+    :func:`.dense._dense` with one template for all images, without gradients. ``method`` one of
+    :data:`SHARED`; finite inputs of float32 or float64 only (the caller sends others through
+    :func:`.scores._scores`)."""
     family = method.split("_")[0]
     N, C, H, W = x.shape
-    if family == "sqdiff":
-        shift = x.mean((0, 2, 3), keepdim=True)
-        xs = x - shift
-        templates = [_sqdiff_template(z, shift) for z in zs]
-    else:
-        xs, shift = _shifted_image(x, family, None, N)
-        templates = [_Template.of(z, method) for z in zs]
+    xs, shift = _shifted_image(x, family, None, N)
+    templates = [_Template.of(z, method) for z in zs]
     with stage("numerator"):
         nums, chosen = _numerators(xs, [t.zs for t in templates])
     if method in ("ccorr", "ccoeff"):
@@ -90,13 +84,6 @@ def _many(x: torch.Tensor, zs: Sequence[torch.Tensor], method: str) -> list[torc
         for j in members:
             out[j] = _assemble(pieces[j], x.dtype)
     return [o for o in out if o is not None]
-
-
-def _sqdiff_template(z: torch.Tensor, shift: torch.Tensor) -> _Template:
-    """``sqdiff``'s template record with the images' common ``shift`` (1, C, 1, 1)."""
-    zs = z - shift
-    tz2 = (zs.double() ** 2).sum((1, 2, 3))
-    return _Template(z, zs, shift, tz2, (z.double() ** 2).sum((1, 2, 3)).sqrt(), None, None)
 
 
 def _by_size(zs: Sequence[torch.Tensor]) -> dict[tuple[int, int], list[int]]:
@@ -241,23 +228,8 @@ def _ccoeff_piece(p: _Problem, rows: slice, images: slice, stats: _Statistics) -
     return score
 
 
-def _sqdiff_piece(p: _Problem, rows: slice, images: slice, stats: _Statistics) -> torch.Tensor:
-    h, w = p.size
-    tz2 = p.tz2[images].view(-1, 1, 1, 1)
-    if p.method == "sqdiff":
-        sq = stats.squares64()
-        return (tz2 - 2 * p.numerator(rows, images, sq, sq) + sq).clamp_min(0)
-    energy = stats.energy()
-    sq = stats.squares()
-    if sq.dtype == torch.float32:
-        limit = p.scale(images) * (NUMERATOR_ERROR / _fast_gamma(h, w))
-        if bool((stats.squares_spread() > limit).any()):
-            sq = stats.squares64()
-    with stage("exactness check"):
-        num = p.numerator(rows, images, energy, sq, factor=2)
-    with stage("normalisation"):
-        sqdiff = num.double().mul_(-2).add_(sq).add_(tz2).clamp_min_(0)
-        return _normalise(sqdiff, energy, p.scale(images), p.method)
+_SCORE = {"ccorr": _ccorr_piece, "ccoeff": _ccoeff_piece}
 
-
-_SCORE = {"ccorr": _ccorr_piece, "ccoeff": _ccoeff_piece, "sqdiff": _sqdiff_piece}
+#: The methods scored here; ``sqdiff``'s shift is the template's own mean (:mod:`.dense`), which
+#: the templates cannot share, so its templates are scored one by one.
+SHARED = ("ccorr", "ccorr_normed", "ccoeff", "ccoeff_normed")
