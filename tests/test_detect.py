@@ -188,7 +188,7 @@ def test_masks_and_rgb():
     mask[2:10, 3:12] = 1
     m = xcorr.find_matches(image, [template, template[:8, :8].copy()], threshold=0.95, mask=[mask, None])
     assert {(0, 1.0, 30, 10), (1, 1.0, 30, 10)} & found_set(m)
-    for t, (x, y, w, h), score in zip(m.template, m.boxes, m.scores):
+    for t, (x, y, _, _), score in zip(m.template, m.boxes, m.scores):
         expected = xcorr.match_template(image, [template, template[:8, :8].copy()][t], mask=[mask, None][t])[y, x]
         assert abs(score - expected) <= 2e-4
 
