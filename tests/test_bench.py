@@ -281,10 +281,12 @@ def test_match_suite_lists_photographs_one_thread_rows_a_batch_and_a_video():
     names = [c.name for c in cases]
     assert len(names) == len(set(names))
     assert any("photo camera" in n for n in names) and any("sqdiff_normed" in n for n in names)
-    ones = [c for c in cases if c.threads == 1]
+    ones = [c for c in cases if c.threads == 1 and "detect" not in c.name]
     assert len(ones) == len(match.ONE_THREAD) and all(c.name.endswith("(1 thread)") for c in ones)
     assert all(c.target == match.ONE_THREAD_TARGET for c in ones)
-    others = ("batch", "video", "volume")
+    detect = [c for c in cases if "detect" in c.name]
+    assert [c.threads for c in detect] == [None, 1] and {c.target for c in detect} == {match.DETECT_TARGET}
+    others = ("batch", "video", "volume", "detect")
     assert {c.target for c in cases if c.threads is None and not any(o in c.name for o in others)} == {
         match.SINGLE_TARGET
     }
