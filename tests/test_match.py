@@ -841,6 +841,28 @@ def test_scores_exact_on_windows_black_in_all_but_a_speck_of_colour(side):
         assert abs(out[r, c] - definition) < 2e-4
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("template_from", ["bright", "dark"])
+def test_scores_exact_on_a_dark_region_of_a_bright_image(route, template_from, channels):
+    # A region of spread 3e-4 on an image of mean about 40: float32 values shifted by that mean
+    # keep only 4e-6 of each pixel, which once moved ccoeff_normed there by 2e-3. The float64
+    # work (the recomputed numerators, the window sums) shifts the image itself.
+    rng = np.random.default_rng(channels)
+    image = (rng.random((61, 67, channels)) + 50).astype(np.float32)
+    image[10:40, 20:55] *= 0.001
+    if channels == 3:
+        image[10:40, 20:55, :2] = 0
+    image = image[..., 0] if channels == 1 else image
+    r, c = (44, 5) if template_from == "bright" else (12, 24)
+    template = image[r : r + 13, c : c + 11].copy()
+    if template_from == "bright":
+        template += rng.random(template.shape).astype(np.float32)
+    for method in ("ccoeff_normed", "ccorr_normed", "sqdiff_normed"):
+        out = xcorr.match_template(image, template, method)
+        exact = xcorr.match_template(image.astype(np.float64), template.astype(np.float64), method)
+        np.testing.assert_allclose(out, exact, rtol=0, atol=2e-4, err_msg=method)
+
+
 @pytest.mark.parametrize("method", ["sqdiff_normed", "ccorr_normed", "ccoeff_normed"])
 def test_masked_scores_exact_on_dark_windows_of_photos(darkened, method):
     image = darkened["coffee"]

@@ -67,7 +67,7 @@ class _Problem:
         tnorm: (N,) float64 the template's norm in the denominator (``zs``'s for ``ccoeff``).
         flat: (N,) whether each image's template is flat (``ccoeff_normed``; else None).
         rounding: the numerator's error bound, or None where it needs none (float64, unnormed).
-        shift2: (N,) float64 squared norm of the shift (per channel) from ``x`` to ``xs``.
+        shift: (N, C, 1, 1[, 1]) the shift from ``x`` to ``xs`` (``xs = x - shift``).
         residual: (N, C) float64 sums of each image's float32 centred template ``zs``
             (``ccoeff_normed`` in float32; else None), see :func:`_without_residual`.
     """
@@ -82,8 +82,13 @@ class _Problem:
     tnorm: torch.Tensor
     flat: torch.Tensor | None
     rounding: _Rounding | None
-    shift2: torch.Tensor
+    shift: torch.Tensor
     residual: torch.Tensor | None = None
+
+    @property
+    def shift2(self) -> torch.Tensor:
+        """(N,) float64 squared norm of the shift (per channel)."""
+        return (self.shift.double() ** 2).flatten(1).sum(1)
 
     @property
     def size(self) -> tuple[int, ...]:
@@ -136,15 +141,16 @@ class _Problem:
             n = images.start + j
             # The first spatial axis is the pieces' (rows, or depth for volumes).
             starts = [rows.start + lo[0], *lo[1:]]
-            crop = self.xs[
-                (
-                    slice(n, n + 1),
-                    slice(None),
-                    *(slice(a, a + b - c + t - 1) for a, b, c, t in zip(starts, hi, lo, size)),
-                )
-            ]
+            region = (
+                slice(n, n + 1),
+                slice(None),
+                *(slice(a, a + b - c + t - 1) for a, b, c, t in zip(starts, hi, lo, size)),
+            )
+            # Shifted again in float64: xs's own float32 rounding (u of the shift, ~2e-6 on an
+            # image of mean 40) is not small against a dark window's spread.
+            crop = self.x[region].double() - self.shift[n : n + 1].double()
             box = (slice(j, j + 1), slice(None), *(slice(a, b) for a, b in zip(lo, hi)))
-            out[box] = xcorr(crop.double(), self.zs[n // self.k : n // self.k + 1].double())
+            out[box] = xcorr(crop, self.zs[n // self.k : n // self.k + 1].double())
         return out
 
 
@@ -247,8 +253,7 @@ def _dense(
     flat = None if t.flat is None else t.flat.repeat_interleave(k)
     rounding = _Rounding.of(xs, zs, num, chosen, k) if normed and num.dtype == torch.float32 else None
     residual = t.residual.repeat_interleave(k, 0) if t.residual is not None and num.dtype == torch.float32 else None
-    shift2 = (shift.double() ** 2).flatten(1).sum(1)
-    problem = _Problem(x, xs, zs, num, method, k, tz2, tnorm, flat, rounding, shift2, residual)
+    problem = _Problem(x, xs, zs, num, method, k, tz2, tnorm, flat, rounding, shift, residual)
     score = {"ccorr": _ccorr_piece, "ccoeff": _ccoeff_piece, "sqdiff": _sqdiff_piece}[family]
     # Float32 window sums (ccoeff) take pieces of as many bytes, so twice the elements.
     piece = 2 * _PIECE if family == "ccoeff" and x.dtype == torch.float32 else _PIECE
@@ -276,7 +281,9 @@ def _ccoeff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
         if band.dtype == torch.float32:
             sums = _centred_energy_fast(band, *size)
         if sums is None:
-            band = band.double()
+            # Shifted in float64 (see _Problem._recomputed): xs's rounding would move the spread
+            # of a dark window on a bright image.
+            band = p.x[images, :, rows].double() - p.shift[images].double()
             s1, s2 = _box(band, *size), _box(_squares(band), *size)
             sums = _centred_energy(s1, s2, n), s2, s1
     diff2, s2, s1 = sums

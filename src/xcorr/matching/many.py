@@ -71,8 +71,7 @@ def _many(x: torch.Tensor, zs: Sequence[torch.Tensor], method: str) -> list[torc
     if method in ("ccorr", "ccoeff"):
         return nums
     padded = _padded(xs, [t.zs for t in templates])
-    shift2 = (shift.double() ** 2).sum((1, 2, 3)).expand(N)
-    problems = [_problem(x, xs, padded, t, num, method, chosen, shift2) for t, num in zip(templates, nums)]
+    problems = [_problem(x, xs, padded, t, num, method, chosen, shift) for t, num in zip(templates, nums)]
     out: list[torch.Tensor | None] = [None] * len(zs)
     for (h, w), members in _by_size(zs).items():
         piece = 2 * _PIECE if family == "ccoeff" and x.dtype == torch.float32 else _PIECE
@@ -131,7 +130,7 @@ def _problem(
     num: torch.Tensor,
     method: str,
     chosen: str,
-    shift2: torch.Tensor,
+    shift: torch.Tensor,
 ) -> _Problem:
     """:mod:`.dense`'s problem of template ``t`` against every image (``k = N``), its numerator's
     error bound that of the shared correlation (of the ``padded`` images: their norms are the
@@ -142,7 +141,7 @@ def _problem(
         rounding = _Rounding.of(padded, t.zs, num, chosen, N)
     residual = t.residual.expand(N, -1) if t.residual is not None and num.dtype == torch.float32 else None
     flat = None if t.flat is None else t.flat.expand(N)
-    return _Problem(x, xs, t.zs, num, method, N, t.tz2.expand(N), t.tnorm.expand(N), flat, rounding, shift2, residual)
+    return _Problem(x, xs, t.zs, num, method, N, t.tz2.expand(N), t.tnorm.expand(N), flat, rounding, shift, residual)
 
 
 @dataclass
