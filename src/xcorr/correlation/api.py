@@ -9,8 +9,8 @@ import torch
 from .._checks import check_choice
 from .._compute import computed, needs_grad
 from ..planning.engine import ENGINE, Bound, signature
-from .family import CORRELATION, Choice, Measured
-from .spec import Spec, check_pixelwise, check_xcorr
+from .family import CORRELATION, CORRELATION_3D, Choice, Measured
+from .spec import Spec, check_pixelwise, check_xcorr, check_xcorr3d
 
 
 def xcorr(
@@ -28,6 +28,11 @@ def xcorr(
     Cross-correlation as in ``F.conv2d`` (no kernel flip), with the template as data:
     ``out[b, j, i0, i1] = sum_{c,u,v} x_pad[b, c, s*i0 + d*u, s*i1 + d*v] * zt[c, u, v]``.
     Template ``i`` serves search items ``i*k ... i*k+k-1`` with ``k = B // Bz``.
+
+    Volumes correlate the same way over three axes: ``x`` (B, C, D, H, W) and ``z``
+    (Bz, C, d, h, w) give (B, 1 or C, D-d+1, H-h+1, W-w+1) in modes ``"naive"`` and
+    ``"depthwise"``, at the valid positions (padding 0, stride 1, dilation 1), by ``"direct"``
+    (``F.conv3d``) or ``"fft"`` (real FFTs over the three axes).
 
     Args:
         x (Tensor[B, C, H, W]): search features.
@@ -56,6 +61,8 @@ def xcorr(
         torch.Size([2, 1, 6, 6])
         >>> xcorr.xcorr(x, z, "depthwise")[0, :, 0, 0]
         tensor([9., 9., 9.])
+        >>> xcorr.xcorr(torch.ones(1, 2, 5, 6, 7), torch.ones(1, 2, 2, 3, 4)).shape
+        torch.Size([1, 1, 4, 4, 4])
     """
     # The bound call of a repeated signature: one dictionary lookup (see planning.engine.signature).
     call = signature("xcorr", (x, z), (mode, padding, stride, dilation, method))
@@ -84,7 +91,11 @@ def bound(
 
 
 def _bind(x: Any, z: Any, mode: Any, padding: Any, stride: Any, dilation: Any, method: Any) -> Bound:
-    """The validated call of :func:`xcorr`, bound by the planning engine."""
+    """The validated call of :func:`xcorr`, bound by the planning engine: of images, or of volumes
+    where ``x`` is 5-D."""
+    if isinstance(x, torch.Tensor) and x.dim() == 5:
+        volume = check_xcorr3d(x, z, mode, padding, stride, dilation)
+        return ENGINE.bind(volume, needs_grad(x, z), check_choice(method, "method", CORRELATION_3D.methods()))
     spec = check_xcorr(x, z, mode, padding, stride, dilation)
     return ENGINE.bind(spec, needs_grad(x, z), check_choice(method, "method", CORRELATION.methods()))
 

@@ -18,9 +18,9 @@ from ..planning.cost import CPU_CAPABILITY, Constants, builtin_constants
 from ..planning.engine import ENGINE
 from ..planning.family import Registry
 from . import adjoint, passes
-from .backends import BACKENDS, Backend
+from .backends import BACKENDS, BACKENDS_3D, Backend
 from .passes import Passes
-from .spec import Spec
+from .spec import Spec, Spec3d
 
 #: The option of running each pass of a correlation with a backward pass on the method chosen
 #: for that pass's own problem. It wins where one method's backward is slow for its shapes.
@@ -117,7 +117,42 @@ def pass_problems(spec: Spec) -> tuple[Spec, Spec]:
     return adjoint.search_problem(spec), adjoint.template_problem(spec)
 
 
-class CorrelationFamily(Registry[Backend]):
+class _Backends(Registry[Backend]):
+    """What the correlation families of images and of volumes share: their options come from
+    their backends' records, the model from their terms, the built-in constants from their sets."""
+
+    def candidates(self, spec: Any) -> list[str]:
+        """The methods the hard constraints allow for ``spec``, in registry order."""
+        if exporting():
+            return [name for name, b in self.backends.items() if b.exportable]
+        allowed = [name for name, b in self.backends.items() if b.allowed(spec)]
+        exact = [name for name in allowed if self.backends[name].exact(spec)]
+        return exact or allowed
+
+    def serves(self, backend: Backend, spec: Any) -> bool:
+        """The model estimates the methods of ``spec``'s mode."""
+        return spec.mode in backend.modes
+
+    def random_inputs(self, spec: Any) -> tuple[torch.Tensor, ...]:
+        gen = torch.Generator(device=spec.device).manual_seed(0)
+        x = torch.randn(spec.x_shape, generator=gen, device=spec.device, dtype=spec.dtype)
+        z = torch.randn(spec.z_shape, generator=gen, device=spec.device, dtype=spec.dtype)
+        return x, z
+
+    def builtin_constants(self, device_type: str, capability: str | None = None) -> tuple[Constants, str] | None:
+        """The built-in CPU constants of every backend for this process's capability (or
+        ``capability``'s); other device types have none (they are measured)."""
+        if device_type != "cpu":
+            return None
+        capability = capability or CPU_CAPABILITY
+        kind = capability if all(capability in b.constants for b in self.backends.values() if b.constants) else "AVX2"
+        source = (
+            f"built-in {kind} set (CPU capability {CPU_CAPABILITY}; fitted on a 2-core x86 CPU, torch 2.13, 2 threads)"
+        )
+        return builtin_constants(self.backends.values(), capability), source
+
+
+class CorrelationFamily(_Backends):
     """The correlations of :func:`xcorr.xcorr`, template plans and matching's numerators.
 
     Args:
@@ -146,23 +181,11 @@ class CorrelationFamily(Registry[Backend]):
             grad,
         )
 
-    def candidates(self, spec: Spec) -> list[str]:
-        """The methods the hard constraints allow for ``spec``, in registry order."""
-        if exporting():
-            return [name for name, b in self.backends.items() if b.exportable]
-        allowed = [name for name, b in self.backends.items() if b.allowed(spec)]
-        exact = [name for name in allowed if self.backends[name].exact(spec)]
-        return exact or allowed
-
     def options(self, spec: Spec, grad: bool) -> list[str]:
         """The candidates, and with a backward pass :data:`PER_PASS` (not for an empty batch,
         where nothing runs, nor while tracing: a graph keeps one method per op)."""
         allowed = self.candidates(spec)
         return [*allowed, PER_PASS] if grad and spec.batch and not tracing() else allowed
-
-    def serves(self, backend: Backend, spec: Spec) -> bool:
-        """The model estimates the methods of ``spec``'s mode."""
-        return spec.mode in backend.modes
 
     def estimate(self, spec: Spec, grad: bool, constants: Constants) -> dict[str, float]:
         """:meth:`method_estimates`; with a backward pass also :data:`PER_PASS`: the sum of the
@@ -196,24 +219,6 @@ class CorrelationFamily(Registry[Backend]):
             option = methods.forward
         return self.backends[option].bind(spec, grad)
 
-    def random_inputs(self, spec: Spec) -> tuple[torch.Tensor, ...]:
-        gen = torch.Generator(device=spec.device).manual_seed(0)
-        x = torch.randn(spec.x_shape, generator=gen, device=spec.device, dtype=spec.dtype)
-        z = torch.randn(spec.z_shape, generator=gen, device=spec.device, dtype=spec.dtype)
-        return x, z
-
-    def builtin_constants(self, device_type: str, capability: str | None = None) -> tuple[Constants, str] | None:
-        """The built-in CPU constants of every backend for this process's capability (or
-        ``capability``'s); other device types have none (they are measured)."""
-        if device_type != "cpu":
-            return None
-        capability = capability or CPU_CAPABILITY
-        kind = capability if all(capability in b.constants for b in self.backends.values() if b.constants) else "AVX2"
-        source = (
-            f"built-in {kind} set (CPU capability {CPU_CAPABILITY}; fitted on a 2-core x86 CPU, torch 2.13, 2 threads)"
-        )
-        return builtin_constants(self.backends.values(), capability), source
-
     def choose(self, spec: Spec, grad: bool, measure: bool, x: Any = None, z: Any = None) -> Measured:
         """What :func:`xcorr.choose_method` returns: the methods and, when measured, the timings
         (the measured winners then serve ``method="auto"``). With a backward pass, each pass's
@@ -235,6 +240,57 @@ class CorrelationFamily(Registry[Backend]):
         return Measured(self.passes(engine.decide(spec, grad), spec), timings, source, pass_timings)
 
 
+class CorrelationKey3d(NamedTuple):
+    """The key of a volume correlation problem in the engine's caches and in tuning files."""
+
+    mode: str
+    x_shape: tuple[int, ...]
+    z_shape: tuple[int, ...]
+    dtype: torch.dtype
+    device_type: str
+    device_index: int | None
+    grad: bool
+
+
+class Correlation3dFamily(_Backends):
+    """The volume correlations of :func:`xcorr.xcorr` (5-D searches and templates) and of volume
+    matching's numerators: valid positions, modes ``"naive"`` and ``"depthwise"``. Each method
+    runs every pass with its own backward (no per-pass option).
+
+    Args:
+        engine: the engine that plans them.
+        backends: the registry of methods (name -> record), in order of preference among equals.
+    """
+
+    name = "correlation3d"
+    spec_type = Spec3d
+    key_type = CorrelationKey3d
+
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(self.backends)
+
+    def key(self, spec: Spec3d, grad: bool) -> CorrelationKey3d:
+        return CorrelationKey3d(
+            spec.mode, spec.x_shape, spec.z_shape, spec.dtype, spec.device.type, spec.device.index, grad
+        )
+
+    def options(self, spec: Spec3d, grad: bool) -> list[str]:
+        return self.candidates(spec)
+
+    def estimate(self, spec: Spec3d, grad: bool, constants: Constants) -> dict[str, float]:
+        return self.method_estimates(spec, grad, constants)
+
+    def runner(self, spec: Spec3d, option: str, grad: bool, plain: bool) -> Callable[..., torch.Tensor]:
+        if plain:
+            run = self.backends[option].run
+            return lambda x, z: run(x, z, spec)
+        return self.backends[option].bind(spec, grad)
+
+
 #: The correlation family of this process, with the registry of :mod:`xcorr.correlation.backends`.
 CORRELATION = CorrelationFamily(ENGINE, BACKENDS)
 ENGINE.register(CORRELATION)
+
+#: The volume correlation family of this process (:data:`~xcorr.correlation.backends.BACKENDS_3D`).
+CORRELATION_3D = Correlation3dFamily(ENGINE, BACKENDS_3D)
+ENGINE.register(CORRELATION_3D)

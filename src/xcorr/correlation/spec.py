@@ -18,22 +18,12 @@ from .._checks import (
 )
 
 
-@dataclass(frozen=True)
-class Spec:
-    """Shapes and geometry of ``xcorr(x, z, ...)`` after validation.
+class _Batched:
+    """The batch rule of every correlation problem: template ``i`` serves search items
+    ``i*k ... i*k+k-1``."""
 
-    ``k`` search items share each template (``B == Bz * k``); ``out_channels`` is 1 for
-    ``"naive"``, ``C`` for ``"depthwise"`` and ``K = Cz // C`` for ``"upchannel"``.
-    """
-
-    mode: str
-    x_shape: tuple[int, int, int, int]
-    z_shape: tuple[int, int, int, int]
-    padding: Pair
-    stride: Pair
-    dilation: Pair
-    dtype: torch.dtype
-    device: torch.device
+    x_shape: tuple[int, ...]
+    z_shape: tuple[int, ...]
 
     @property
     def batch(self) -> int:
@@ -51,6 +41,24 @@ class Spec:
     def k(self) -> int:
         """Search items per template."""
         return self.batch // self.templates if self.templates else 0
+
+
+@dataclass(frozen=True)
+class Spec(_Batched):
+    """Shapes and geometry of ``xcorr(x, z, ...)`` after validation.
+
+    ``k`` search items share each template (``B == Bz * k``); ``out_channels`` is 1 for
+    ``"naive"``, ``C`` for ``"depthwise"`` and ``K = Cz // C`` for ``"upchannel"``.
+    """
+
+    mode: str
+    x_shape: tuple[int, int, int, int]
+    z_shape: tuple[int, int, int, int]
+    padding: Pair
+    stride: Pair
+    dilation: Pair
+    dtype: torch.dtype
+    device: torch.device
 
     @property
     def out_channels(self) -> int:
@@ -90,6 +98,47 @@ class Spec:
 
 
 MODES = ("naive", "depthwise", "upchannel")
+
+#: Three ints: (depth, rows, columns).
+Triple = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Spec3d(_Batched):
+    """Shapes of a volume correlation ``xcorr(x, z, mode)`` of 5-D tensors after validation:
+    searches (B, C, D, H, W) and templates (Bz, C, d, h, w), valid positions, ``k`` search items
+    per template (``B == Bz * k``); ``out_channels`` is 1 for ``"naive"``, ``C`` for
+    ``"depthwise"``. Padding, stride and dilation are those of the valid, dense correlation."""
+
+    mode: str
+    x_shape: tuple[int, int, int, int, int]
+    z_shape: tuple[int, int, int, int, int]
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def out_channels(self) -> int:
+        return 1 if self.mode == "naive" else self.channels
+
+    @property
+    def out_size(self) -> Triple:
+        (D, H, W), (d, h, w) = self.x_shape[2:], self.z_shape[2:]
+        return D - d + 1, H - h + 1, W - w + 1
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int, int]:
+        return (self.batch, self.out_channels, *self.out_size)
+
+    def with_batch(self, batch: int, templates: int | None = None) -> Spec3d:
+        """This problem with ``batch`` search items and, if given, ``templates`` templates."""
+        templates = self.templates if templates is None else templates
+        if batch == self.batch and templates == self.templates:
+            return self
+        return replace(self, x_shape=(batch, *self.x_shape[1:]), z_shape=(templates, *self.z_shape[1:]))
+
+
+#: The modes of volume correlations (:class:`Spec3d`).
+MODES_3D = ("naive", "depthwise")
 
 
 #: The order of :func:`xcorr.xcorr`'s arguments, as its messages say it.
@@ -174,6 +223,40 @@ def check_xcorr(
         raise ValueError(
             f"the template must fit in the padded search: {b} {zs} with dilation {spec.dilation} spans "
             f"{hd}x{wd}, but {a} {xs} with padding {spec.padding} is {Hp}x{Wp}" + (f"; {note}" if note else "")
+        )
+    return spec
+
+
+def check_xcorr3d(
+    x: Any, z: Any, mode: Any, padding: Any, stride: Any, dilation: Any, names: tuple[str, str] = ("x", "z")
+) -> Spec3d:
+    """Validate the arguments of :func:`xcorr.xcorr` on volumes (5-D ``x``); return its problem.
+    Volumes are correlated at the valid positions: padding 0, stride 1 and dilation 1 only."""
+    a, b = names
+    check_tensor(x, a, "B C D H W")
+    check_tensor(z, b, "Bz C d h w")
+    check_same_kind(x, z, names)
+    check_channels(x.shape, a)
+    check_channels(z.shape, b)
+    mode = check_choice(mode, "mode", MODES_3D)
+    for name, value, default in (("padding", padding, 0), ("stride", stride, 1), ("dilation", dilation, 1)):
+        if check_pair(value, name, default) != (default, default):
+            raise ValueError(
+                f"{name} must be {default} for volumes (5-D x: the valid, dense correlation), got {value!r}"
+            )
+    spec = Spec3d(mode=mode, x_shape=tuple(x.shape), z_shape=tuple(z.shape), dtype=x.dtype, device=x.device)
+    xs, zs = spec.x_shape, spec.z_shape
+    if zs[1] != xs[1]:
+        raise ValueError(
+            f"mode {mode!r} needs {b} to have as many channels as {a}; got {a} {xs} (C={xs[1]}) and {b} {zs} (Cz={zs[1]})"
+        )
+    _check_templates(xs, zs, names)
+    if 0 in zs[2:]:
+        raise ValueError(f"{b} must have a non-empty template, got shape {zs}")
+    if any(t > s for t, s in zip(zs[2:], xs[2:])):
+        raise ValueError(
+            f"the template must fit in the search: {b} {zs} spans {'x'.join(map(str, zs[2:]))}, "
+            f"but {a} {xs} is {'x'.join(map(str, xs[2:]))}"
         )
     return spec
 

@@ -37,20 +37,25 @@ def match_template(image: Array, template: Array, method: str = "ccoeff_normed",
 
     Args:
         image: numpy (H, W) or (H, W, C), uint8, float32 or float64, as for ``cv2.matchTemplate``;
-            or Tensor[N, C, H, W] of a floating dtype, on any device.
+            or Tensor[N, C, H, W] of a floating dtype, on any device. Volumes: Tensor[N, C, D, H, W]
+            (and numpy volumes, see ``channel_axis``).
         template: numpy (h, w) or (h, w, C) of the image's dtype; or Tensor[Nt, C, h, w] with
-            ``N`` a multiple of ``Nt``: template ``i`` serves images ``i*k ... i*k+k-1``.
+            ``N`` a multiple of ``Nt``: template ``i`` serves images ``i*k ... i*k+k-1``; for
+            volumes Tensor[Nt, C, d, h, w].
         method: one of ``"sqdiff"``, ``"sqdiff_normed"``, ``"ccorr"``, ``"ccorr_normed"``,
             ``"ccoeff"``, ``"ccoeff_normed"``.
         mask: optional template weights with OpenCV's masked definitions (each template and window
             pixel weighted by the mask): numpy (h, w) or (h, w, 1 or C); a tensor (h, w),
             (1 or C, h, w) or (1 or Nt, 1 or C, h, w). bool and uint8 masks are binary (non-zero
             means 1), floating masks are weights; they must be non-negative, and not all zero.
+            For volumes the same forms with a depth axis: (d, h, w), (1 or C, d, h, w) or
+            (1 or Nt, 1 or C, d, h, w).
             Unlike OpenCV's, masked normed scores keep the bounds above.
 
     Returns:
         numpy float32 (H-h+1, W-w+1) for numpy inputs; Tensor[N, 1, H-h+1, W-w+1] of the image's
-        dtype and device for tensors, differentiable in image and template.
+        dtype and device for tensors, differentiable in image and template; for volumes
+        (D-d+1, H-h+1, W-w+1) and Tensor[N, 1, D-d+1, H-h+1, W-w+1].
 
     Example:
         >>> image = np.zeros((6, 7), np.float32)
@@ -61,12 +66,14 @@ def match_template(image: Array, template: Array, method: str = "ccoeff_normed",
         ((3, 4), (2, 1), 1.0)
         >>> match_template(torch.rand(8, 3, 32, 32), torch.rand(2, 3, 5, 5)).shape
         torch.Size([8, 1, 28, 28])
+        >>> match_template(torch.rand(2, 1, 16, 16, 16), torch.rand(1, 1, 4, 4, 4)).shape
+        torch.Size([2, 1, 13, 13, 13])
     """
     if check_match(image, template, method, mask):
         x, z, m = _from_arrays(cast(np.ndarray, image), cast(np.ndarray, template), cast(Optional[np.ndarray], mask))
         return _scores(x, z, method, m)[0, 0].to(torch.float32).numpy()
     image, template = cast(torch.Tensor, image), cast(torch.Tensor, template)
-    weights = None if mask is None else _mask_tensor(cast(torch.Tensor, mask), template.dtype)
+    weights = None if mask is None else _mask_tensor(cast(torch.Tensor, mask), template.dtype, template.dim())
     return _scores(image, template, method, weights)
 
 
@@ -116,11 +123,11 @@ def _array_tensor(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     return t.permute(2, 0, 1).unsqueeze(0).to(dtype).contiguous()
 
 
-def _mask_tensor(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A tensor mask as 4-D weights in the template's ``dtype`` (float32 for half precision); a bool
-    or uint8 mask as binary ones."""
+def _mask_tensor(mask: torch.Tensor, dtype: torch.dtype, ndim: int = 4) -> torch.Tensor:
+    """A tensor mask as ``ndim``-D weights (the template's dims) in the template's ``dtype``
+    (float32 for half precision); a bool or uint8 mask as binary ones."""
     m = mask if mask.dtype.is_floating_point else (mask != 0)
     m = m.to(compute_dtype(dtype))
-    while m.dim() < 4:
+    while m.dim() < ndim:
         m = m.unsqueeze(0)
     return m

@@ -102,13 +102,14 @@ def _check_match_arrays(image: Any, template: Any, mask: Any) -> None:
 
 
 def _check_match_tensors(image: torch.Tensor, template: torch.Tensor, mask: Any) -> None:
-    check_tensor(image, "image", "N C H W")
-    check_tensor(template, "template", "Nt C h w")
+    volume = isinstance(image, torch.Tensor) and image.dim() == 5
+    check_tensor(image, "image", "N C D H W" if volume else "N C H W")
+    check_tensor(template, "template", "Nt C d h w" if volume else "Nt C h w")
     check_same_kind(image, template, ("image", "template"))
     check_channels(image.shape, "image")
     check_channels(template.shape, "template")
-    N, C, H, W = image.shape
-    Nt, Ct, h, w = template.shape
+    N, C, *spatial = image.shape
+    Nt, Ct, *size = template.shape
     shapes = f"image {tuple(image.shape)} and template {tuple(template.shape)}"
     if C != Ct:
         raise ValueError(f"image and template must have the same number of channels; got {shapes}")
@@ -117,7 +118,7 @@ def _check_match_tensors(image: torch.Tensor, template: torch.Tensor, mask: Any)
             f"image's batch N must be a multiple of the number of templates Nt >= 1 (template i serves "
             f"images i*k ... i*k+k-1); got {shapes}"
         )
-    _check_fits((H, W), (h, w), tuple(image.shape), tuple(template.shape))
+    _check_fits(spatial, size, tuple(image.shape), tuple(template.shape))
     if mask is None:
         return
     if not isinstance(mask, torch.Tensor):
@@ -126,13 +127,15 @@ def _check_match_tensors(image: torch.Tensor, template: torch.Tensor, mask: Any)
         raise TypeError(f"mask must be floating-point, bool or uint8, got {mask.dtype}")
     if mask.device != template.device:
         raise ValueError(f"mask must be on the template's device {template.device}, got {mask.device}")
-    ok = 2 <= mask.dim() <= 4 and tuple(mask.shape[-2:]) == (h, w)
-    if ok and mask.dim() >= 3:
-        ok = mask.shape[-3] in (1, C) and (mask.dim() == 3 or mask.shape[0] in (1, Nt))
+    nd = len(size)
+    ok = nd <= mask.dim() <= nd + 2 and list(mask.shape[-nd:]) == size
+    if ok and mask.dim() > nd:
+        ok = mask.shape[-nd - 1] in (1, C) and (mask.dim() == nd + 1 or mask.shape[0] in (1, Nt))
     if not ok:
+        names = "d, h, w" if volume else "h, w"
         raise ValueError(
-            f"mask must be (h, w), ({_one_or(C)}, h, w) or ({_one_or(Nt)}, {_one_or(C)}, h, w) with the "
-            f"template's (h, w) = ({h}, {w}); "
+            f"mask must be ({names}), ({_one_or(C)}, {names}) or ({_one_or(Nt)}, {_one_or(C)}, {names}) with the "
+            f"template's ({names}) = ({', '.join(map(str, size))}); "
             f"got mask {tuple(mask.shape)} for template {tuple(template.shape)}"
         )
 
@@ -150,10 +153,10 @@ def _check_fits(image_hw: Sequence[int], template_hw: Sequence[int], image_shape
     shapes = f"image {tuple(image_shape)}, template {tuple(template_shape)}"
     if min(template_hw) == 0:
         raise ValueError(f"template must not be empty; got {shapes}")
-    if template_hw[0] > image_hw[0] or template_hw[1] > image_hw[1]:
+    if any(t > n for t, n in zip(template_hw, image_hw)):
         raise ValueError(
-            f"template ({template_hw[0]}x{template_hw[1]}) must not be larger than the image "
-            f"({image_hw[0]}x{image_hw[1]}); got {shapes}"
+            f"template ({'x'.join(map(str, template_hw))}) must not be larger than the image "
+            f"({'x'.join(map(str, image_hw))}); got {shapes}"
         )
 
 
@@ -161,7 +164,7 @@ def check_mask_weights(mask: torch.Tensor, ccoeff: bool) -> None:
     """Masks weigh template pixels: non-negative, and not all zero (per channel for ``ccoeff``)."""
     if bool((mask < 0).any()):
         raise ValueError(f"mask must be non-negative, got a minimum of {mask.min().item():g}")
-    totals = mask.sum((-2, -1))
+    totals = mask.flatten(2).sum(-1)
     if bool((totals == 0).any() if ccoeff else (totals.sum(-1) == 0).any()):
         where = "in every channel " if ccoeff else ""
         raise ValueError(f"mask must have a non-zero weight {where}(all zero: nothing to match)")

@@ -26,6 +26,7 @@ photographs few windows, often none, need it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -85,11 +86,12 @@ class _Problem:
     residual: torch.Tensor | None = None
 
     @property
-    def size(self) -> tuple[int, int]:
-        return self.zs.shape[-2], self.zs.shape[-1]
+    def size(self) -> tuple[int, ...]:
+        """The template's spatial size ((h, w), or (d, h, w) for volumes)."""
+        return tuple(self.zs.shape[2:])
 
     def scale(self, images: slice) -> torch.Tensor:
-        return self.tnorm[images].view(-1, 1, 1, 1)
+        return _column(self.tnorm[images], self.x.dim())
 
     def energy(self, rows: slice, images: slice) -> torch.Tensor:
         """The piece's window sums of squares of the image itself (unshifted): by doubling in
@@ -104,7 +106,7 @@ class _Problem:
         """The piece's numerators, correlated again in float64 at the windows where ``factor``
         times the rounding bound may pass :data:`NUMERATOR_ERROR` of the denominator
         ``tnorm * sqrt(den2)``; ``s2`` is the window's sum of squares of ``xs``."""
-        h, _ = self.size
+        h = self.size[0]
         num = self.num[images, :, rows.start : rows.stop - h + 1]
         if self.rounding is None:
             return num
@@ -114,7 +116,7 @@ class _Problem:
         # settles the common case, where no window is near the bound (0.1 ms at 961x961, where
         # a comparison map and its any() take 1.1 ms).
         if bool((local == 0).all()):
-            if not bool((den2.flatten(1).amin(1).view(-1, 1, 1, 1) < spread * spread).any()):
+            if not bool((_column(den2.flatten(1).amin(1), den2.dim()) < spread * spread).any()):
                 return num
             inexact = den2 < spread * spread
         else:
@@ -126,15 +128,23 @@ class _Problem:
 
     def _recomputed(self, num: torch.Tensor, inexact: torch.Tensor, rows: slice, images: slice) -> torch.Tensor:
         """``num`` in float64, exact over the bounding box of each image's ``inexact`` windows."""
-        h, w = self.size
+        size = self.size
         out = num.double()
         for j in torch.nonzero(inexact.flatten(1).any(1)).flatten().tolist():
-            r, c = torch.nonzero(inexact[j, 0], as_tuple=True)
-            r0, r1, c0, c1 = int(r.min()), int(r.max()) + 1, int(c.min()), int(c.max()) + 1
+            at = torch.nonzero(inexact[j, 0])
+            lo, hi = at.amin(0).tolist(), (at.amax(0) + 1).tolist()
             n = images.start + j
-            top = rows.start + r0
-            crop = self.xs[n : n + 1, :, top : top + r1 - r0 + h - 1, c0 : c1 + w - 1].double()
-            out[j : j + 1, :, r0:r1, c0:c1] = xcorr(crop, self.zs[n // self.k : n // self.k + 1].double())
+            # The first spatial axis is the pieces' (rows, or depth for volumes).
+            starts = [rows.start + lo[0], *lo[1:]]
+            crop = self.xs[
+                (
+                    slice(n, n + 1),
+                    slice(None),
+                    *(slice(a, a + b - c + t - 1) for a, b, c, t in zip(starts, hi, lo, size)),
+                )
+            ]
+            box = (slice(j, j + 1), slice(None), *(slice(a, b) for a, b in zip(lo, hi)))
+            out[box] = xcorr(crop.double(), self.zs[n // self.k : n // self.k + 1].double())
         return out
 
 
@@ -149,9 +159,9 @@ def _shifted_template(z: torch.Tensor, family: str) -> tuple[torch.Tensor, torch
     """The template as ``family`` correlates it (``ccoeff``: centred; ``sqdiff``: shifted by its
     mean, with the images), and that shift of the images (``sqdiff``; else None)."""
     if family == "ccoeff":
-        return z - z.mean((2, 3), keepdim=True), None
+        return z - z.mean(_spatial(z), keepdim=True), None
     if family == "sqdiff":
-        shift = z.detach().mean((2, 3), keepdim=True)
+        shift = z.detach().mean(_spatial(z), keepdim=True)
         return z - shift, shift
     return z, None
 
@@ -160,13 +170,13 @@ def _shifted_image(
     x: torch.Tensor, family: str, shift: torch.Tensor | None, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The images as ``family`` correlates them (``ccoeff``: each minus its own mean; ``sqdiff``:
-    minus its template's ``shift``), and the shift taken (N, C, 1, 1)."""
+    minus its template's ``shift``), and the shift taken (N, C, 1, 1[, 1])."""
     if family == "ccoeff":
-        shift = x.detach().mean((2, 3), keepdim=True)
+        shift = x.detach().mean(_spatial(x), keepdim=True)
     elif shift is not None:
         shift = shift.repeat_interleave(k, 0)
     else:
-        return x, x.new_zeros(x.shape[0], x.shape[1], 1, 1)
+        return x, x.new_zeros(*x.shape[:2], *(1,) * (x.dim() - 2))
     return x - shift, shift
 
 
@@ -204,12 +214,13 @@ class _Template:
     def of(z: torch.Tensor, method: str) -> _Template:
         family = method.split("_")[0]
         zs, shift = _shifted_template(z, family)
-        tz2 = (zs.double() ** 2).sum((1, 2, 3))
-        tnorm = tz2.sqrt() if family == "ccoeff" else (z.double() ** 2).sum((1, 2, 3)).sqrt()
+        items = tuple(range(1, z.dim()))
+        tz2 = (zs.double() ** 2).sum(items)
+        tnorm = tz2.sqrt() if family == "ccoeff" else (z.double() ** 2).sum(items).sqrt()
         flat = _flat_templates(z) if method == "ccoeff_normed" else None
         residual = None
         if method == "ccoeff_normed" and z.dtype == torch.float32:
-            residual = zs.detach().double().sum((2, 3))
+            residual = zs.detach().double().sum(_spatial(zs))
         return _Template(z, zs, shift, tz2, tnorm, flat, residual)
 
 
@@ -224,8 +235,7 @@ def _dense(
     """The unmasked scores of images ``x`` against templates ``z``, ``k`` images per template;
     ``template`` (``z``'s part) and ``numerator`` (``xs -> (num, backend)``) come from a match plan."""
     family, normed = method.split("_")[0], method.endswith("_normed")
-    N, C, H, W = x.shape
-    h = z.shape[2]
+    N, C, *spatial = x.shape
     t = template or _Template.of(z, method)
     xs, shift = _shifted_image(x, family, t.shift, k)
     zs = t.zs
@@ -237,12 +247,12 @@ def _dense(
     flat = None if t.flat is None else t.flat.repeat_interleave(k)
     rounding = _Rounding.of(xs, zs, num, chosen, k) if normed and num.dtype == torch.float32 else None
     residual = t.residual.repeat_interleave(k, 0) if t.residual is not None and num.dtype == torch.float32 else None
-    shift2 = (shift.double() ** 2).sum((1, 2, 3))
+    shift2 = (shift.double() ** 2).flatten(1).sum(1)
     problem = _Problem(x, xs, zs, num, method, k, tz2, tnorm, flat, rounding, shift2, residual)
     score = {"ccorr": _ccorr_piece, "ccoeff": _ccoeff_piece, "sqdiff": _sqdiff_piece}[family]
     # Float32 window sums (ccoeff) take pieces of as many bytes, so twice the elements.
     piece = 2 * _PIECE if family == "ccoeff" and x.dtype == torch.float32 else _PIECE
-    pieces = [(images, score(problem, rows, images)) for rows, images in _pieces(N, C, H, W, h, piece)]
+    pieces = [(images, score(problem, rows, images)) for rows, images in _pieces(N, C, spatial, z.shape[2], piece)]
     return _assemble(pieces, x.dtype)
 
 
@@ -258,29 +268,30 @@ def _ccorr_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
 
 def _ccoeff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
     """``ccoeff_normed`` on one piece, OpenCV's flat-template rule included."""
-    h, w = p.size
+    size = p.size
+    n = math.prod(size)
     band = p.xs[images, :, rows]
     sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     with stage("window statistics"):
         if band.dtype == torch.float32:
-            sums = _centred_energy_fast(band, h, w)
+            sums = _centred_energy_fast(band, *size)
         if sums is None:
             band = band.double()
-            s1, s2 = _box(band, h, w), _box(_squares(band), h, w)
-            sums = _centred_energy(s1, s2, h * w), s2, s1
+            s1, s2 = _box(band, *size), _box(_squares(band), *size)
+            sums = _centred_energy(s1, s2, n), s2, s1
     diff2, s2, s1 = sums
     with stage("exactness check"):
         num = p.numerator(rows, images, diff2, s2)
         if p.residual is not None:
-            num = _without_residual(num, s1, p.residual[images], h * w)
+            num = _without_residual(num, s1, p.residual[images], n)
     # No window has more energy than this, so none is flat where diff2 passes its share of it.
-    most = (float(s2.detach().amax()) ** 0.5 + (h * w * float(p.shift2[images].amax())) ** 0.5) ** 2
+    most = (float(s2.detach().amax()) ** 0.5 + (n * float(p.shift2[images].amax())) ** 0.5) ** 2
     with stage("normalisation"):
         score = _normalise(num, diff2, p.scale(images), p.method, lambda: p.energy(rows, images), most)
         assert p.flat is not None  # ccoeff_normed's problems have the flat-template rule
         flat = p.flat[images]
         if bool(flat.any()):
-            score = torch.where(flat.view(-1, 1, 1, 1), torch.ones_like(score), score)
+            score = torch.where(_column(flat, score.dim()), torch.ones_like(score), score)
     return score
 
 
@@ -297,7 +308,7 @@ def _without_residual(num: torch.Tensor, s1: torch.Tensor, residual: torch.Tenso
     # A rounding residue: no gradient flows through the correction (the score's stays the ratio's).
     coef = (residual / n).to(num.dtype)
     for c in range(s1.shape[1]):  # one fused pass per channel
-        num = torch.addcmul(num, s1[:, c : c + 1].detach().to(num.dtype), coef[:, c].view(-1, 1, 1, 1), value=-1)
+        num = torch.addcmul(num, s1[:, c : c + 1].detach().to(num.dtype), _column(coef[:, c], num.dim()), value=-1)
     return num
 
 
@@ -306,8 +317,8 @@ def _flat_templates(z: torch.Tensor) -> torch.Tensor:
     centred in float32 keeps rounding residues (a variance near 1e-16) and would pass for a
     non-flat one."""
     z64 = z.detach().double()
-    h, w = z.shape[-2:]
-    return ((z64 - z64.mean((2, 3), keepdim=True)) ** 2).sum((1, 2, 3)) / (h * w) < FLAT_TEMPLATE
+    centred = z64 - z64.mean(_spatial(z64), keepdim=True)
+    return (centred**2).flatten(1).sum(1) / math.prod(z.shape[2:]) < FLAT_TEMPLATE
 
 
 def _sqdiff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
@@ -316,20 +327,20 @@ def _sqdiff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
     ``sum I^2`` (of the shifted image) is summed in float64, or for ``sqdiff_normed`` of a float32
     image in float32 where its rounding (``gamma`` of :func:`_fast_gamma` of it) stays below
     :data:`NUMERATOR_ERROR` of every window's denominator."""
-    h, w = p.size
+    size = p.size
     band = p.xs[images, :, rows]
-    tz2 = p.tz2[images].view(-1, 1, 1, 1)
+    tz2 = _column(p.tz2[images], band.dim())
     if p.method == "sqdiff":
-        sq = _box(_squares(band.double()), h, w)
+        sq = _box(_squares(band.double()), *size)
         return (tz2 - 2 * p.numerator(rows, images, sq, sq) + sq).clamp_min(0)
     with stage("window statistics"):
         energy = p.energy(rows, images)
-        sq = _window_squares(band, h, w)
+        sq = _window_squares(band, *size)
         if sq.dtype == torch.float32:
             # Windows without energy are flat: they score 1 whatever their sums.
-            limit = (p.scale(images) * (NUMERATOR_ERROR / _fast_gamma(h, w))).to(sq.dtype)
+            limit = (p.scale(images) * (NUMERATOR_ERROR / _fast_gamma(*size))).to(sq.dtype)
             if bool(((sq > torch.sqrt(energy).mul_(limit)) & (energy > 0)).any()):
-                sq = _box(_squares(band.double()), h, w)
+                sq = _box(_squares(band.double()), *size)
     with stage("exactness check"):
         num = p.numerator(rows, images, energy, sq, factor=2)
     with stage("normalisation"):
@@ -341,20 +352,20 @@ def _sqdiff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
         return _normalise(sqdiff, energy, p.scale(images), p.method)
 
 
-def _fast_gamma(h: int, w: int) -> float:
-    """The relative rounding of an ``h x w`` window sum of non-negative float32 terms by
-    doubling (:func:`_slide`, down the rows, then along them): each term passes through at most
-    ``ceil(log2 h) + ceil(log2 w) + 1`` additions, each rounding by a float32 unit (with a factor
-    2 of margin)."""
-    return 2 * ((h - 1).bit_length() + (w - 1).bit_length() + 1) * _FLOAT32_UNIT
+def _fast_gamma(*size: int) -> float:
+    """The relative rounding of an ``h x w`` (or ``d x h x w``) window sum of non-negative
+    float32 terms by doubling (:func:`_slide`, along each axis in turn): each term passes
+    through at most ``ceil(log2 h) + ceil(log2 w) + 1`` additions (a term per axis), each
+    rounding by a float32 unit (with a factor 2 of margin)."""
+    return 2 * (sum((n - 1).bit_length() for n in size) + 1) * _FLOAT32_UNIT
 
 
-def _window_squares(band: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def _window_squares(band: torch.Tensor, *size: int) -> torch.Tensor:
     """Window sums of squares (channels summed) of ``band``: by doubling in float32 for float32,
     else in float64 by :func:`_box`."""
     if band.dtype == torch.float32:
-        return _slide_columns(_slide(_squares(band), h), w)
-    return _box(_squares(band.double()), h, w)
+        return _slide_all(_squares(band), size)
+    return _box(_squares(band.double()), *size)
 
 
 def _centred_energy(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
@@ -364,7 +375,7 @@ def _centred_energy(s1: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
     return s2 - (s1 * s1).sum(1, keepdim=True) / n
 
 
-def _centred_energy_fast(band: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+def _centred_energy_fast(band: torch.Tensor, *size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """:func:`_centred_energy` of a float32 ``band`` with float32 window sums, the window sums
     of squares ``s2`` and the per-channel window sums ``s1``; or None.
 
@@ -378,20 +389,20 @@ def _centred_energy_fast(band: torch.Tensor, h: int, w: int) -> tuple[torch.Tens
     gradient is needed. Half the bytes of float64 and no prefix sums, whose float32 rounding
     would grow with the image.
     """
-    gamma = _fast_gamma(h, w)
-    s1 = _slide_columns(_slide(band, h), w)
-    s2 = _slide_columns(_slide(_squares(band), h), w)
-    diff2 = _centred_energy(s1, s2, h * w)
+    gamma, n = _fast_gamma(*size), math.prod(size)
+    s1 = _slide_all(band, size)
+    s2 = _slide_all(_squares(band), size)
+    diff2 = _centred_energy(s1, s2, n)
     margin = torch.add(diff2, s2, alpha=-3 * gamma / (2 * _FAST_ERROR))
     if not bool(margin.amin() < 0):
         return diff2, s2, s1
     if needs_grad(band):
         return None
-    short = torch.nonzero((margin < 0).flatten(0, 1).any(0).any(-1)).flatten().tolist()
-    runs = _row_runs(short, h)
-    if 2 * sum(r1 - r0 for r0, r1 in runs) > diff2.shape[-2]:
+    short = torch.nonzero((margin < 0).movedim(2, 0).flatten(1).any(1)).flatten().tolist()
+    runs = _row_runs(short, size[0])
+    if 2 * sum(r1 - r0 for r0, r1 in runs) > diff2.shape[2]:
         return None
-    return _redone_rows(band, (diff2, s2, s1.clone() if h * w == 1 else s1), runs, h, w)
+    return _redone_rows(band, (diff2, s2, s1.clone() if n == 1 else s1), runs, *size)
 
 
 def _row_runs(rows: list[int], h: int) -> list[tuple[int, int]]:
@@ -410,24 +421,32 @@ def _redone_rows(
     band: torch.Tensor,
     sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     runs: list[tuple[int, int]],
-    h: int,
-    w: int,
+    *size: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``sums`` (``diff2, s2, s1``, float32, overwritten) with the output rows of ``runs`` summed
-    again in float64, as :func:`_box` sums a whole piece."""
+    """``sums`` (``diff2, s2, s1``, float32, overwritten) with the output rows of ``runs`` (along
+    the first spatial axis: depth for volumes) summed again in float64, as :func:`_box` sums a
+    whole piece."""
     diff2, s2, s1 = sums
+    h = size[0]
     for r0, r1 in runs:
-        part = band[..., r0 : r1 + h - 1, :].double()
-        p1, p2 = _box(part, h, w), _box(_squares(part), h, w)
-        diff2[..., r0:r1, :] = _centred_energy(p1, p2, h * w)
-        s2[..., r0:r1, :] = p2
-        s1[..., r0:r1, :] = p1
+        part = band[:, :, r0 : r1 + h - 1].double()
+        p1, p2 = _box(part, *size), _box(_squares(part), *size)
+        diff2[:, :, r0:r1] = _centred_energy(p1, p2, math.prod(size))
+        s2[:, :, r0:r1] = p2
+        s1[:, :, r0:r1] = p1
     return diff2, s2, s1
 
 
 def _slide_columns(x: torch.Tensor, n: int) -> torch.Tensor:
     """Sums of ``n`` consecutive columns, by doubling as :func:`_slide` does for rows."""
-    return _slide(x.transpose(-1, -2), n).transpose(-1, -2)
+    return _slide(x, n, -1)
+
+
+def _slide_all(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Sums over every window of ``size`` (the last ``len(size)`` axes), by doubling along each."""
+    for i, n in enumerate(size):
+        x = _slide(x, n, i - len(size))
+    return x
 
 
 def _squares(x: torch.Tensor) -> torch.Tensor:
@@ -435,15 +454,17 @@ def _squares(x: torch.Tensor) -> torch.Tensor:
     return x * x if x.shape[1] == 1 else (x * x).sum(1, keepdim=True)
 
 
-def _pieces(N: int, C: int, H: int, W: int, h: int, size: int):
-    """Split the window statistics into (input rows, images) pieces of about ``size`` elements."""
-    if C * H * W > size:
-        step = max(4 * h, size // (C * W) - h + 1)  # overlap of h - 1 rows stays small
+def _pieces(N: int, C: int, spatial: list[int], h: int, size: int):
+    """Split the window statistics into (input rows, images) pieces of about ``size`` elements:
+    rows along the first spatial axis (depth for volumes), whose template extent is ``h``."""
+    H, row = spatial[0], C * math.prod(spatial[1:])
+    if row * H > size:
+        step = max(4 * h, size // row - h + 1)  # overlap of h - 1 rows stays small
         for n in range(N):
             for top in range(0, H - h + 1, step):
                 yield slice(top, min(H, top + step + h - 1)), slice(n, n + 1)
     else:
-        per = max(1, size // (C * H * W))
+        per = max(1, size // (row * H))
         for n in range(0, N, per):
             yield slice(0, H), slice(n, min(N, n + per))
 
@@ -462,30 +483,45 @@ def _assemble(pieces, dtype: torch.dtype) -> torch.Tensor:
     return torch.cat(images, 0)
 
 
-def _box(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Sums over every h x w window: a doubling pass down the rows, then a running sum along them
-    (doubling along them too on CUDA in deterministic mode, where torch's floating-point
-    ``cumsum`` has no deterministic kernel and raises)."""
-    rows = _slide(x, h)
+def _box(x: torch.Tensor, *size: int) -> torch.Tensor:
+    """Sums over every h x w (or d x h x w) window: a doubling pass along each axis but the last,
+    then a running sum along it (doubling along it too on CUDA in deterministic mode, where
+    torch's floating-point ``cumsum`` has no deterministic kernel and raises)."""
+    *first, w = size
+    rows = x
+    for i, n in enumerate(first):
+        rows = _slide(rows, n, i - len(size))
     if x.device.type == "cuda" and deterministic():
         return _slide_columns(rows, w)
     c = torch.cumsum(F.pad(rows, (1, 0)), -1)
     return c[..., w:] - c[..., :-w]
 
 
-def _slide(x: torch.Tensor, n: int) -> torch.Tensor:
-    """Sums of ``n`` consecutive rows, by doubling: pairwise rounding, contiguous vector adds."""
-    length = x.shape[-2] - n + 1
+def _slide(x: torch.Tensor, n: int, dim: int = -2) -> torch.Tensor:
+    """Sums of ``n`` consecutive rows (slices along ``dim``), by doubling: pairwise rounding,
+    contiguous vector adds."""
+    length = x.shape[dim] - n + 1
     out: torch.Tensor | None = None
     span, pos = 1, 0
     while n:
         if n & 1:
-            part = x[..., pos : pos + length, :]
+            part = x.narrow(dim, pos, length)
             out = part if out is None else out + part
             pos += span
         n >>= 1
         if n:
-            x = x[..., :-span, :] + x[..., span:, :]
+            size = x.shape[dim] - span
+            x = x.narrow(dim, 0, size) + x.narrow(dim, span, size)
             span *= 2
     assert out is not None  # n >= 1 sets it
     return out
+
+
+def _spatial(t: torch.Tensor) -> tuple[int, ...]:
+    """The spatial dims of an (N, C, H, W) or (N, C, D, H, W) tensor."""
+    return tuple(range(2, t.dim()))
+
+
+def _column(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Per-image values (N,) shaped to broadcast against ``ndim``-D maps: (N, 1, ...)."""
+    return t.reshape(-1, *(1,) * (ndim - 1))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..correlation.api import xcorr
-from .dense import _correlated
+from .dense import _column, _correlated, _spatial
 from .normalise import FLAT_TEMPLATE, _normalise
 
 
@@ -33,8 +33,8 @@ def _ccorr_or_sqdiff(x: torch.Tensor, z: torch.Tensor, m: torch.Tensor, method: 
     if not method.endswith("_normed"):
         return num
     energy = xcorr(x * x, m2)
-    tnorm = ((z * m) ** 2).sum((1, 2, 3)).sqrt()
-    return _normalise(num, energy, _per_image(tnorm, k).view(-1, 1, 1, 1), method, energy)
+    tnorm = ((z * m) ** 2).flatten(1).sum(1).sqrt()
+    return _normalise(num, energy, _column(_per_image(tnorm, k), x.dim()), method, energy)
 
 
 def _sqdiff(x: torch.Tensor, z: torch.Tensor, m: torch.Tensor, k: int) -> torch.Tensor:
@@ -42,32 +42,32 @@ def _sqdiff(x: torch.Tensor, z: torch.Tensor, m: torch.Tensor, k: int) -> torch.
     the unmasked ``sqdiff`` is (:func:`~.dense._correlated`)."""
     m2 = m * m
     xs, zs = _correlated(x, z, "sqdiff", k)
-    tz2 = ((zs * m) ** 2).sum((1, 2, 3)).view(-1, 1, 1, 1)
+    tz2 = _column(((zs * m) ** 2).flatten(1).sum(1), x.dim())
     return (_per_image(tz2, k) - 2 * xcorr(xs, zs * m2) + xcorr(xs * xs, m2)).clamp_min(0)
 
 
 def _ccoeff(x: torch.Tensor, z: torch.Tensor, m: torch.Tensor, method: str, k: int) -> torch.Tensor:
     """``ccoeff`` or ``ccoeff_normed``: the template centred by its weighted mean, each image shifted
     by its own mean; OpenCV's flat-template rule included."""
-    N = x.shape[0]
+    spatial = _spatial(x)
     m2 = m * m
-    msum = m.sum((2, 3), keepdim=True)
-    zc = z - (m * z).sum((2, 3), keepdim=True) / msum
+    msum = m.sum(spatial, keepdim=True)
+    zc = z - (m * z).sum(spatial, keepdim=True) / msum
     kernel = m2 * zc
-    shift = x.detach().mean((2, 3), keepdim=True)
+    shift = x.detach().mean(spatial, keepdim=True)
     xs = x - shift
     num = xcorr(xs, kernel)
     binary = bool(((m == 0) | (m == 1)).all())
     if not binary:
         # sum M^2 (T - mT) is zero only for binary masks; otherwise the window mean enters.
-        num = num - xcorr(xs, m * kernel.sum((2, 3), keepdim=True) / msum)
+        num = num - xcorr(xs, m * kernel.sum(spatial, keepdim=True) / msum)
     if method == "ccoeff":
         return num
     diff2, energy = _window_energies(xs, shift, m, binary, k)
-    tz2 = (m2 * zc * zc).sum((2, 3))
-    flat_template = (tz2 / m2.sum((2, 3))).sum(1) < FLAT_TEMPLATE
-    score = _normalise(num, diff2, _per_image(tz2.sum(1).sqrt(), k).view(N, 1, 1, 1), method, energy)
-    return torch.where(_per_image(flat_template, k).view(N, 1, 1, 1), torch.ones_like(score), score)
+    tz2 = (m2 * zc * zc).sum(spatial)
+    flat_template = (tz2 / m2.sum(spatial)).sum(1) < FLAT_TEMPLATE
+    score = _normalise(num, diff2, _column(_per_image(tz2.sum(1).sqrt(), k), x.dim()), method, energy)
+    return torch.where(_column(_per_image(flat_template, k), x.dim()), torch.ones_like(score), score)
 
 
 def _window_energies(
@@ -75,12 +75,12 @@ def _window_energies(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The weighted energy of each window of the image ``xs + shift`` about its mean (``diff2``),
     and about zero (``energy``), from correlations of the shifted image ``xs`` with the mask."""
-    N, C = xs.shape[:2]
+    spatial = _spatial(xs)
     m2 = m * m
     g = xcorr(xs, m, "depthwise")
     a = g if binary else xcorr(xs, m2, "depthwise")
-    mean = g / _per_image(m.sum((2, 3), keepdim=True), k).view(N, C, 1, 1)
-    m2sum = _per_image(m2.sum((2, 3), keepdim=True), k)
+    mean = g / _per_image(m.sum(spatial, keepdim=True), k)
+    m2sum = _per_image(m2.sum(spatial, keepdim=True), k)
     p = xcorr(xs * xs, m2)
     diff2 = p - (2 * mean * a - mean * mean * m2sum).sum(1, keepdim=True)
     energy = p + (2 * shift * a + shift * shift * m2sum).sum(1, keepdim=True)

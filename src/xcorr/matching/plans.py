@@ -40,7 +40,7 @@ class MatchPlan:
             _, z, m = _from_arrays(*(cast(np.ndarray, template),) * 2, cast(Optional[np.ndarray], mask))
         else:
             z = cast(torch.Tensor, template).detach()
-            m = None if mask is None else _mask_tensor(cast(torch.Tensor, mask), z.dtype)
+            m = None if mask is None else _mask_tensor(cast(torch.Tensor, mask), z.dtype, z.dim())
         self._z, self._m = z, m
         self._part = None if m is not None or z.dtype in HALF else _Template.of(z, method)
         self._plans: dict[tuple, Plan] = {}  # (C, H, W, dtype, device) of the images -> numerator plan

@@ -24,25 +24,26 @@ def _scores(
 ) -> torch.Tensor:
     """The ``method`` scores (N, 1, H-h+1, W-w+1) of images ``x`` (N, C, H, W) against templates ``z``
     (Nt, C, h, w), each serving ``N // Nt`` images, weighted by ``mask`` (1 or Nt, 1 or C, h, w);
-    ``template`` and ``numerator`` are a match plan's (unmasked, ``z``'s dtype)."""
-    N, C, H, W = x.shape
-    Nt, _, h, w = z.shape
-    shape, k = (N, 1, H - h + 1, W - w + 1), N // Nt
+    ``template`` and ``numerator`` are a match plan's (unmasked, ``z``'s dtype). Volumes likewise,
+    with a depth axis before the rows (``D``, ``d``)."""
+    N, C, *spatial = x.shape
+    Nt, _, *size = z.shape
+    shape, k = (N, 1, *(n - t + 1 for n, t in zip(spatial, size))), N // Nt
     if mask is None:
 
         def dense(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return _footprint(lambda a: _dense(a, b, method, k, template, numerator), a, (h, w))
+            return _footprint(lambda a: _dense(a, b, method, k, template, numerator), a, size)
 
         return computed(dense, shape, x, z)
     check_mask_weights(mask, method.startswith("ccoeff"))
 
     def masked(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        return _footprint(lambda a: _masked(a, b, m.expand(Nt, C, h, w), method, k), a, (h, w))
+        return _footprint(lambda a: _masked(a, b, m.expand(Nt, C, *size), method, k), a, size)
 
     return computed(masked, shape, x, z, mask)
 
 
-def _footprint(score: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _footprint(score: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: list[int]) -> torch.Tensor:
     """``score(x)``, NaN exactly at the windows that hold a non-finite pixel of ``x`` (window sums
     and transforms would spread one over the whole map; see
     :func:`~xcorr._compute.finite_footprint`). A non-finite template spoils all of its scores, as

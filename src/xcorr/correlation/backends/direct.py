@@ -23,6 +23,7 @@ backward, whose dense kernels measured faster than the same correlations written
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -32,7 +33,7 @@ from torch.nn.grad import conv2d_input
 from ..._compute import compute_dtype, needs_grad
 from ...planning.cost import Terms
 from ..adjoint import crop_to_search, spread
-from ..spec import Pair, Spec
+from ..spec import Pair, Spec, Spec3d
 from ._base import Backend
 
 #: Beyond this many template taps, padding is applied by hand: conv2d's own padding then takes a
@@ -123,27 +124,27 @@ class _Depthwise(torch.autograd.Function):
         return gx, gw, None, None
 
 
-def _items_as_batch(x: torch.Tensor, spec: Spec) -> torch.Tensor:
-    """(B, C, H, W) -> (k, Bz*C, H, W): item i*k + j becomes batch j, channel group i. (With one
+def _items_as_batch(x: torch.Tensor, spec: Spec | Spec3d) -> torch.Tensor:
+    """(B, C, *S) -> (k, Bz*C, *S): item i*k + j becomes batch j, channel group i. (With one
     template, x is that already; a tracker's small call feels every extra reshape.)"""
-    B, C, H, W = spec.x_shape
+    B, C, *S = spec.x_shape
     Bz, k = spec.templates, spec.k
     if Bz == 1:
         return x
     if k == 1:
-        return x.reshape(1, Bz * C, H, W)
-    return x.reshape(Bz, k, C, H, W).transpose(0, 1).reshape(k, Bz * C, H, W)
+        return x.reshape(1, Bz * C, *S)
+    return x.reshape(Bz, k, C, *S).transpose(0, 1).reshape(k, Bz * C, *S)
 
 
-def _batch_as_items(out: torch.Tensor, spec: Spec) -> torch.Tensor:
-    """The inverse of :func:`_items_as_batch` on the output: (k, Bz*K, H', W') -> (B, K, H', W')."""
+def _batch_as_items(out: torch.Tensor, spec: Spec | Spec3d) -> torch.Tensor:
+    """The inverse of :func:`_items_as_batch` on the output: (k, Bz*K, *S') -> (B, K, *S')."""
     Bz, k, K = spec.templates, spec.k, spec.out_channels
     if Bz == 1:
         return out
-    Ho, Wo = spec.out_size
+    S = spec.out_size
     if k == 1:
-        return out.reshape(spec.batch, K, Ho, Wo)
-    return out.reshape(k, Bz, K, Ho, Wo).transpose(0, 1).reshape(spec.batch, K, Ho, Wo)
+        return out.reshape(spec.batch, K, *S)
+    return out.reshape(k, Bz, K, *S).transpose(0, 1).reshape(spec.batch, K, *S)
 
 
 def _weight(z: torch.Tensor, spec: Spec) -> torch.Tensor:
@@ -205,12 +206,11 @@ def _lanes(n: int) -> int:
     return -(-n // LANES) * LANES
 
 
-def exact(spec: Spec) -> bool:
+def exact(spec: Spec | Spec3d) -> bool:
     """Whether float32 direct convolution keeps the promised precision: every mode sums a
     template's taps in one running sum per channel (naive then adds the channels; a single
-    up-channel template's dense kernel sums its taps the same way)."""
-    h, w = spec.z_shape[-2:]
-    return compute_dtype(spec.dtype) != torch.float32 or h * w <= MAX_TAPS_FLOAT32
+    up-channel template's dense kernel sums its taps the same way); a volume's taps likewise."""
+    return compute_dtype(spec.dtype) != torch.float32 or math.prod(spec.z_shape[2:]) <= MAX_TAPS_FLOAT32
 
 
 def terms(spec: Spec) -> Terms:
@@ -267,3 +267,69 @@ CONSTANTS = {
 
 
 BACKEND = Backend("direct", run=correlate, prepare=prepare, bind=bind, exact=exact, terms=terms, constants=CONSTANTS)
+
+
+# Volumes (5-D searches and templates): the same folding of templates into groups, by
+# ``F.conv3d``, whose own backward serves (its depthwise kernels run at about the 2-D kernels'
+# cost per multiply-add and lane, so the cost model reuses their constants).
+
+
+def _volume_weight(z: torch.Tensor, spec: Spec3d) -> torch.Tensor:
+    """The templates as a depthwise convolution weight (Bz*C, 1, d, h, w)."""
+    return z.reshape(spec.templates * spec.channels, 1, *spec.z_shape[2:])
+
+
+def _run_volumes(x: torch.Tensor, weight: torch.Tensor, spec: Spec3d) -> torch.Tensor:
+    out = F.conv3d(_items_as_batch(x, spec), weight, groups=weight.shape[0])
+    if spec.mode == "naive" and spec.channels > 1:
+        out = out.unflatten(1, (-1, spec.channels)).sum(2)
+    return _batch_as_items(out, spec)
+
+
+def correlate_volumes(x: torch.Tensor, z: torch.Tensor, spec: Spec3d) -> torch.Tensor:
+    """The volume correlation of ``spec`` by ``F.conv3d``."""
+    return _run_volumes(x, _volume_weight(z, spec), spec)
+
+
+def prepare_volumes(z: torch.Tensor, spec: Spec3d) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The template reshaped into a convolution weight once."""
+    weight = _volume_weight(z, spec)
+    return lambda x: _run_volumes(x, weight, spec.with_batch(x.shape[0]))
+
+
+def bind_volumes(spec: Spec3d, grad: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Eager calls of one signature (nothing depends on the shapes alone)."""
+    return lambda x, z: correlate_volumes(x, z, spec)
+
+
+def terms_volumes(spec: Spec3d) -> Terms:
+    """The cost model's counts of :func:`terms`' depthwise form over three axes; the backward is
+    ``F.conv3d``'s own (its ratio its own constant)."""
+    B, C = spec.x_shape[:2]
+    out, taps = math.prod(spec.out_size), math.prod(spec.z_shape[2:])
+    channels = spec.k * _lanes(spec.templates * C)
+    return Terms(
+        {
+            "direct_call": 1.0,
+            "depthwise_mac": out * channels * taps,
+            "direct_element": B * C * (math.prod(spec.x_shape[2:]) + out),
+        },
+        "direct3d_backward",
+        wide="float64_depthwise",
+    )
+
+
+#: The volume record's constants: the 2-D ones, and the ratio of ``F.conv3d``'s backward.
+CONSTANTS_3D = {kind: {**values, "direct3d_backward": 3.0} for kind, values in CONSTANTS.items()}
+
+#: Volumes (:class:`~xcorr.correlation.spec.Spec3d`).
+BACKEND_3D: Backend[Spec3d] = Backend(
+    "direct",
+    run=correlate_volumes,
+    prepare=prepare_volumes,
+    bind=bind_volumes,
+    modes=("naive", "depthwise"),
+    exact=exact,
+    terms=terms_volumes,
+    constants=CONSTANTS_3D,
+)

@@ -33,7 +33,7 @@ from torch.autograd.function import once_differentiable
 from ..._compute import finite_footprint, needs_grad
 from ...planning.cost import Terms
 from ..adjoint import spread
-from ..spec import Pair, Spec
+from ..spec import Pair, Spec, Spec3d
 from ._base import Backend
 
 #: Bytes of search spectra one chunk transforms at a time. Small chunks keep the temporaries in
@@ -319,7 +319,7 @@ def chunk_count(spec: Spec) -> int:
     return len(_item_chunks(spec, items)) * _parts(spec.channels, chans)
 
 
-def _item_chunks(spec: Spec, per: int) -> list[tuple[slice, slice]]:
+def _item_chunks(spec: Spec | Spec3d, per: int) -> list[tuple[slice, slice]]:
     """(items, templates) of each chunk: whole templates with all of their ``k`` items, or, when
     one template's items exceed ``per``, runs of one template's items."""
     B, Bz, k = spec.batch, spec.templates, spec.k
@@ -487,4 +487,103 @@ CONSTANTS = {
 #: Runs where ``torch.fft`` has kernels.
 BACKEND = Backend(
     "fft", run=correlate, prepare=prepare, bind=bind, devices=("cpu", "cuda"), terms=terms, constants=CONSTANTS
+)
+
+
+# Volumes (5-D searches and templates): one real transform over the three axes per map, at fast
+# lengths that cover the search (the valid outputs need no more), channels summed in the frequency
+# domain for ``"naive"``; differentiable through ``torch.fft``'s own gradients. Chunks of whole
+# items keep each chunk's search spectra within :data:`LARGE_MAP_CHUNK_BYTES` (a volume's map
+# passes :data:`CHUNK_BYTES` from about 100³).
+
+_AXES_3D = (-3, -2, -1)
+
+
+def volume_lengths(spec: Spec3d) -> tuple[int, int, int]:
+    """The transform lengths of a volume problem: each axis of the search at its fast length."""
+    D, H, W = (next_fast_len(n) for n in spec.x_shape[2:])
+    return D, H, W
+
+
+def volume_items_per_chunk(spec: Spec3d) -> int:
+    """Search items per chunk: their spectra (all channels) within :data:`LARGE_MAP_CHUNK_BYTES`."""
+    L = volume_lengths(spec)
+    per_map = L[0] * L[1] * (L[2] // 2 + 1) * 2 * spec.dtype.itemsize
+    return max(1, LARGE_MAP_CHUNK_BYTES // (per_map * spec.channels))
+
+
+def _volume_spectrum(z: torch.Tensor, L: tuple[int, int, int]) -> torch.Tensor:
+    return torch.fft.rfftn(z, s=L, dim=_AXES_3D).conj_physical()
+
+
+def _volumes_chunked(
+    x: torch.Tensor, z: torch.Tensor, spec: Spec3d, L: tuple[int, int, int], grad: bool
+) -> torch.Tensor:
+    Do, Ho, Wo = spec.out_size
+    chunks = _item_chunks(spec, volume_items_per_chunk(spec))
+    shared = _volume_spectrum(z, L) if spec.templates == 1 and len(chunks) > 1 else None
+    parts = []
+    for items, templates in chunks:
+        Zc = shared if shared is not None else _volume_spectrum(z[templates], L)
+        X = torch.fft.rfftn(x[items], s=L, dim=_AXES_3D)
+        Y = _combine(X, Zc, spec.mode, spec.k, overwrite=not grad)
+        parts.append(torch.fft.irfftn(Y, s=L, dim=_AXES_3D)[..., :Do, :Ho, :Wo])
+    return parts[0].contiguous() if len(parts) == 1 else torch.cat(parts)
+
+
+def _run_volumes(x: torch.Tensor, z: torch.Tensor, spec: Spec3d, L: tuple[int, int, int], grad: bool) -> torch.Tensor:
+    """:func:`_volumes_chunked`, with direct summation's footprint of non-finite searches (see :func:`_run`)."""
+
+    def windows(mask: torch.Tensor) -> torch.Tensor:
+        return _volumes_chunked(mask, mask.new_ones(spec.z_shape), spec, L, False)
+
+    return finite_footprint(lambda x: _volumes_chunked(x, z, spec, L, grad), x, windows)
+
+
+def correlate_volumes(x: torch.Tensor, z: torch.Tensor, spec: Spec3d) -> torch.Tensor:
+    """The volume correlation of ``spec`` by real FFTs over three axes."""
+    return _run_volumes(x, z, spec, volume_lengths(spec), needs_grad(x, z))
+
+
+def prepare_volumes(z: torch.Tensor, spec: Spec3d) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The transform lengths worked out once."""
+    L = volume_lengths(spec)
+    return lambda x: _run_volumes(x, z, spec.with_batch(x.shape[0]), L, needs_grad(x, z))
+
+
+def bind_volumes(spec: Spec3d, grad: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Eager calls of one signature: the transform lengths worked out once."""
+    L = volume_lengths(spec)
+    return lambda x, z: _run_volumes(x, z, spec, L, grad)
+
+
+def terms_volumes(spec: Spec3d) -> Terms:
+    """:func:`terms`' counts for transforms over three axes (no tiles)."""
+    B, C = spec.x_shape[:2]
+    Bz, K = spec.templates, spec.out_channels
+    L = volume_lengths(spec)
+    points, bins = math.prod(L), L[0] * L[1] * (L[2] // 2 + 1)
+    chunks = len(_item_chunks(spec, volume_items_per_chunk(spec))) if B else 0
+    return Terms(
+        {
+            "fft_call": 1.0,
+            "fft_chunk": float(chunks),
+            "fft_point": (B * (C + K) + Bz * C) * points * math.log2(points),
+            "fft_product": B * bins * C,
+        },
+        "fft_backward",
+        wide="float64_fft",
+    )
+
+
+#: Volumes (:class:`~xcorr.correlation.spec.Spec3d`), with the 2-D record's constants.
+BACKEND_3D: Backend[Spec3d] = Backend(
+    "fft",
+    run=correlate_volumes,
+    prepare=prepare_volumes,
+    bind=bind_volumes,
+    devices=("cpu", "cuda"),
+    modes=("naive", "depthwise"),
+    terms=terms_volumes,
+    constants=CONSTANTS,
 )
