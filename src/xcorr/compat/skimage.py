@@ -37,6 +37,7 @@ whose dimensionality is not the image's is refused with a ``ValueError`` naming 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
@@ -110,6 +111,7 @@ def match_template(
     """
     dtype = _check(image, template, pad_input, mode, constant_values)
     x = _padded(image.astype(dtype, copy=False), template.shape, pad_input, mode, constant_values)
+    # A tensor (1, 1, M, N), or for volumes (N, C, D, H, W) = (1, 1, M, N, P).
     x64 = torch.from_numpy(np.ascontiguousarray(x, np.float64))[None, None]
     z64 = torch.from_numpy(np.ascontiguousarray(template, np.float64))[None, None]
     return _scores(x64, z64, float(np.finfo(dtype).eps))[0, 0].numpy().astype(dtype, copy=False)
@@ -128,54 +130,53 @@ def _padded(x: np.ndarray, size: Sequence[int], pad_input: bool, mode: PadMode, 
 
 
 def _scores(x: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
-    """The scores (1, 1, H-h+1, W-w+1) of the float64 image ``x`` (1, 1, H, W) against the
-    template ``z`` (1, 1, h, w) by scikit-image's rule (0 where the denominator is at most
-    ``eps``), NaN at the windows that hold a non-finite pixel."""
-    h, w = z.shape[-2:]
+    """The scores (1, 1, *(x's size - z's size + 1)) of the float64 image ``x`` (1, 1, H, W) or
+    volume (1, 1, D, H, W) against the template ``z`` of as many dimensions by scikit-image's
+    rule (0 where the denominator is at most ``eps``), NaN at the windows that hold a non-finite
+    pixel."""
+    size = list(z.shape[2:])
     if not bool(torch.isfinite(z).all()):  # every ratio is NaN, whatever the denominator
-        return x.new_full((1, 1, x.shape[-2] - h + 1, x.shape[-1] - w + 1), torch.nan)
+        return x.new_full((1, 1, *(n - m + 1 for n, m in zip(x.shape[2:], size))), torch.nan)
 
     def score(x: torch.Tensor) -> torch.Tensor:
         xs, zs = _correlated(x, z, "ccoeff", 1)
         num, _ = _numerator(xs, zs)
-        s1, s2 = _box(xs, h, w), _box(xs * xs, h, w)
-        diff2 = _centred_energy(s1, s2, h * w).clamp_min_(0)
+        s1, s2 = _box(xs, *size), _box(xs * xs, *size)
+        diff2 = _centred_energy(s1, s2, math.prod(size)).clamp_min_(0)
         # A constant template centred in floating point keeps residues; its spread is zero.
         tz2 = 0.0 if bool(z.amax() == z.amin()) else float((zs * zs).sum())
         den = (diff2 * tz2).sqrt_()
-        keep = (den > eps) & ~_constant_windows(x, diff2, s2, (h, w))
+        keep = (den > eps) & ~_constant_windows(x, diff2, s2, size)
         return torch.where(keep, num / torch.where(keep, den, 1.0), 0.0).clamp_(-1, 1)
 
-    return _footprint(score, x, (h, w))
+    return _footprint(score, x, size)
 
 
-def _constant_windows(x: torch.Tensor, diff2: torch.Tensor, s2: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def _constant_windows(x: torch.Tensor, diff2: torch.Tensor, s2: torch.Tensor, size: list[int]) -> torch.Tensor:
     """The windows of ``x`` that hold one value throughout, looked for among those whose spread
     ``diff2`` is within :data:`~xcorr.matching.normalise.FLAT_RELATIVE` of their energy, of ``x``
     plus of the centred image (``s2``): a constant window's spread is the window sums' float64
     rounding, which scales with both (a black window beside bright ones has no energy of its own,
     but the centred image's); windows further from flat hold two values whatever the rounding."""
-    h, w = size
-    shift2 = float(x.mean()) ** 2
-    most = (float(s2.amax()) ** 0.5 + (h * w * shift2) ** 0.5) ** 2  # no window's energy is larger
+    n = math.prod(size)
+    most = (float(s2.amax()) ** 0.5 + (n * float(x.mean()) ** 2) ** 0.5) ** 2  # no window's energy is larger
     if not bool(diff2.amin() <= FLAT_RELATIVE * (most + float(s2.amax()))):
         return torch.zeros_like(diff2, dtype=torch.bool)
-    near = diff2 <= FLAT_RELATIVE * (_box(x * x, h, w) + s2)
+    near = diff2 <= FLAT_RELATIVE * (_box(x * x, *size) + s2)
     if not bool(near.any()):
         return near
-    rows, cols = torch.nonzero(near[0, 0], as_tuple=True)
-    r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
-    crop = x[..., r0 : r1 + h - 1, c0 : c1 + w - 1]
+    at = torch.nonzero(near[0, 0])
+    lo, hi = at.amin(0).tolist(), (at.amax(0) + 1).tolist()
+    crop = x[(0, 0, *(slice(a, b + m - 1) for a, b, m in zip(lo, hi, size)))]
+    box = (0, 0, *(slice(a, b) for a, b in zip(lo, hi)))
     constant = torch.zeros_like(near)
-    constant[..., r0:r1, c0:c1] = _window_extreme(crop, size, torch.maximum) == _window_extreme(
-        crop, size, torch.minimum
-    )
+    constant[box] = _window_extreme(crop, size, torch.maximum) == _window_extreme(crop, size, torch.minimum)
     return near & constant
 
 
-def _window_extreme(x: torch.Tensor, size: tuple[int, int], op: Callable[..., torch.Tensor]) -> torch.Tensor:
+def _window_extreme(x: torch.Tensor, size: list[int], op: Callable[..., torch.Tensor]) -> torch.Tensor:
     """``op`` (maximum or minimum) over every ``size`` window of ``x``, one dimension at a time."""
-    for dim, n in zip((-2, -1), size):
+    for dim, n in enumerate(size):
         x = _run_extreme(x, n, dim, op)
     return x
 
@@ -199,8 +200,8 @@ def _check(image: Any, template: Any, pad_input: Any, mode: Any, constant_values
             raise TypeError(f"{name} must be a numpy array, got {_type_name(a)}")
         if a.dtype.kind not in "biuf":
             raise TypeError(f"{name} must have a real dtype (bool, integer or floating-point), got {a.dtype.name}")
-    if image.ndim != 2:
-        raise ValueError(f"image must be 2-D (M, N), got shape {image.shape}")
+    if image.ndim not in (2, 3):
+        raise ValueError(f"image must be 2-D (M, N) or 3-D (M, N, P), got shape {image.shape}")
     if template.ndim != image.ndim:
         raise ValueError(
             f"template must have the image's dimensionality; got image {image.shape} and template {template.shape}"
