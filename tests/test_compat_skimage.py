@@ -293,6 +293,80 @@ def test_random_shapes_match_skimage(H, W, h, w, pad_input, mode, integer, seed)
     assert_close(ours, reference(image, template, pad_input, mode), 1e-9)
 
 
+COLOUR = ["astronaut", "coffee", "chelsea"]
+
+
+@pytest.mark.parametrize("name", COLOUR)
+@pytest.mark.parametrize("size", [(7, 7), (16, 23)])
+@pytest.mark.parametrize("pad_input", [False, True])
+def test_colour_photos_match_skimage(name, size, pad_input):
+    """(H, W, 3) with (h, w, 3): a 3-D match whose last axis the template covers, so the window
+    mean is over all three channels; with ``pad_input`` the channel axis is padded too."""
+    image = getattr(data, name)()[:160, :200]
+    template = image[60 : 60 + size[0], 70 : 70 + size[1]]
+    for a, t in ((image, template), (image / 255.0, template / 255.0)):
+        ours = match_template(a, t, pad_input=pad_input)
+        assert ours.shape == (image.shape if pad_input else (161 - size[0], 201 - size[1], 1))
+        assert_close(ours, skimage_match_template(a, t, pad_input=pad_input), TOL)
+    assert ours[60, 70, 0] == pytest.approx(1.0, abs=1e-9) if not pad_input else True
+
+
+def test_colour_window_mean_over_all_channels():
+    """Unlike OpenCV's colour ``ccoeff_normed`` (each channel minus its own mean), the window's
+    mean is over its three channels: a window that differs from the template by a per-channel
+    offset is a perfect match for OpenCV, not for scikit-image."""
+    template = rng(15).random((6, 7, 3))
+    image = rng(16).random((20, 21, 3))
+    image[5:11, 4:11] = template + [0.5, -0.2, 0.1]
+    ours = match_template(image, template)
+    assert_close(ours, reference(image, template), 1e-12)
+    assert_close(ours, skimage_match_template(image, template), TOL)
+    assert xcorr.match_template(image, template)[5, 4] == pytest.approx(1.0, abs=1e-6)
+    assert ours[5, 4, 0] < 0.9
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_colour_template_with_fewer_channels(channels):
+    image = (rng(17).random((23, 25, 3)) * 255).astype(np.uint8)
+    template = image[4:10, 6:13, :channels].copy()
+    for pad_input in (False, True):
+        ours = match_template(image, template, pad_input=pad_input, mode="symmetric")
+        assert ours.shape == ((23, 25, 3) if pad_input else (18, 19, 4 - channels))
+        assert_close(ours, skimage_match_template(image, template, pad_input=pad_input, mode="symmetric"), TOL)
+        assert_close(ours, reference(image, template, pad_input, "symmetric"), 1e-12)
+
+
+@pytest.mark.parametrize("shape,size", [((12, 13, 14), (3, 4, 5)), ((9, 8, 11), (9, 1, 2)), ((7, 10, 6), (2, 10, 6))])
+@pytest.mark.parametrize("pad_input", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "uint8"])
+def test_volumes(shape, size, pad_input, dtype):
+    scale = 255 if dtype == "uint8" else 1
+    image = (rng(18).random(shape) * scale).astype(dtype)
+    template = image[tuple(slice(0, m) for m in size)].copy()
+    ours = match_template(image, template, pad_input=pad_input, mode="wrap")
+    assert ours.shape == (shape if pad_input else tuple(M - m + 1 for M, m in zip(shape, size)))
+    expected = skimage_match_template(image, template, pad_input=pad_input, mode="wrap")
+    assert_close(ours, expected, 1e-4 if dtype == "float32" else TOL)  # its float32 integral images
+    assert_close(ours, reference(image, template, pad_input, "wrap"), TOL32 if dtype == "float32" else 1e-12)
+
+
+def test_volume_flat_blocks_and_non_finite():
+    image = (rng(19).random((16, 14, 15)) * 255).astype(np.uint8).astype(np.float64)
+    image[:8, :7, :] = 0
+    image[9:, 6:, 5:] = 77
+    template = image[5:10, 3:8, 4:8].copy()
+    ours = match_template(image, template)
+    assert_close(ours, reference(image, template), 1e-9)
+    assert_close(ours, skimage_match_template(image, template), 1e-9)
+    assert (ours[:4, :3] == 0).all() and (ours[9:, 6:, 5:] == 0).all()
+    image[3, 12, 2] = np.nan
+    ours = match_template(image, template)
+    held = np.zeros(image.shape, bool)
+    held[3, 12, 2] = True
+    held = sliding_window_view(held, template.shape).any((-3, -2, -1))
+    assert np.isnan(ours[held]).all() and not np.isnan(ours[~held]).any()
+
+
 GOOD = np.zeros((8, 9))
 
 BAD_INPUTS = [
@@ -301,8 +375,10 @@ BAD_INPUTS = [
     (lambda: match_template(GOOD, (1, 2)), TypeError, r"template must be a numpy array, got tuple"),
     (lambda: match_template(GOOD.astype(complex), GOOD[:2, :2]), TypeError, r"image must have a real dtype .* complex128"),
     (lambda: match_template(GOOD, GOOD[:2, :2].astype("U1")), TypeError, r"template must have a real dtype .* str"),
-    (lambda: match_template(GOOD[0], GOOD[0, :2]), ValueError, r"image must be 2-D \(M, N\), got shape \(9,\)"),
-    (lambda: match_template(np.zeros((2, 3, 4, 5)), np.zeros((1, 1, 1, 1))), ValueError, r"image must be 2-D"),
+    (lambda: match_template(GOOD[0], GOOD[0, :2]), ValueError, r"image must be 2-D \(M, N\) or 3-D \(M, N, P\), got shape \(9,\)"),
+    (lambda: match_template(np.zeros((2, 3, 4, 5)), np.zeros((1, 1, 1, 1))), ValueError, r"image must be 2-D \(M, N\) or 3-D \(M, N, P\), got shape \(2, 3, 4, 5\)"),
+    (lambda: match_template(np.zeros((8, 9, 3)), GOOD[:2, :2]), ValueError, r"template must have the image's dimensionality; got image \(8, 9, 3\) and template \(2, 2\)"),
+    (lambda: match_template(np.zeros((8, 9, 3)), np.zeros((2, 2, 4))), ValueError, r"template must not be larger than the image along any axis; got image \(8, 9, 3\) and template \(2, 2, 4\)"),
     (lambda: match_template(GOOD, GOOD[0, :2]), ValueError, r"template must have the image's dimensionality; got image \(8, 9\) and template \(2,\)"),
     (lambda: match_template(GOOD, GOOD[:0, :2]), ValueError, r"template must not be empty; got image \(8, 9\) and template \(0, 2\)"),
     (lambda: match_template(GOOD, np.zeros((9, 2))), ValueError, r"template must not be larger than the image .* template \(9, 2\)"),

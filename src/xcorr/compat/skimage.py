@@ -4,16 +4,23 @@
 match_template``, with the same arguments and the same result: numpy in, numpy out, float32 for
 float16 and float32 images and float64 for every other dtype (scikit-image's
 ``_supported_float_type``), of shape ``image.shape - template.shape + 1`` (the template's
-top-left corner), or ``image.shape`` with ``pad_input=True`` (the template's centre)::
+first corner), or ``image.shape`` with ``pad_input=True`` (the template's centre)::
 
     out[i] = sum (I' * T') / sqrt(sum I'^2 * sum T'^2)
 
 over the window at ``i`` (``I'``, ``T'``: window and template minus their means, the window's
 mean over the whole window), or 0 where that denominator is at most the result dtype's epsilon.
-It is :func:`xcorr.match_template`'s ``"ccoeff_normed"`` score on a grey image, from the same
+
+Images are 2-D or 3-D, the template of the same dimensionality. A colour image (H, W, C) is a
+3-D image: with a template (h, w, C) the output is (H-h+1, W-w+1, 1) and each window's mean is
+over all its channels (OpenCV's colour ``ccoeff_normed`` takes each channel's own mean); with
+``pad_input=True`` the channel axis is padded too and the output is (H, W, C).
+
+On a grey image this is :func:`xcorr.match_template`'s ``"ccoeff_normed"`` score, from the same
 correlation numerator (:func:`xcorr.xcorr`'s bound call on the centred image and template) and
-the same float64 window sums; only the rule for windows without a ratio is scikit-image's, not
-OpenCV's:
+the same float64 window sums; 3-D images take the volume correlations (a tensor (N, C, D, H, W)
+= (1, 1, M, N, P)) and the same sums over three axes. Only the rule for windows without a ratio
+is scikit-image's, not OpenCV's:
 
 * scikit-image's rule is absolute: a window scores 0 where ``sqrt(sum I'^2 * sum T'^2)`` is at
   most epsilon, and has its ratio however small its spread is next to its brightness (OpenCV
@@ -80,12 +87,14 @@ def match_template(
     ``template`` with every window of ``image``.
 
     Args:
-        image: numpy (M, N), of any real dtype (bool, integer, float16, float32, float64).
-        template: numpy (m, n) with ``m <= M``, ``n <= N``, of any real dtype.
-        pad_input (bool): pad the image (see ``mode``) so that the output has the image's size
-            and its values belong to the template's centre (index ``i - m // 2`` is the window's
-            first row); otherwise the output has ``(M - m + 1, N - n + 1)`` values, for the
-            template's top-left corner.
+        image: numpy (M, N), or (M, N, P) (a volume, or a colour image (H, W, C)), of any real
+            dtype (bool, integer, float16, float32, float64).
+        template: numpy (m, n) or (m, n, p), as many dimensions as the image, none larger
+            (``m <= M``, ...), of any real dtype.
+        pad_input (bool): pad the image (see ``mode``) so that the output has the image's shape
+            and its values belong to the template's centre (along each axis, output index ``i``
+            is the window that starts at ``i - m // 2``); otherwise the output has
+            ``(M - m + 1, N - n + 1[, P - p + 1])`` values, for the template's first corner.
         mode: ``numpy.pad``'s ``mode`` for ``pad_input=True``: one of ``"constant"``, ``"edge"``,
             ``"linear_ramp"``, ``"maximum"``, ``"mean"``, ``"median"``, ``"minimum"``,
             ``"reflect"``, ``"symmetric"``, ``"wrap"``, ``"empty"``, or a function.
@@ -108,6 +117,9 @@ def match_template(
                [ 0.   ,  0.   ,  0.125, -1.   ]])
         >>> match_template(image, template, pad_input=True).shape
         (6, 6)
+        >>> colour = np.random.default_rng(0).random((32, 32, 3))
+        >>> match_template(colour, colour[5:13, 7:17]).shape  # the mean over all three channels
+        (25, 23, 1)
     """
     dtype = _check(image, template, pad_input, mode, constant_values)
     x = _padded(image.astype(dtype, copy=False), template.shape, pad_input, mode, constant_values)
@@ -145,9 +157,10 @@ def _scores(x: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
         diff2 = _centred_energy(s1, s2, math.prod(size)).clamp_min_(0)
         # A constant template centred in floating point keeps residues; its spread is zero.
         tz2 = 0.0 if bool(z.amax() == z.amin()) else float((zs * zs).sum())
-        den = (diff2 * tz2).sqrt_()
-        keep = (den > eps) & ~_constant_windows(x, diff2, s2, size)
-        return torch.where(keep, num / torch.where(keep, den, 1.0), 0.0).clamp_(-1, 1)
+        constant = _constant_windows(x, diff2, s2, size)
+        den = diff2.mul_(tz2).sqrt_()
+        # In place, one buffer: a zero denominator's inf or NaN is overwritten.
+        return num.div_(den).masked_fill_((den <= eps) | constant, 0.0).clamp_(-1, 1)
 
     return _footprint(score, x, size)
 
@@ -167,10 +180,10 @@ def _constant_windows(x: torch.Tensor, diff2: torch.Tensor, s2: torch.Tensor, si
         return near
     at = torch.nonzero(near[0, 0])
     lo, hi = at.amin(0).tolist(), (at.amax(0) + 1).tolist()
-    crop = x[(0, 0, *(slice(a, b + m - 1) for a, b, m in zip(lo, hi, size)))]
-    box = (0, 0, *(slice(a, b) for a, b in zip(lo, hi)))
+    crop = x[0, 0][tuple(slice(a, b + m - 1) for a, b, m in zip(lo, hi, size))]
     constant = torch.zeros_like(near)
-    constant[box] = _window_extreme(crop, size, torch.maximum) == _window_extreme(crop, size, torch.minimum)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    constant[0, 0][box] = _window_extreme(crop, size, torch.maximum) == _window_extreme(crop, size, torch.minimum)
     return near & constant
 
 
