@@ -101,8 +101,8 @@ def match_template(
         constant_values: ``numpy.pad``'s ``constant_values`` for ``mode="constant"``.
 
     Returns:
-        numpy float32 for float16 and float32 images, else float64: the scores in [-1, 1], 0 where
-        the window or the template has no spread.
+        The scores in [-1, 1], 0 where the window or the template has no spread; a numpy array of
+        float32 for float16 and float32 images and of float64 for the others.
 
     Example:
         >>> from xcorr.compat.skimage import match_template
