@@ -55,6 +55,7 @@ from .._checks import _listing, _type_name
 from ..matching.dense import _box, _centred_energy, _correlated, _numerator
 from ..matching.normalise import FLAT_RELATIVE
 from ..matching.scores import _footprint
+from ..matching.stages import stage
 
 __all__ = ["match_template"]
 
@@ -152,15 +153,18 @@ def _scores(x: torch.Tensor, z: torch.Tensor, eps: float) -> torch.Tensor:
 
     def score(x: torch.Tensor) -> torch.Tensor:
         xs, zs = _correlated(x, z, "ccoeff", 1)
-        num, _ = _numerator(xs, zs)
-        s1, s2 = _box(xs, *size), _box(xs * xs, *size)
-        diff2 = _centred_energy(s1, s2, math.prod(size)).clamp_min_(0)
-        # A constant template centred in floating point keeps residues; its spread is zero.
-        tz2 = 0.0 if bool(z.amax() == z.amin()) else float((zs * zs).sum())
-        constant = _constant_windows(x, diff2, s2, size)
-        den = diff2.mul_(tz2).sqrt_()
-        # In place, one buffer: a zero denominator's inf or NaN is overwritten.
-        return num.div_(den).masked_fill_((den <= eps) | constant, 0.0).clamp_(-1, 1)
+        with stage("numerator"):
+            num, _ = _numerator(xs, zs)
+        with stage("window statistics"):
+            s1, s2 = _box(xs, *size), _box(xs * xs, *size)
+            diff2 = _centred_energy(s1, s2, math.prod(size)).clamp_min_(0)
+        with stage("normalisation"):
+            # A constant template centred in floating point keeps residues; its spread is zero.
+            tz2 = 0.0 if bool(z.amax() == z.amin()) else float((zs * zs).sum())
+            constant = _constant_windows(x, diff2, s2, size)
+            den = diff2.mul_(tz2).sqrt_()
+            # In place, one buffer: a zero denominator's inf or NaN is overwritten.
+            return num.div_(den).masked_fill_((den <= eps) | constant, 0.0).clamp_(-1, 1)
 
     return _footprint(score, x, size)
 
