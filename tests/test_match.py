@@ -617,9 +617,9 @@ BAD_INPUTS = [
         r"^template must have at least one channel, got shape \(3, 4, 0\)$",
     ),
     (
-        lambda: xcorr.match_template(np.zeros((2, 3, 4, 5), np.float32), TPL),
+        lambda: xcorr.match_template(np.zeros((2, 3, 4, 5, 1), np.float32), TPL),
         ValueError,
-        r"image must be 2-D \(H, W\) or 3-D \(H, W, C\), got shape \(2, 3, 4, 5\)",
+        r"image must be 2-D \(H, W\), 3-D \(H, W, C\) or 4-D \(D, H, W, C\) \(or pass channel_axis\), got shape \(2, 3, 4, 5, 1\)",
     ),
     (
         lambda: xcorr.match_template(IMG.astype(np.int32), TPL.astype(np.int32)),
@@ -749,7 +749,8 @@ BAD_INPUTS = [
     (
         lambda: xcorr.find_peaks(np.zeros(5)),
         ValueError,
-        r"scores must be 2-D \(H', W'\) or 4-D \(N, 1, H', W'\), got shape \(5,\)",
+        r"scores must be 2-D \(H', W'\) or 4-D \(N, 1, H', W'\), or for volumes 3-D \(D', H', W'\) or "
+        r"5-D \(N, 1, D', H', W'\), got shape \(5,\)",
     ),
     (lambda: xcorr.find_peaks(torch.zeros(2, 2, 3, 3)), ValueError, r"got shape \(2, 2, 3, 3\)"),
     (lambda: xcorr.find_peaks(IMG, 0), ValueError, r"k must be a positive int, got 0"),
@@ -977,7 +978,11 @@ def test_match_plan_reads_the_template_once():
 
 PLAN_BAD_INPUTS = [
     (lambda: xcorr.match_plan([[1.0]]), TypeError, r"template must be a numpy array \(h, w\[, C\]\) or a torch tensor"),
-    (lambda: xcorr.match_plan(np.zeros((2, 2, 2, 2), np.float32)), ValueError, r"template must be 2-D \(h, w\) or 3-D"),
+    (
+        lambda: xcorr.match_plan(np.zeros((2, 2, 2, 2, 2), np.float32)),
+        ValueError,
+        r"template must be 2-D \(h, w\) or 3-D",
+    ),
     (lambda: xcorr.match_plan(torch.zeros(3, 4)), ValueError, r"template must be 4-D"),
     (
         lambda: xcorr.match_plan(torch.zeros(1, 0, 3, 4)),

@@ -195,3 +195,248 @@ def test_flat_and_zero_templates_follow_opencv(method):
         out = xcorr.match_template(x, z, method)
         assert torch.isfinite(out).all()
         assert_scores(out, torch_reference(x, z, method), method, torch.float32)
+
+
+# --- numpy volumes: channel_axis --------------------------------------------------------------
+
+
+def numpy_volume(shape=(9, 10, 11), tshape=(3, 4, 5), channels=None, dtype=np.float32, seed=12):
+    rng = np.random.default_rng(seed)
+    extra = () if channels is None else (channels,)
+    image = rng.random(shape + extra).astype(dtype)
+    template = (image[2 : 2 + tshape[0], 3 : 3 + tshape[1], 1 : 1 + tshape[2]] * 0.8 + 0.1).astype(dtype)
+    return image, template
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_numpy_grey_volume_with_no_channel_axis(method):
+    image, template = numpy_volume()
+    out = xcorr.match_template(image, template, method, channel_axis=None)
+    assert out.dtype == np.float32 and out.shape == (7, 7, 7)
+    expected = reference(image[None], template[None], method)
+    assert_scores(torch.from_numpy(out), torch.from_numpy(expected), method, torch.float32)
+
+
+@pytest.mark.parametrize("method", ["sqdiff", "ccorr_normed", "ccoeff_normed"])
+def test_numpy_colour_volumes_at_any_channel_axis(method):
+    image, template = numpy_volume(channels=2, dtype=np.float64)
+    out = xcorr.match_template(image, template, method)  # (D, H, W, C), OpenCV's reading
+    assert out.dtype == np.float32 and out.shape == (7, 7, 7)
+    expected = reference(np.moveaxis(image, -1, 0), np.moveaxis(template, -1, 0), method)
+    assert_scores(torch.from_numpy(out), torch.from_numpy(expected), method, torch.float32)
+    for axis in (0, 1, -2):
+        moved = xcorr.match_template(
+            np.moveaxis(image, -1, axis), np.moveaxis(template, -1, axis), method, channel_axis=axis
+        )
+        np.testing.assert_array_equal(moved, out)
+    torch.testing.assert_close(
+        torch.from_numpy(out)[None, None],
+        xcorr.match_template(
+            torch.from_numpy(np.moveaxis(image, -1, 0))[None],
+            torch.from_numpy(np.moveaxis(template, -1, 0))[None],
+            method,
+        ).float(),
+    )
+
+
+def test_numpy_images_keep_opencv_reading_and_channel_axis_zero():
+    rng = np.random.default_rng(13)
+    image = rng.random((12, 13, 3)).astype(np.float32)
+    template = image[2:6, 3:8].copy()
+    out = xcorr.match_template(image, template)
+    np.testing.assert_array_equal(
+        out, xcorr.match_template(np.moveaxis(image, -1, 0).copy(), np.moveaxis(template, -1, 0).copy(), channel_axis=0)
+    )
+    # channel_axis=None reads the same arrays as grey volumes.
+    assert xcorr.match_template(image, template, channel_axis=None).shape == (9, 9, 1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_numpy_volume_masks(method):
+    image, template = numpy_volume(channels=2, seed=14)
+    mask = (np.random.default_rng(15).random(template.shape[:3]) > 0.3).astype(np.uint8)
+    out = xcorr.match_template(image, template, method, mask=mask)
+    expected = reference(np.moveaxis(image, -1, 0), np.moveaxis(template, -1, 0), method, mask.astype(bool)[None])
+    assert_scores(torch.from_numpy(out), torch.from_numpy(expected), method, torch.float32)
+    np.testing.assert_array_equal(out, xcorr.match_template(image, template, method, mask=mask[..., None]))
+    grey, tgrey = numpy_volume(seed=16)
+    out = xcorr.match_template(grey, tgrey, method, mask=mask, channel_axis=None)
+    expected = reference(grey[None], tgrey[None], method, mask.astype(bool)[None])
+    assert_scores(torch.from_numpy(out), torch.from_numpy(expected), method, torch.float32)
+
+
+def test_match_plan_on_volumes():
+    image, template = numpy_volume(seed=17)
+    plan = xcorr.match_plan(template, channel_axis=None)
+    np.testing.assert_array_equal(plan(image), xcorr.match_template(image, template, channel_axis=None))
+    x, z = volume_pair(3, 1, 2, 8, 7, 9, 3, 2, 4, torch.float32, seed=18)
+    torch.testing.assert_close(xcorr.match_plan(z, "sqdiff_normed")(x), xcorr.match_template(x, z, "sqdiff_normed"))
+
+
+# --- against scikit-image ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, tshape", [((12, 13, 14), (4, 5, 3)), ((9, 16, 11), (9, 1, 6))])
+def test_equals_skimage_on_volumes(shape, tshape, dtype):
+    feature = pytest.importorskip("skimage.feature")
+    image, template = numpy_volume(shape, tshape, dtype=dtype, seed=19)
+    ours = xcorr.match_template(image, template, "ccoeff_normed", channel_axis=None)
+    theirs = feature.match_template(image, template, pad_input=False)
+    assert ours.shape == theirs.shape
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+
+
+# --- find_peaks on volumes --------------------------------------------------------------------
+
+
+def test_find_peaks_on_volumes():
+    s = np.zeros((4, 5, 6), np.float32)
+    s[1, 2, 3], s[1, 3, 4], s[3, 0, 5], s[2, 4, 0] = 9, 8, 7, 6
+    assert xcorr.find_peaks(s, 3) == [(3, 2, 1, 9.0), (4, 3, 1, 8.0), (5, 0, 3, 7.0)]
+    # The neighbour (Chebyshev distance 1 in 3-D) is suppressed.
+    assert xcorr.find_peaks(s, 3, min_distance=2) == [(3, 2, 1, 9.0), (5, 0, 3, 7.0), (0, 4, 2, 6.0)]
+    assert xcorr.find_peaks(-torch.from_numpy(s), 1, largest=False) == [(3, 2, 1, -9.0)]
+    batch = torch.stack([torch.from_numpy(s), torch.from_numpy(s).flip(0)]).unsqueeze(1)
+    assert xcorr.find_peaks(batch) == [[(3, 2, 1, 9.0)], [(3, 2, 2, 9.0)]]
+
+
+def test_find_peaks_of_a_volume_match():
+    image, template = numpy_volume((10, 11, 12), (4, 3, 5), seed=20)
+    template = image[5:9, 2:5, 6:11].copy()
+    assert xcorr.find_peaks(xcorr.match_template(image, template, channel_axis=None))[0][:3] == (6, 2, 5)
+
+
+# --- bad inputs -------------------------------------------------------------------------------
+
+VOL = np.zeros((6, 7, 8), np.float32)
+TVOL = np.zeros((2, 3, 4), np.float32)
+X5, Z5 = torch.zeros(2, 1, 6, 7, 8), torch.zeros(1, 1, 2, 3, 4)
+
+BAD_INPUTS = [
+    (lambda: xcorr.match_template(X5, Z5, channel_axis=None), ValueError, r"channel_axis applies to numpy arrays only"),
+    (lambda: xcorr.match_template(X5, Z5, channel_axis=1), ValueError, r"leave channel_axis at -1, got channel_axis=1"),
+    (
+        lambda: xcorr.match_template(VOL, TVOL, channel_axis="last"),
+        TypeError,
+        r"channel_axis must be an int or None, got str",
+    ),
+    (
+        lambda: xcorr.match_template(VOL, TVOL, channel_axis=True),
+        TypeError,
+        r"channel_axis must be an int or None, got bool",
+    ),
+    (
+        lambda: xcorr.match_template(VOL, TVOL, channel_axis=3),
+        ValueError,
+        r"channel_axis 3 is out of range for image of shape \(6, 7, 8\)",
+    ),
+    (
+        lambda: xcorr.match_template(VOL[0], TVOL[0], channel_axis=0),
+        ValueError,
+        r"with channel_axis=0, image must be 3-D \(an image\) or 4-D \(a volume\)",
+    ),
+    (
+        lambda: xcorr.match_template(VOL[None, None], TVOL[None, None], channel_axis=None),
+        ValueError,
+        r"with channel_axis=None, image must be 2-D \(H, W\) or 3-D \(D, H, W\), got shape \(1, 1, 6, 7, 8\)",
+    ),
+    (
+        lambda: xcorr.match_template(VOL, TVOL[0], channel_axis=None),
+        ValueError,
+        r"image and template must both be images or both volumes; under channel_axis=None image \(6, 7, 8\) is a volume",
+    ),
+    (
+        lambda: xcorr.match_template(VOL[..., None], TVOL),
+        ValueError,
+        r"both be images or both volumes.*image \(6, 7, 8, 1\) is a volume and template \(2, 3, 4\) an image",
+    ),
+    (
+        lambda: xcorr.match_template(VOL, np.zeros((7, 3, 4), np.float32), channel_axis=None),
+        ValueError,
+        r"template \(7x3x4\) must not be larger than the image \(6x7x8\)",
+    ),
+    (
+        lambda: xcorr.match_template(X5, torch.zeros(1, 1, 2, 8, 4)),
+        ValueError,
+        r"template \(2x8x4\) must not be larger than the image \(6x7x8\)",
+    ),
+    (
+        lambda: xcorr.match_template(X5, Z5[0]),
+        ValueError,
+        r"template must be 5-D \(Nt, C, d, h, w\), got shape \(1, 2, 3, 4\)",
+    ),
+    (
+        lambda: xcorr.match_template(X5[0], Z5),
+        ValueError,
+        r"template must be 4-D \(Nt, C, h, w\), got shape \(1, 1, 2, 3, 4\)",
+    ),
+    (lambda: xcorr.match_template(X5, torch.zeros(1, 2, 2, 3, 4)), ValueError, r"same number of channels"),
+    (
+        lambda: xcorr.match_template(X5, Z5, mask=torch.ones(2, 3, 5)),
+        ValueError,
+        r"mask must be \(d, h, w\), \(1, d, h, w\) or \(1, 1, d, h, w\) with the template's \(d, h, w\) = \(2, 3, 4\); got mask \(2, 3, 5\)",
+    ),
+    (
+        lambda: xcorr.match_template(VOL, TVOL, mask=np.ones((2, 3, 5)), channel_axis=None),
+        ValueError,
+        r"mask must have the template's size with 1 channel, \(d, h, w\); got mask \(2, 3, 5\) for template \(2, 3, 4\)",
+    ),
+    (
+        lambda: xcorr.match_template(VOL[..., None], TVOL[..., None], mask=np.ones((2, 3, 4, 2))),
+        ValueError,
+        r"mask must have the template's size with 1 channel, \(d, h, w\) or \(d, h, w, 1\)",
+    ),
+    (lambda: xcorr.match_template(X5, Z5, mask=torch.zeros(2, 3, 4)), ValueError, r"mask must have a non-zero weight"),
+    (lambda: xcorr.find_peaks(np.zeros((2, 2, 3, 3, 3))), ValueError, r"got shape \(2, 2, 3, 3, 3\)"),
+    (lambda: xcorr.find_peaks(np.zeros((2, 1, 3, 3, 3, 1))), ValueError, r"5-D \(N, 1, D', H', W'\)"),
+    (lambda: xcorr.xcorr(X5, Z5, padding=1), ValueError, r"padding must be 0 for volumes"),
+    (
+        lambda: xcorr.xcorr(X5, Z5, method="gather"),
+        ValueError,
+        r"unknown method 'gather'; valid values are 'auto', 'direct', 'fft'",
+    ),
+    (
+        lambda: xcorr.xcorr(X5, Z5, "upchannel"),
+        ValueError,
+        r"unknown mode 'upchannel'; valid values are 'naive', 'depthwise'",
+    ),
+    (lambda: xcorr.xcorr(X5, Z5[0]), ValueError, r"z must be 5-D \(Bz, C, d, h, w\)"),
+    (lambda: xcorr.xcorr(Z5, X5[:1]), ValueError, r"the template must fit in the search"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", BAD_INPUTS)
+def test_bad_inputs(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+# --- the correlation engine on volumes ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["naive", "depthwise"])
+@pytest.mark.parametrize("method", ["direct", "fft", "auto"])
+def test_volume_xcorr_matches_conv3d_and_is_differentiable(mode, method):
+    x, z = volume_pair(4, 2, 3, 6, 5, 7, 2, 3, 2, seed=21)
+    out = xcorr.xcorr(x, z, mode, method=method)
+    groups = [torch.nn.functional.conv3d(x[n : n + 1], z[n // 2].unsqueeze(1), groups=3) for n in range(4)]
+    expected = torch.cat(groups)
+    torch.testing.assert_close(out, expected.sum(1, keepdim=True) if mode == "naive" else expected)
+    a, b = x[:2].clone().requires_grad_(True), z[:1].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: xcorr.xcorr(a, b, mode, method=method), (a, b), fast_mode=True)
+
+
+def test_volume_problems_are_planned():
+    from xcorr.correlation.family import CORRELATION_3D
+    from xcorr.correlation.spec import check_xcorr3d
+    from xcorr.planning import ENGINE
+
+    small = check_xcorr3d(torch.zeros(1, 1, 16, 16, 16), torch.zeros(1, 1, 3, 3, 3), "naive", 0, 1, 1)
+    large = check_xcorr3d(torch.zeros(1, 1, 64, 64, 64), torch.zeros(1, 1, 16, 16, 16), "naive", 0, 1, 1)
+    assert ENGINE.family_of(small) is CORRELATION_3D
+    costs = ENGINE.estimate(large)
+    assert set(costs) == {"direct", "fft"} and costs["fft"] < costs["direct"]
+    assert ENGINE.decide(small) == "direct"
+    # 16³ taps pass float32 direct summation's precision: FFT is the only candidate.
+    assert CORRELATION_3D.options(large, False) == ["fft"]

@@ -5,9 +5,10 @@ correlation (``ccorr``), ``sqdiff_normed``, photographs (scikit-image's, with th
 windows), a selection of these at one thread (torch and OpenCV alike), a batch of 64
 image/template pairs through the tensor API (the peers loop over the batch), and one template
 against the frames of a video through a match plan (the peers call ``matchTemplate`` per frame),
-and the drop-in :func:`xcorr.compat.skimage.match_template` against scikit-image's on a uint8
-photograph. Each peer computes the same scores as ours: valid positions, float32 images in [0, 1)
-(the drop-in: scikit-image's float64 scores of the uint8 image). scipy has
+a volume (scikit-image's ``match_template`` of 3-D arrays the peer), and the drop-in
+:func:`xcorr.compat.skimage.match_template` against scikit-image's on a uint8 photograph. Each
+peer computes the same scores as ours: valid positions, float32 images in [0, 1) (the drop-in:
+scikit-image's float64 scores of the uint8 image). scipy has
 no template matching, so its entry is what a scipy user writes: ``scipy.signal.correlate`` for
 the numerator and for the window sums. ``--profile`` adds where our time goes, per stage.
 """
@@ -268,9 +269,38 @@ def _video_case() -> Case:
     return Case("match", name, setup, VIDEO_TARGET, repeats=5, stages=stages)
 
 
+#: The volume case: a grey volume of this side against a template of this side (ZNCC).
+VOLUME_SIDE, VOLUME_TEMPLATE, VOLUME_TARGET = 128, 16, 0.5
+
+
+def _volume_case() -> Case:
+    """A grey volume against one template (numpy, ``channel_axis=None``), scikit-image the peer
+    (its ``match_template`` of 3-D arrays, valid placements)."""
+
+    def inputs() -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(3)
+        volume = rng.random((VOLUME_SIDE,) * 3, dtype=np.float32)
+        r = VOLUME_SIDE // 3
+        return volume, volume[r : r + VOLUME_TEMPLATE, r : r + VOLUME_TEMPLATE, r : r + VOLUME_TEMPLATE].copy()
+
+    def setup() -> dict[str, Callable[[], Any]]:
+        volume, template = inputs()
+        fns: dict[str, Callable[[], Any]] = {OURS: lambda: match_template(volume, template, channel_axis=None)}
+        if _installed("skimage"):
+            fns[SKIMAGE] = lambda: _skimage(volume, template)
+        return fns
+
+    def stages() -> dict[str, float]:
+        volume, template = inputs()
+        return _stages(lambda: match_template(volume, template, channel_axis=None))()
+
+    name = f"zncc volume {VOLUME_SIDE}³ / {VOLUME_TEMPLATE}³"
+    return Case("match", name, setup, VOLUME_TARGET, repeats=5, stages=stages)
+
+
 def cases() -> list[Case]:
     """The match suite: single images (random and photographs), the scikit-image drop-in, some at
-    one thread, a batch and a video."""
+    one thread, a batch, a video and a volume."""
     single = {row[0]: row for row in SINGLE}
     photos = {row[0]: row for row in PHOTOS} if _installed("skimage") else {}
     out = [_single_case(*row) for row in SINGLE] + [_photo_case(*row) for row in photos.values()]
@@ -284,4 +314,4 @@ def cases() -> list[Case]:
             out.append(_photo_case(*photos[name], threads=1))
         elif name == DROP_IN[0] and drop_in:
             out.append(_drop_in_case(*DROP_IN, threads=1))
-    return out + [_batch_case(), _video_case()]
+    return out + [_batch_case(), _video_case(), _volume_case()]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -26,19 +26,74 @@ _ARRAY_DTYPES = ("uint8", "float32", "float64")
 _MASK_ARRAY_DTYPES = ("bool", "uint8", "float32", "float64")
 
 
-def check_match(image: Any, template: Any, method: Any, mask: Any) -> bool:
+class Layout(NamedTuple):
+    """How a numpy array is read (:func:`array_layout`): its spatial axes' sizes ((H, W) or
+    (D, H, W)), and its channel axis (None: grey, one channel)."""
+
+    spatial: tuple[int, ...]
+    axis: int | None
+
+    def channels(self, shape: Sequence[int]) -> int:
+        return 1 if self.axis is None else int(shape[self.axis])
+
+
+def check_channel_axis(channel_axis: Any) -> int | None:
+    """``channel_axis`` is an int (not a bool) or None."""
+    if channel_axis is not None and (not isinstance(channel_axis, int) or isinstance(channel_axis, bool)):
+        raise TypeError(f"channel_axis must be an int or None, got {_type_name(channel_axis)} {channel_axis!r}")
+    return channel_axis
+
+
+def array_layout(a: np.ndarray, name: str, channel_axis: int | None) -> Layout:
+    """The reading of a numpy image, template or mask ``a`` under ``channel_axis``.
+
+    ``-1`` (the default) is OpenCV's: 2-D grey (H, W), 3-D colour (H, W, C), 4-D a colour volume
+    (D, H, W, C). ``None``: no channel axis, 2-D grey (H, W) or 3-D a grey volume (D, H, W), as
+    scikit-image reads them. Another int: the channels at that axis of a 3-D image or a 4-D volume.
+    """
+    if channel_axis is None:
+        if a.ndim not in (2, 3):
+            raise ValueError(f"with channel_axis=None, {name} must be 2-D (H, W) or 3-D (D, H, W), got shape {a.shape}")
+        return Layout(tuple(a.shape), None)
+    if a.ndim == 2 and channel_axis == -1:
+        return Layout(tuple(a.shape), None)
+    if a.ndim not in (3, 4):
+        if channel_axis == -1:
+            raise ValueError(
+                f"{name} must be 2-D (H, W), 3-D (H, W, C) or 4-D (D, H, W, C) (or pass channel_axis), "
+                f"got shape {a.shape}"
+            )
+        raise ValueError(
+            f"with channel_axis={channel_axis}, {name} must be 3-D (an image) or 4-D (a volume) with its channels "
+            f"at that axis, got shape {a.shape}"
+        )
+    if not -a.ndim <= channel_axis < a.ndim:
+        raise ValueError(f"channel_axis {channel_axis} is out of range for {name} of shape {a.shape}")
+    axis = channel_axis % a.ndim
+    check_channels(a.shape, name, dim=axis)
+    return Layout(tuple(n for i, n in enumerate(a.shape) if i != axis), axis)
+
+
+def check_match(image: Any, template: Any, method: Any, mask: Any, channel_axis: Any = -1) -> bool:
     """Validate the arguments of :func:`xcorr.match_template`; return whether they are numpy arrays.
 
     numpy inputs follow ``cv2.matchTemplate``: image (H, W) or (H, W, C), template (h, w) or
-    (h, w, C) of the same dtype. Tensors are batched: image (N, C, H, W), template (Nt, C, h, w).
+    (h, w, C) of the same dtype; volumes under ``channel_axis`` (:func:`array_layout`). Tensors are
+    batched: image (N, C, H, W), template (Nt, C, h, w), or (N, C, D, H, W) and (Nt, C, d, h, w).
     """
     check_choice(method, "method", MATCH_METHODS)
+    channel_axis = check_channel_axis(channel_axis)
     arrays = isinstance(image, np.ndarray), isinstance(template, np.ndarray)
     tensors = isinstance(image, torch.Tensor), isinstance(template, torch.Tensor)
     if all(arrays):
-        _check_match_arrays(image, template, mask)
+        _check_match_arrays(image, template, mask, channel_axis)
         return True
     if all(tensors):
+        if channel_axis != -1:
+            raise ValueError(
+                "channel_axis applies to numpy arrays only: tensors are (N, C, H, W) or (N, C, D, H, W), "
+                f"channels at axis 1; leave channel_axis at -1, got channel_axis={channel_axis!r}"
+            )
         _check_match_tensors(image, template, mask)
         return False
     raise TypeError(
@@ -47,56 +102,77 @@ def check_match(image: Any, template: Any, method: Any, mask: Any) -> bool:
     )
 
 
-def check_match_template(template: Any, method: Any, mask: Any) -> bool:
+def check_match_template(template: Any, method: Any, mask: Any, channel_axis: Any = -1) -> bool:
     """Validate the arguments of :func:`xcorr.match_plan` by :func:`check_match`'s rules that
     need no image; return whether the template is a numpy array."""
     if isinstance(template, np.ndarray):
-        if template.ndim not in (2, 3):
-            raise ValueError(f"template must be 2-D (h, w) or 3-D (h, w, C), got shape {template.shape}")
-        if template.ndim == 3:
-            check_channels(template.shape, "template", dim=2)
+        if template.ndim not in (2, 3) and channel_axis == -1 and template.ndim != 4:
+            raise ValueError(
+                f"template must be 2-D (h, w) or 3-D (h, w, C) (4-D (d, h, w, C) for volumes), got shape {template.shape}"
+            )
+        array_layout(template, "template", check_channel_axis(channel_axis))
     elif isinstance(template, torch.Tensor):
-        check_tensor(template, "template", "Nt C h w")
+        check_tensor(template, "template", "Nt C d h w" if template.dim() == 5 else "Nt C h w")
         check_channels(template.shape, "template")
     else:
         raise TypeError(
             f"template must be a numpy array (h, w[, C]) or a torch tensor (Nt, C, h, w); got {_type_name(template)}"
         )
     # The template is an image it fits in: the remaining rules (dtype, channels, mask) are the same.
-    return check_match(template, template, method, mask)
+    return check_match(template, template, method, mask, channel_axis)
 
 
-def _check_match_arrays(image: Any, template: Any, mask: Any) -> None:
+def mask_layout(mask: np.ndarray, template: Layout, channel_axis: int | None) -> Layout:
+    """The reading of a numpy mask for a template of ``template``'s layout: the template's
+    spatial size, without a channel axis or with one where ``channel_axis`` puts it (1 or C)."""
+    if mask.ndim == len(template.spatial):
+        return Layout(tuple(mask.shape), None)
+    if channel_axis is None or mask.ndim != len(template.spatial) + 1:
+        return Layout((), None)  # fits no template
+    axis = channel_axis % mask.ndim
+    return Layout(tuple(n for i, n in enumerate(mask.shape) if i != axis), axis)
+
+
+def _check_match_arrays(image: Any, template: Any, mask: Any, channel_axis: int | None) -> None:
+    layouts = []
     for name, a in (("image", image), ("template", template)):
-        if a.ndim not in (2, 3):
-            raise ValueError(f"{name} must be 2-D (H, W) or 3-D (H, W, C), got shape {a.shape}")
+        layouts.append(array_layout(a, name, channel_axis))
         if a.dtype.name not in _ARRAY_DTYPES:
             raise TypeError(f"{name} must have dtype {', '.join(_ARRAY_DTYPES)}; got {a.dtype.name}")
     if image.dtype != template.dtype:
         raise TypeError(
             f"image and template must have the same dtype, got image {image.dtype.name} and template {template.dtype.name}"
         )
-    for name, a in (("image", image), ("template", template)):
-        if a.ndim == 3:
-            check_channels(a.shape, name, dim=2)
-    channels = [a.shape[2] if a.ndim == 3 else 1 for a in (image, template)]
+    (li, lt) = layouts
+    if len(li.spatial) != len(lt.spatial):
+        kinds = ["a volume" if len(layout.spatial) == 3 else "an image" for layout in layouts]
+        raise ValueError(
+            f"image and template must both be images or both volumes; under channel_axis={channel_axis!r} "
+            f"image {image.shape} is {kinds[0]} and template {template.shape} {kinds[1]}"
+        )
+    channels = [li.channels(image.shape), lt.channels(template.shape)]
     if channels[0] != channels[1]:
         raise ValueError(
             f"image and template must have the same number of channels; got image {image.shape} "
             f"({_count(channels[0], 'channel')}) and template {template.shape} ({_count(channels[1], 'channel')})"
         )
-    _check_fits(image.shape[:2], template.shape[:2], image.shape, template.shape)
+    _check_fits(li.spatial, lt.spatial, image.shape, template.shape)
     if mask is None:
         return
     if not isinstance(mask, np.ndarray):
         raise TypeError(f"mask must be a numpy array like the template, got {_type_name(mask)}")
     if mask.dtype.name not in _MASK_ARRAY_DTYPES:
         raise TypeError(f"mask must have dtype {', '.join(_MASK_ARRAY_DTYPES)}; got {mask.dtype.name}")
-    mask_channels = mask.shape[2] if mask.ndim == 3 else 1
-    if mask.ndim not in (2, 3) or mask.shape[:2] != template.shape[:2] or mask_channels not in (1, channels[1]):
+    lm = mask_layout(mask, lt, channel_axis)
+    if lm.spatial != lt.spatial or lm.channels(mask.shape) not in (1, channels[1]):
+        names = "d, h, w" if len(lt.spatial) == 3 else "h, w"
+        at = "C" if channel_axis == -1 else f"C at axis {channel_axis}"
+        forms = f"({names})" if channel_axis is None else f"({names}) or ({names}, {at if channels[1] > 1 else 1})"
+        if channel_axis not in (None, -1):
+            forms = f"({names}) or with {'1 or C channels' if channels[1] > 1 else '1 channel'} at axis {channel_axis}"
         raise ValueError(
             f"mask must have the template's size with {_one_or(channels[1])} "
-            f"{'channel, (h, w) or (h, w, 1)' if channels[1] == 1 else 'channels, (h, w) or (h, w, C)'}; "
+            f"{'channel' if channels[1] == 1 else 'channels'}, {forms}; "
             f"got mask {mask.shape} for template {template.shape}"
         )
 
@@ -175,8 +251,11 @@ def check_find_peaks(scores: Any, k: Any, min_distance: Any, largest: Any) -> No
     if not isinstance(scores, (np.ndarray, torch.Tensor)):
         raise TypeError(f"scores must be a numpy array or torch tensor, got {_type_name(scores)}")
     shape = tuple(scores.shape)
-    if not (len(shape) == 2 or (len(shape) == 4 and shape[1] == 1)):
-        raise ValueError(f"scores must be 2-D (H', W') or 4-D (N, 1, H', W'), got shape {shape}")
+    if not (len(shape) in (2, 3) or (len(shape) in (4, 5) and shape[1] == 1)):
+        raise ValueError(
+            f"scores must be 2-D (H', W') or 4-D (N, 1, H', W'), or for volumes 3-D (D', H', W') or "
+            f"5-D (N, 1, D', H', W'), got shape {shape}"
+        )
     check_positive_int(k, "k")
     if min_distance is not None:
         check_positive_int(min_distance, "min_distance")

@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import torch
 
-#: A peak: the template's top-left corner ``(x, y)`` and its score.
-Peak = tuple[int, int, float]
+#: A peak: the template's top-left corner ``(x, y)`` and its score (``(x, y, z, score)`` on volumes).
+Peak = tuple
 
 
 def _peaks(s: torch.Tensor, k: int, distance: int, largest: bool) -> list[Peak]:
-    """The ``k`` best positions of the map ``s`` (H', W'), at least ``distance`` apart (Chebyshev);
-    NaN never wins."""
+    """The ``k`` best positions of the map ``s`` (H', W') or (D', H', W'), at least ``distance``
+    apart (Chebyshev); NaN never wins."""
     work = s.double().cpu()
     work = work.clone() if largest else -work
     work[torch.isnan(work)] = -torch.inf
-    H, W = work.shape
-    peaks = []
-    for _ in range(min(k, H * W)):
-        index = int(torch.argmax(work))
-        y, x = divmod(index, W)
-        if work[y, x] == -torch.inf:
+    peaks: list[Peak] = []
+    for _ in range(min(k, work.numel())):
+        at = tuple(int(i) for i in torch.unravel_index(torch.argmax(work), work.shape))
+        if work[at] == -torch.inf:
             break
-        peaks.append((x, y, float(s[y, x])))
-        work[max(0, y - distance + 1) : y + distance, max(0, x - distance + 1) : x + distance] = -torch.inf
+        peaks.append((*reversed(at), float(s[at])))
+        work[tuple(slice(max(0, i - distance + 1), i + distance) for i in at)] = -torch.inf
     return peaks

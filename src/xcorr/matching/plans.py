@@ -10,7 +10,7 @@ import torch
 from .._compute import HALF
 from ..correlation.plans import Plan
 from .api import _array_tensor, _from_arrays, _mask_tensor
-from .checks import check_match, check_match_template
+from .checks import array_layout, check_match, check_match_template
 from .dense import _Template
 from .scores import _scores
 
@@ -33,11 +33,11 @@ class MatchPlan:
         arrays (bool): whether the plan takes numpy images (a numpy template) or tensors.
     """
 
-    def __init__(self, template: Array, method: str, mask: Array | None) -> None:
-        self.arrays = check_match_template(template, method, mask)
-        self.method, self.template, self.mask = method, template, mask
+    def __init__(self, template: Array, method: str, mask: Array | None, channel_axis: int | None = -1) -> None:
+        self.arrays = check_match_template(template, method, mask, channel_axis)
+        self.method, self.template, self.mask, self.channel_axis = method, template, mask, channel_axis
         if self.arrays:
-            _, z, m = _from_arrays(*(cast(np.ndarray, template),) * 2, cast(Optional[np.ndarray], mask))
+            _, z, m = _from_arrays(*(cast(np.ndarray, template),) * 2, cast(Optional[np.ndarray], mask), channel_axis)
         else:
             z = cast(torch.Tensor, template).detach()
             m = None if mask is None else _mask_tensor(cast(torch.Tensor, mask), z.dtype, z.dim())
@@ -46,16 +46,20 @@ class MatchPlan:
         self._plans: dict[tuple, Plan] = {}  # (C, H, W, dtype, device) of the images -> numerator plan
 
     def __call__(self, image: Array) -> Array:
-        """The scores of ``image`` (numpy (H, W[, C]) or Tensor[N, C, H, W], as the template)."""
-        check_match(image, self.template, self.method, self.mask)
+        """The scores of ``image`` (numpy (H, W[, C]) or Tensor[N, C, H, W], as the template; volumes
+        likewise)."""
+        check_match(image, self.template, self.method, self.mask, self.channel_axis)
         if self.arrays:
-            x = _array_tensor(cast(np.ndarray, image), self._z.dtype)
+            axis = array_layout(cast(np.ndarray, image), "image", self.channel_axis).axis
+            x = _array_tensor(cast(np.ndarray, image), self._z.dtype, axis)
             return self._scores(x)[0, 0].to(torch.float32).numpy()
         return self._scores(cast(torch.Tensor, image))
 
     def _scores(self, x: torch.Tensor) -> torch.Tensor:
         if self._part is None or x.dtype != self._z.dtype:
             return _scores(x, self._z, self.method, self._m)
+        if x.dim() == 5:  # volumes: the template's part is kept; the numerator is xcorr's bound call
+            return _scores(x, self._z, self.method, None, self._part)
         key = (*x.shape[1:], x.dtype, x.device)
         plan = self._plans.get(key)
         if plan is None:
@@ -68,7 +72,9 @@ class MatchPlan:
         return f"MatchPlan(template {tuple(shape)}, method={self.method!r}, mask={self.mask is not None})"
 
 
-def match_plan(template: Array, method: str = "ccoeff_normed", *, mask: Array | None = None) -> MatchPlan:
+def match_plan(
+    template: Array, method: str = "ccoeff_normed", *, mask: Array | None = None, channel_axis: int | None = -1
+) -> MatchPlan:
     """Prepare the matching of one template against many images.
 
     For a template met by image after image (the frames of a video, the pictures of a dataset):
@@ -77,8 +83,8 @@ def match_plan(template: Array, method: str = "ccoeff_normed", *, mask: Array | 
     :func:`xcorr.match_template` ``(image, template, method, mask=mask)``.
 
     Args:
-        template, method, mask: as in :func:`xcorr.match_template`; a numpy template takes numpy
-            images of its dtype and channels, a tensor template tensors.
+        template, method, mask, channel_axis: as in :func:`xcorr.match_template`; a numpy
+            template takes numpy images of its dtype, channels and layout, a tensor template tensors.
 
     Returns:
         MatchPlan: call it with an image to get its scores.
@@ -89,4 +95,4 @@ def match_plan(template: Array, method: str = "ccoeff_normed", *, mask: Array | 
         >>> [xcorr.find_peaks(plan(frame))[0][:2] for frame in frames][0]
         (20, 10)
     """
-    return MatchPlan(template, method, mask)
+    return MatchPlan(template, method, mask, channel_axis)
