@@ -39,7 +39,8 @@ output keeps the image's size.
 Unlike scikit-image, non-finite pixels make only the scores of the windows that hold them NaN (a
 non-finite template all of them), the scores of a float32 image are computed in float64 before
 they are rounded to float32 (scikit-image sums its integral images in float32), and a template
-whose dimensionality is not the image's is refused with a ``ValueError`` naming both shapes.
+whose dimensionality is not the image's is refused with a ``ValueError`` naming both shapes
+(scikit-image fails inside ``numpy.pad``).
 """
 
 from __future__ import annotations
