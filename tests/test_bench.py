@@ -293,6 +293,13 @@ def test_match_suite_lists_photographs_one_thread_rows_a_batch_and_a_video():
     assert all(c.stages is not None for c in cases)
     (volume,) = [c for c in cases if "volume" in c.name]
     assert volume.target == match.VOLUME_TARGET and "128³ / 16³" in volume.name
+    drop_in = [c for c in cases if c.name.startswith(match.DROP_IN[0])]
+    assert [c.threads for c in drop_in] == [None, 1]
+    contenders = drop_in[0].setup()
+    assert set(contenders) == {match.OURS, match.SKIMAGE}
+    torch.testing.assert_close(
+        torch.from_numpy(contenders[match.OURS]()), torch.from_numpy(contenders[match.SKIMAGE]()), atol=1e-9, rtol=0
+    )
 
 
 def test_flow_raft_rows_look_one_pyramid_up_as_raft_iterates():

@@ -5,8 +5,10 @@ correlation (``ccorr``), ``sqdiff_normed``, photographs (scikit-image's, with th
 windows), a selection of these at one thread (torch and OpenCV alike), a batch of 64
 image/template pairs through the tensor API (the peers loop over the batch), and one template
 against the frames of a video through a match plan (the peers call ``matchTemplate`` per frame),
-and a volume (scikit-image's ``match_template`` of 3-D arrays the peer).
-Each peer computes the same scores as ours: valid positions, float32 images in [0, 1). scipy has
+a volume (scikit-image's ``match_template`` of 3-D arrays the peer), and the drop-in
+:func:`xcorr.compat.skimage.match_template` against scikit-image's on a uint8 photograph. Each
+peer computes the same scores as ours: valid positions, float32 images in [0, 1) (the drop-in:
+scikit-image's float64 scores of the uint8 image). scipy has
 no template matching, so its entry is what a scipy user writes: ``scipy.signal.correlate`` for
 the numerator and for the window sums. ``--profile`` adds where our time goes, per stage.
 """
@@ -44,6 +46,8 @@ PHOTOS = [
     ("zncc photo astronaut rgb 512 / 40 (face)", "astronaut", 40, (110, 200), "ccoeff_normed"),
     ("zncc photo camera 512 / 64", "camera", 64, (70, 230), "ccoeff_normed"),
 ]
+#: The drop-in for scikit-image's match_template: (name, photograph, template side, corner).
+DROP_IN = ("skimage drop-in camera uint8 512 / 64", "camera", 64, (200, 250))
 #: Cases run again at one thread, torch's and OpenCV's.
 ONE_THREAD = (
     "zncc 512 / 32",
@@ -52,6 +56,7 @@ ONE_THREAD = (
     "ccorr 1024 / 64",
     "zncc photo astronaut rgb 512 / 64 (face)",
     "zncc photo camera 512 / 64",
+    DROP_IN[0],
 )
 BATCH, BATCH_SIDE, BATCH_TEMPLATE = 64, 256, 24
 FRAMES, FRAME_SIDE, FRAME_TEMPLATE = 8, 1024, 64
@@ -176,6 +181,35 @@ def _photo_case(
         return image, image[r : r + tside, c : c + tside].copy()
 
     return _image_case(name, inputs, method, threads)
+
+
+def _drop_in_case(name: str, photo: str, tside: int, corner: tuple[int, int], threads: int | None = None) -> Case:
+    """:func:`xcorr.compat.skimage.match_template` against scikit-image's, on a uint8 photograph."""
+    from ..compat.skimage import match_template as drop_in
+
+    def inputs() -> tuple[np.ndarray, np.ndarray]:
+        from skimage import data
+
+        image = getattr(data, photo)()
+        r, c = corner
+        return image, image[r : r + tside, c : c + tside].copy()
+
+    def setup() -> dict[str, Callable[[], Any]]:
+        image, template = inputs()
+        return {OURS: lambda: drop_in(image, template), SKIMAGE: lambda: _skimage(image, template)}
+
+    def stages() -> dict[str, float]:
+        image, template = inputs()
+        return _stages(lambda: drop_in(image, template))()
+
+    return Case(
+        "match",
+        name if threads is None else f"{name} (1 thread)",
+        setup,
+        SINGLE_TARGET if threads is None else ONE_THREAD_TARGET,
+        threads=threads,
+        stages=stages,
+    )
 
 
 def _batch_case() -> Case:
@@ -332,14 +366,19 @@ def _detect_case(threads: int | None = None) -> Case:
 
 
 def cases() -> list[Case]:
-    """The match suite: single images (random and photographs), some at one thread, a batch, a
-    video and a volume."""
+    """The match suite: single images (random and photographs), the scikit-image drop-in, some at
+    one thread, a batch, a video, a volume and detection."""
     single = {row[0]: row for row in SINGLE}
     photos = {row[0]: row for row in PHOTOS} if _installed("skimage") else {}
     out = [_single_case(*row) for row in SINGLE] + [_photo_case(*row) for row in photos.values()]
+    drop_in = _installed("skimage")
+    if drop_in:
+        out.append(_drop_in_case(*DROP_IN))
     for name in ONE_THREAD:
         if name in single:
             out.append(_single_case(*single[name], threads=1))
         elif name in photos:
             out.append(_photo_case(*photos[name], threads=1))
+        elif name == DROP_IN[0] and drop_in:
+            out.append(_drop_in_case(*DROP_IN, threads=1))
     return out + [_batch_case(), _video_case(), _volume_case(), _detect_case(), _detect_case(threads=1)]
