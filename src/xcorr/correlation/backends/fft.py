@@ -124,6 +124,26 @@ def _place(t: torch.Tensor, L: Pair, at: Pair = (0, 0)) -> torch.Tensor:
 
 
 def _irfft2(Y: torch.Tensor, L: Pair, rows: slice, cols: slice) -> torch.Tensor:
+    """``irfft2(Y, s=L)[..., rows, cols]``, on pieces of maps of at most :data:`CHUNK_BYTES` of
+    spectra (one map at least) where ``Y`` holds more: an up-channel chunk's many output maps
+    in one inverse took 2.5-3x as long as one at a time (8 templates on a 1024² image, 146
+    against 53 ms, one thread), its temporaries mapped fresh and out of cache."""
+    *lead, Fh, Fw = Y.shape
+    per_map = Fh * Fw * Y.element_size()
+    maps = math.prod(lead)
+    step = max(1, CHUNK_BYTES // per_map)
+    if maps <= step:
+        return _irfft2_whole(Y, L, rows, cols)
+    flat = Y.reshape(maps, Fh, Fw)
+    first = _irfft2_whole(flat[:step], L, rows, cols)
+    out = first.new_empty(maps, *first.shape[1:])
+    out[:step] = first
+    for i in range(step, maps, step):
+        out[i : i + step] = _irfft2_whole(flat[i : i + step], L, rows, cols)
+    return out.view(*lead, *first.shape[1:])
+
+
+def _irfft2_whole(Y: torch.Tensor, L: Pair, rows: slice, cols: slice) -> torch.Tensor:
     """``irfft2(Y, s=L)[..., rows, cols]``, the last (real) transform run on the kept rows only.
 
     Never slower than one ``irfft2``, even where nearly every row is kept (pocketfft, 1 thread,
