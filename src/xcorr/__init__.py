@@ -6,6 +6,7 @@ from . import nn
 from .correlation.api import choose_method, pixelwise, xcorr
 from .correlation.plans import Plan, plan
 from .matching.api import find_peaks, match_template
+from .matching.detect import Matches, find_matches
 from .matching.plans import MatchPlan, match_plan
 from .nn import DepthwiseXCorrHead, LocalCorrelation, SiamFCHead, StereoCorrelation, UpChannelHead, XCorr
 from .planning import clear_cache, load_tuning, save_tuning, set_autotune
@@ -25,6 +26,7 @@ __all__ = [
     "DepthwiseXCorrHead",
     "LocalCorrelation",
     "MatchPlan",
+    "Matches",
     "Plan",
     "SiamFCHead",
     "StereoCorrPyramid",
@@ -33,6 +35,7 @@ __all__ = [
     "XCorr",
     "choose_method",
     "clear_cache",
+    "find_matches",
     "find_peaks",
     "load_tuning",
     "local_correlation",

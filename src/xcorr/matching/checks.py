@@ -12,6 +12,7 @@ from .._checks import (
     _type_name,
     check_channels,
     check_choice,
+    check_finite,
     check_positive_int,
     check_same_kind,
     check_tensor,
@@ -179,3 +180,101 @@ def check_find_peaks(scores: Any, k: Any, min_distance: Any, largest: Any) -> No
         check_positive_int(min_distance, "min_distance")
     if not isinstance(largest, bool):
         raise TypeError(f"largest must be a bool, got {_type_name(largest)}")
+
+
+def check_find_matches(
+    image: Any, templates: Any, method: Any, threshold: Any, max_overlap: Any, scales: Any, mask: Any, k: Any
+) -> bool:
+    """Validate the arguments of :func:`xcorr.find_matches`; return whether they are numpy arrays.
+
+    Each template (and its mask) follows :func:`check_match`'s rules against the image, except
+    that it may be larger than the image at some scales (those are skipped), not at all of them.
+    """
+    check_choice(method, "method", MATCH_METHODS)
+    check_finite(threshold, "threshold")
+    overlap = check_finite(max_overlap, "max_overlap")
+    if not 0 <= overlap <= 1:
+        raise ValueError(f"max_overlap must be in [0, 1] (an intersection over union), got {max_overlap!r}")
+    if k is not None:
+        check_positive_int(k, "k")
+    factors = _check_scales(scales)
+    many = isinstance(templates, (list, tuple))
+    items: list[Any] = list(templates) if many else [templates]
+    if not items:
+        raise ValueError("templates must hold at least one template, got an empty sequence")
+    if mask is None:
+        masks = [None] * len(items)
+    elif many:
+        if not isinstance(mask, (list, tuple)) or len(mask) != len(items):
+            raise TypeError(
+                f"mask must be a sequence of {len(items)} masks (or None), one per template, for "
+                f"{len(items)} templates; got {_type_name(mask)}"
+                + (f" of {len(mask)}" if isinstance(mask, (list, tuple)) else "")
+            )
+        masks = list(mask)
+    else:
+        masks = [mask]
+    arrays = isinstance(image, np.ndarray)
+    if not arrays:
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(
+                f"image must be a numpy array (H, W[, C]) or a torch tensor (C, H, W) or (N, C, H, W); "
+                f"got {_type_name(image)}"
+            )
+        if image.dim() not in (3, 4):
+            raise ValueError(f"image must be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(image.shape)}")
+    x = image if arrays or image.dim() == 4 else image.unsqueeze(0)
+    check_match(x, _corner(x, arrays), method, None)  # the image's own rules
+    H, W = (x.shape[0], x.shape[1]) if arrays else (x.shape[2], x.shape[3])
+    fits = False
+    for i, (template, m) in enumerate(zip(items, masks)):
+        name = f"templates[{i}]" if many else "templates"
+        if arrays != isinstance(template, np.ndarray) or not isinstance(template, (np.ndarray, torch.Tensor)):
+            kind = "a numpy array (h, w[, C]) like the image" if arrays else "a torch tensor (C, h, w) or (1, C, h, w)"
+            raise TypeError(f"{name} must be {kind}, got {_type_name(template)}")
+        t: Any = template
+        if not arrays:
+            if not (t.dim() == 3 or (t.dim() == 4 and t.shape[0] == 1)):
+                raise ValueError(f"{name} must be 3-D (C, h, w) or 4-D (1, C, h, w), got shape {tuple(t.shape)}")
+            t = t if t.dim() == 4 else t.unsqueeze(0)
+        h, w = (t.shape[0], t.shape[1]) if arrays else (t.shape[2], t.shape[3])
+        try:
+            check_match(t, t, method, m)  # the template's own rules and its mask's
+            # The pairing's rules (dtype, device, channels); the size is the scales' to decide.
+            check_match(x, t if h <= H and w <= W else _corner(t, arrays), method, None)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{name}: {error}") from None
+        for s in factors:
+            size = (round(h * s), round(w * s))
+            if min(size) < 1:
+                raise ValueError(f"scale {s!r} makes {name} ({h}x{w}) smaller than one pixel: {size[0]}x{size[1]}")
+            fits = fits or (size[0] <= H and size[1] <= W)
+    if not fits:
+        raise ValueError(
+            f"no template fits the image ({H}x{W}) at any scale of {factors}: every template is larger than the image"
+        )
+    return arrays
+
+
+def _check_scales(scales: Any) -> list[float]:
+    if scales is None:
+        return [1.0]
+    if not isinstance(scales, (list, tuple)):
+        raise TypeError(
+            f"scales must be a sequence of positive numbers such as (0.8, 1.0, 1.25), got {_type_name(scales)}"
+        )
+    if not scales:
+        raise ValueError("scales must hold at least one scale, got an empty sequence")
+    factors = [check_finite(s, f"scales[{i}]") for i, s in enumerate(scales)]
+    for i, s in enumerate(factors):
+        if s <= 0:
+            raise ValueError(f"scales[{i}] must be positive, got {s!r}")
+    return factors
+
+
+def _corner(a: Any, arrays: bool) -> Any:
+    """The top-left pixel of ``a`` (its dtype, channels and device; numpy (H, W[, C]) or a tensor
+    (N, C, H, W)): an image's or a template's own rules, checked without a size's."""
+    if arrays:
+        return a[:1, :1]
+    return a[:1, :, :1, :1] if a.shape[0] else a.new_zeros(1, a.shape[1], 1, 1)

@@ -1,0 +1,235 @@
+"""The scores of many templates against the same images, the images' share of the work done once.
+
+:func:`xcorr.find_matches` scores several templates, each at several scales, against one image.
+Scored one by one (:mod:`.dense`), every template would transform the image again and sum its
+windows again. Here:
+
+* **One correlation for all templates.** The templates, zero-padded at the bottom and right to
+  the largest size, are the output channels of one :func:`xcorr.xcorr` call in ``"upchannel"``
+  mode, so the image is transformed once (for FFT) and every template's spectrum meets the same
+  image spectrum. The image is zero-padded by the difference of the largest and the smallest
+  template, so the output covers every template's valid positions; a smaller template's valid
+  windows read only the image (the padded rows and columns meet its zero padding).
+* **Window statistics once per distinct template size**, shared by the templates of that size.
+* Per template, what depends on it: the numerator's exactness check (:class:`.dense._Problem`, so
+  every normed score keeps :mod:`.dense`'s guarantee, within 2e-4 of float64 at every window) and
+  the normalisation (OpenCV's rules, :func:`.normalise._normalise`).
+
+The shifts that keep large means out of the rounding must not depend on the template, since the
+templates share the image's correlation: ``ccoeff`` centres each template and each image by its
+own mean, as :mod:`.dense` does, and ``ccorr`` shifts nothing. ``sqdiff`` shifts image and
+template by the template's mean, so it is not scored here (see :data:`SHARED`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..correlation import api as correlation
+from ..correlation.family import CORRELATION, PER_PASS
+from .dense import (
+    _PIECE,
+    _assemble,
+    _box,
+    _centred_energy,
+    _centred_energy_fast,
+    _pieces,
+    _Problem,
+    _shifted_image,
+    _squares,
+    _Template,
+    _window_squares,
+    _without_residual,
+)
+from .normalise import _normalise
+from .rounding import _Rounding
+from .stages import stage
+
+#: Output elements of one correlation call (images x templates x positions); more templates are
+#: correlated in several calls, each transforming the image again. The spectra of larger calls
+#: leave the cache: 8 templates of 40x40 on a 1024x1024 image took 1.6x longer in one call than
+#: in pairs (one thread).
+_CALL_ELEMENTS = 1 << 21
+
+
+def _many(x: torch.Tensor, zs: Sequence[torch.Tensor], method: str) -> list[torch.Tensor]:
+    """The ``method`` scores (N, 1, H-h+1, W-w+1) of images ``x`` (N, C, H, W) against each template
+    of ``zs`` (1, C, h, w each, sizes may differ, none larger than the images): as
+    :func:`.dense._dense` with one template for all images, without gradients. ``method`` one of
+    :data:`SHARED`; finite inputs of float32 or float64 only (the caller sends others through
+    :func:`.scores._scores`)."""
+    family = method.split("_")[0]
+    N, C, H, W = x.shape
+    xs, shift = _shifted_image(x, family, None, N)
+    templates = [_Template.of(z, method) for z in zs]
+    with stage("numerator"):
+        nums, chosen = _numerators(xs, [t.zs for t in templates])
+    if method in ("ccorr", "ccoeff"):
+        return nums
+    padded = _padded(xs, [t.zs for t in templates])
+    shift2 = (shift.double() ** 2).sum((1, 2, 3)).expand(N)
+    problems = [_problem(x, xs, padded, t, num, method, chosen, shift2) for t, num in zip(templates, nums)]
+    out: list[torch.Tensor | None] = [None] * len(zs)
+    for (h, w), members in _by_size(zs).items():
+        piece = 2 * _PIECE if family == "ccoeff" and x.dtype == torch.float32 else _PIECE
+        pieces: dict[int, list] = {j: [] for j in members}
+        for rows, images in _pieces(N, C, H, W, h, piece):
+            stats = _Statistics(x[images, :, rows], xs[images, :, rows], h, w)
+            for j in members:
+                pieces[j].append((images, _SCORE[family](problems[j], rows, images, stats)))
+        for j in members:
+            out[j] = _assemble(pieces[j], x.dtype)
+    return [o for o in out if o is not None]
+
+
+def _by_size(zs: Sequence[torch.Tensor]) -> dict[tuple[int, int], list[int]]:
+    """The templates' indices per distinct size (h, w), in order."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for j, z in enumerate(zs):
+        groups.setdefault((z.shape[2], z.shape[3]), []).append(j)
+    return groups
+
+
+def _padded(xs: torch.Tensor, zs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The images as the shared correlation sees them: zero-padded at the bottom and right by the
+    difference between the largest and the smallest template."""
+    hs, ws = [z.shape[2] for z in zs], [z.shape[3] for z in zs]
+    return F.pad(xs, (0, max(ws) - min(ws), 0, max(hs) - min(hs)))
+
+
+def _numerators(xs: torch.Tensor, zs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], str]:
+    """The correlation of ``xs`` with each of ``zs`` (views (N, 1, H-h+1, W-w+1) of one
+    ``"upchannel"`` output per group of templates), and the backend whose forward computed them
+    (the last group's: the groups are alike, and the planner keeps one choice per call signature)."""
+    N, C, H, W = xs.shape
+    hs, ws = [z.shape[2] for z in zs], [z.shape[3] for z in zs]
+    hmax, wmax = max(hs), max(ws)
+    xp = _padded(xs, zs)
+    per_template = N * (H - min(hs) + 1) * (W - min(ws) + 1)
+    step = max(1, _CALL_ELEMENTS // per_template)
+    nums: list[torch.Tensor] = []
+    chosen = ""
+    for start in range(0, len(zs), step):
+        group = zs[start : start + step]
+        stacked = torch.cat([F.pad(z, (0, wmax - z.shape[3], 0, hmax - z.shape[2])) for z in group], 1)
+        bound = correlation.bound(xp, stacked, "upchannel")
+        out, option = bound.call(xp, stacked)
+        chosen = CORRELATION.passes(option, bound.spec).forward if option == PER_PASS else option
+        nums += [out[:, j : j + 1, : H - z.shape[2] + 1, : W - z.shape[3] + 1] for j, z in enumerate(group)]
+    return nums, chosen
+
+
+def _problem(
+    x: torch.Tensor,
+    xs: torch.Tensor,
+    padded: torch.Tensor,
+    t: _Template,
+    num: torch.Tensor,
+    method: str,
+    chosen: str,
+    shift2: torch.Tensor,
+) -> _Problem:
+    """:mod:`.dense`'s problem of template ``t`` against every image (``k = N``), its numerator's
+    error bound that of the shared correlation (of the ``padded`` images: their norms are the
+    images', their size the transform's)."""
+    N = x.shape[0]
+    rounding = None
+    if method.endswith("_normed") and num.dtype == torch.float32:
+        rounding = _Rounding.of(padded, t.zs, num, chosen, N)
+    residual = t.residual.expand(N, -1) if t.residual is not None and num.dtype == torch.float32 else None
+    flat = None if t.flat is None else t.flat.expand(N)
+    return _Problem(x, xs, t.zs, num, method, N, t.tz2.expand(N), t.tnorm.expand(N), flat, rounding, shift2, residual)
+
+
+@dataclass
+class _Statistics:
+    """The window statistics of one piece (images ``x``, shifted ``xs``; rows of the piece) for
+    ``h x w`` windows, each computed on first use and shared by the templates of that size."""
+
+    x: torch.Tensor
+    xs: torch.Tensor
+    h: int
+    w: int
+    _cache: dict = field(default_factory=dict)
+
+    def _get(self, name: str, make):
+        if name not in self._cache:
+            with stage("window statistics"):
+                self._cache[name] = make()
+        return self._cache[name]
+
+    def energy(self) -> torch.Tensor:
+        """Window sums of squares of the images themselves (:meth:`.dense._Problem.energy`)."""
+        return self._get("energy", lambda: _window_squares(self.x, self.h, self.w))
+
+    def centred(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``ccoeff``'s ``(diff2, s2, s1)`` of the centred images, as :func:`.dense._ccoeff_piece`."""
+
+        def make():
+            sums = _centred_energy_fast(self.xs, self.h, self.w) if self.xs.dtype == torch.float32 else None
+            if sums is None:
+                band = self.xs.double()
+                s1, s2 = _box(band, self.h, self.w), _box(_squares(band), self.h, self.w)
+                sums = _centred_energy(s1, s2, self.h * self.w), s2, s1
+            return sums
+
+        return self._get("centred", make)
+
+    def most(self) -> float:
+        """The largest window sum of squares of ``xs``."""
+        return self._get("most", lambda: float(self.centred()[1].amax()))
+
+    def squares64(self) -> torch.Tensor:
+        """Window sums of squares of the shifted images, in float64."""
+        return self._get("squares64", lambda: _box(_squares(self.xs.double()), self.h, self.w))
+
+    def squares(self) -> torch.Tensor:
+        """Window sums of squares of the shifted images, by doubling in float32 for float32."""
+        return self._get("squares", lambda: _window_squares(self.xs, self.h, self.w))
+
+    def squares_spread(self) -> torch.Tensor:
+        """(n, 1, 1, 1) the largest ratio of :meth:`squares` to the square root of :meth:`energy`
+        over each image's windows with energy: float32 sums are precise enough for a template
+        whose norm times ``NUMERATOR_ERROR / gamma`` is at least that."""
+
+        def make():
+            energy, sq = self.energy(), self.squares()
+            ratio = torch.where(energy > 0, sq / energy.sqrt(), torch.zeros_like(sq))
+            return ratio.flatten(1).amax(1).view(-1, 1, 1, 1)
+
+        return self._get("spread", make)
+
+
+def _ccorr_piece(p: _Problem, rows: slice, images: slice, stats: _Statistics) -> torch.Tensor:
+    energy = stats.energy()
+    with stage("exactness check"):
+        num = p.numerator(rows, images, energy, energy)
+    with stage("normalisation"):
+        return _normalise(num, energy, p.scale(images), p.method)
+
+
+def _ccoeff_piece(p: _Problem, rows: slice, images: slice, stats: _Statistics) -> torch.Tensor:
+    h, w = p.size
+    diff2, s2, s1 = stats.centred()
+    with stage("exactness check"):
+        num = p.numerator(rows, images, diff2, s2)
+        if p.residual is not None:
+            num = _without_residual(num, s1, p.residual[images], h * w)
+    most = (stats.most() ** 0.5 + (h * w * float(p.shift2[images].amax())) ** 0.5) ** 2
+    with stage("normalisation"):
+        score = _normalise(num, diff2, p.scale(images), p.method, stats.energy, most)
+        assert p.flat is not None  # ccoeff_normed's problems have the flat-template rule
+        if bool(p.flat[images].any()):
+            score = torch.ones_like(score)
+    return score
+
+
+_SCORE = {"ccorr": _ccorr_piece, "ccoeff": _ccoeff_piece}
+
+#: The methods scored here; ``sqdiff``'s shift is the template's own mean (:mod:`.dense`), which
+#: the templates cannot share, so its templates are scored one by one.
+SHARED = ("ccorr", "ccorr_normed", "ccoeff", "ccoeff_normed")
