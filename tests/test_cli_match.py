@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import subprocess
 import sys
 from typing import NamedTuple
 
@@ -387,3 +388,140 @@ def test_usage_errors_are_one_line_and_exit_code_2(folder, tmp_path, monkeypatch
     assert code == 2
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "r.csv").exists()
+
+
+# --- with find_matches ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """Noise images (two sizes, grey and colour) with two templates pasted at known places, and a
+    corrupt file; the expected matches {(template, x, y)} by path."""
+    root = tmp_path_factory.mktemp("scenes")
+    rng = np.random.default_rng(1)
+    templates = [rng.integers(0, 256, (7, 9), dtype=np.uint8), rng.integers(0, 256, (8, 6), dtype=np.uint8)]
+    paths = []
+    for i, t in enumerate(templates):
+        paths.append(str(root / f"t{i}.png"))
+        Image.fromarray(t).save(paths[-1])
+    expected = {}
+    for n in range(7):
+        side = (30, 40) if n < 5 else (36, 28)
+        image = rng.integers(0, 256, side, dtype=np.uint8)
+        places = set()
+        for i, t in enumerate(templates[: 1 + n % 2]):
+            x, y = 2 + 12 * i + n, 3 + 2 * n
+            image[y : y + t.shape[0], x : x + t.shape[1]] = t
+            places.add((i, x, y))
+        name = root / "images" / f"{n}.png"
+        name.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.stack([image] * 3, 2) if n == 3 else image).save(name)
+        expected[str(name)] = places
+    (root / "images" / "3b.png").write_bytes(b"\x89PNG\r\n\x1a\n cut")
+    return {
+        "images": str(root / "images"),
+        "templates": paths,
+        "expected": expected,
+        "corrupt": str(root / "images" / "3b.png"),
+    }
+
+
+def cli(scenes, out, *extra):
+    templates = [a for t in scenes["templates"] for a in ("--template", t)]
+    return ["match", scenes["images"], *templates, "--out", str(out), "--workers", "0", *extra]
+
+
+def found(records):
+    return {r["path"]: {(m["template"], m["x"], m["y"]) for m in r["matches"]} for r in records}
+
+
+def test_find_matches_finds_every_pasted_template(scenes, tmp_path, capsys):
+    out = tmp_path / "r.jsonl"
+    assert main(cli(scenes, out, "--batch-size", "3")) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert (
+        len(err) == 2 and scenes["corrupt"] in err[0] and err[1].endswith("1 of 8 images could not be read or matched")
+    )
+    records = read_jsonl(out)
+    assert [r["path"] for r in records] == list(scenes["expected"])
+    assert found(records) == scenes["expected"]
+    for r in records:
+        assert all(m["score"] == pytest.approx(1, abs=1e-4) and m["scale"] == 1.0 for m in r["matches"])
+        assert all((m["w"], m["h"]) == ((9, 7), (6, 8))[m["template"]] for m in r["matches"])
+
+
+def test_csv_with_scales_and_sqdiff_normed(scenes, tmp_path):
+    out = tmp_path / "r.csv"
+    assert main(cli(scenes, out, "--method", "sqdiff_normed", "--threshold", "1e-6", "--scales", "1", "2")) == 1
+    rows = read_csv(out)
+    by_path = {}
+    for row in rows:
+        by_path.setdefault(row["path"], set()).add((int(row["template"]), int(row["x"]), int(row["y"])))
+    assert by_path == scenes["expected"]
+    assert {row["scale"] for row in rows} == {"1.0"}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--method", "ccorr"), "--method ccorr needs --threshold"),
+        (("--max-overlap", "1.5"), "max_overlap must be in [0, 1]"),
+        (("--scales", "0.01"), "smaller than one pixel"),
+    ],
+)
+def test_bad_settings_are_usage_errors_before_any_file_is_written(scenes, tmp_path, capsys, extra, message):
+    out = tmp_path / "r.jsonl"
+    assert main(cli(scenes, out, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_all_images_read_exit_0_in_a_subprocess(scenes, tmp_path):
+    out = tmp_path / "r.jsonl"
+    images = sorted(scenes["expected"])[:2]
+    done = subprocess.run(
+        [sys.executable, "-m", "xcorr", *cli(scenes, out)[:1], *images, *cli(scenes, out)[2:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done.stderr
+    assert found(read_jsonl(out)) == {p: scenes["expected"][p] for p in images}
+
+
+def torchrun(*args):
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "xcorr",
+        *args,
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_two_ranks_write_one_file_in_image_order_and_resume_a_stopped_run(scenes, tmp_path):
+    out = tmp_path / "r.jsonl"
+    done = torchrun(*cli(scenes, out, "--batch-size", "2"))
+    assert done.returncode == 1, done.stderr  # the corrupt file
+    assert done.stderr.count(f"cannot read image {scenes['corrupt']}") == 1
+    assert "xcorr match: 1 of 8 images could not be read or matched" in done.stderr
+    records = read_jsonl(out)
+    assert [r["path"] for r in records] == list(scenes["expected"])  # each once, in image order
+    assert found(records) == scenes["expected"]
+    assert match_files.parts_of(str(out)) == []
+    # A stopped run: two images in the file, one in a rank's part; --resume does the rest once.
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text(lines[0] + lines[1])
+    (tmp_path / "r.jsonl.rank1").write_text(lines[4])
+    again = torchrun(*cli(scenes, out, "--resume"))
+    assert again.returncode == 1, again.stderr
+    assert [r["path"] for r in read_jsonl(out)] == [records[i]["path"] for i in (0, 1, 4, 2, 3, 5, 6)]
+    assert found(read_jsonl(out)) == scenes["expected"]
+    assert match_files.parts_of(str(out)) == []

@@ -79,9 +79,18 @@ def _add_match(sub: Any) -> None:
         help="results: .jsonl (one object per image) or .csv (one row per match, one empty row for an image "
         "without matches)",
     )
-    many.add_argument("--threshold", type=float, metavar="S", help="the score a match must reach")
     many.add_argument(
-        "--max-overlap", type=float, metavar="F", help="the largest overlap (IoU) two matches kept may have"
+        "--threshold",
+        type=float,
+        metavar="S",
+        help="the score a match must reach (at most, for sqdiff and sqdiff_normed); default 0.8 for "
+        "ccoeff_normed, needed for the other methods",
+    )
+    many.add_argument(
+        "--max-overlap",
+        type=float,
+        metavar="F",
+        help="the largest overlap (intersection over union) of a match with a better one (default 0.3)",
     )
     many.add_argument("--scales", type=float, nargs="+", metavar="S", help="template scales to try (default: 1)")
     many.add_argument(
@@ -242,26 +251,17 @@ def _match_files(args: argparse.Namespace) -> int:
         args.inputs,
         args.template,
         args.out,
+        method=args.method,
+        threshold=args.threshold,
+        max_overlap=args.max_overlap,
+        scales=args.scales,
         resume=args.resume,
         batch_size=8 if args.batch_size is None else args.batch_size,
         workers=2 if args.workers is None else args.workers,
         device=args.device or "cpu",
         progress=args.progress,
     )
-    return match_files.run(options, _matcher(args))
-
-
-def _matcher(args: argparse.Namespace):
-    """``find_matches`` with the options given (the others at its defaults)."""
-    given = {"threshold": args.threshold, "max_overlap": args.max_overlap, "scales": args.scales}
-    options = {name: value for name, value in given.items() if value is not None}
-
-    def matcher(images, templates):
-        from . import find_matches
-
-        return find_matches(images, templates, args.method, k=None, **options)
-
-    return matcher
+    return match_files.run(options)
 
 
 def _check_method(method: str) -> None:

@@ -14,6 +14,7 @@ import glob
 import heapq
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -460,13 +461,21 @@ class Job:
         return [self.match([item])[0] for item in batch]
 
 
+#: ``--threshold`` when not given, for the one method whose scores have a usual threshold.
+DEFAULT_THRESHOLD = {"ccoeff_normed": 0.8}
+
+
 @dataclass
 class Options:
-    """The arguments of ``match``'s many-image form."""
+    """The arguments of ``match``'s many-image form; ``None``: :func:`xcorr.find_matches`'s default."""
 
     inputs: Sequence[str]
     templates: Sequence[str]
     out: str
+    method: str = "ccoeff_normed"
+    threshold: float | None = None
+    max_overlap: float | None = None
+    scales: Sequence[float] | None = None
     resume: bool = False
     batch_size: int = 8
     workers: int = 2
@@ -474,15 +483,57 @@ class Options:
     progress: bool = False
 
 
-def run(options: Options, matcher: Matcher) -> int:
-    """Match the templates in every image of ``options.inputs``; 0 if every image was matched, 1 if
-    some could not be read or matched (each said on stderr)."""
+@dataclass
+class FindMatches:
+    """The matcher of :func:`run`: :func:`xcorr.find_matches` with ``options``' settings."""
+
+    options: Options
+
+    def __post_init__(self) -> None:
+        o = self.options
+        threshold = DEFAULT_THRESHOLD.get(o.method) if o.threshold is None else o.threshold
+        if threshold is None:
+            raise CliError(f"--method {o.method} needs --threshold (no threshold suits its scores in every scene)")
+        self.settings: dict[str, Any] = {"threshold": threshold}
+        if o.max_overlap is not None:
+            self.settings["max_overlap"] = o.max_overlap
+        if o.scales is not None:
+            self.settings["scales"] = list(o.scales)
+
+    def __call__(self, images: torch.Tensor, templates: list) -> list:
+        from . import find_matches
+
+        found = find_matches(images, templates, self.options.method, k=None, **self.settings)
+        return found if isinstance(found, list) else [found]  # a 4-D batch gives a list
+
+    def check(self, templates: Templates) -> None:
+        """The settings tried on a blank image that every template fits at every scale, so that a bad
+        one is a usage error before any file is touched."""
+        largest = max(self.settings.get("scales", [1.0]) + [1.0])
+        h = max(t.shape[1] for t in templates.grey)
+        w = max(t.shape[2] for t in templates.grey)
+        channels = 3 if templates.colour else 1
+        blank = torch.zeros(1, channels, math.ceil(h * largest) + 1, math.ceil(w * largest) + 1)
+        try:
+            self(blank, templates.on(channels, blank.device))
+        except (ValueError, TypeError) as error:
+            raise CliError(str(error)) from None
+
+
+def run(options: Options, matcher: Matcher | None = None) -> int:
+    """Match the templates in every image of ``options.inputs`` (with ``matcher``, by default
+    :class:`FindMatches`); 0 if every image was matched, 1 if some could not be read or matched
+    (each said on stderr)."""
     fmt = output_format(options.out)
     try:
         import PIL  # noqa: F401
     except ImportError:
         raise CliError("reading images needs Pillow: pip install 'xcorr[match]'") from None
     templates = read_templates(options.templates)
+    if matcher is None:
+        found = FindMatches(options)
+        found.check(templates)
+        matcher = found
     images = list_images(options.inputs)
     ranks = Ranks.from_env()
     try:
