@@ -507,21 +507,27 @@ def torchrun(*args):
 
 
 def test_two_ranks_write_one_file_in_image_order_and_resume_a_stopped_run(scenes, tmp_path):
-    out = tmp_path / "r.jsonl"
+    one, out = tmp_path / "one.csv", tmp_path / "r.csv"
+    assert main(cli(scenes, one)) == 1
     done = torchrun(*cli(scenes, out, "--batch-size", "2"))
     assert done.returncode == 1, done.stderr  # the corrupt file
     assert done.stderr.count(f"cannot read image {scenes['corrupt']}") == 1
     assert "xcorr match: 1 of 8 images could not be read or matched" in done.stderr
-    records = read_jsonl(out)
-    assert [r["path"] for r in records] == list(scenes["expected"])  # each once, in image order
-    assert found(records) == scenes["expected"]
+    rows, expected = read_csv(out), read_csv(one)  # each image once, in image order
+    assert [r["path"] for r in rows] == [r["path"] for r in expected] and len(rows) == 10
+    for row, want in zip(rows, expected):
+        assert float(row.pop("score")) == pytest.approx(float(want.pop("score")), abs=1e-5)
+        assert row == want
     assert match_files.parts_of(str(out)) == []
     # A stopped run: two images in the file, one in a rank's part; --resume does the rest once.
-    lines = out.read_text().splitlines(keepends=True)
+    one, out = tmp_path / "one.jsonl", tmp_path / "r.jsonl"
+    assert main(cli(scenes, one)) == 1
+    lines = one.read_text().splitlines(keepends=True)
     out.write_text(lines[0] + lines[1])
     (tmp_path / "r.jsonl.rank1").write_text(lines[4])
     again = torchrun(*cli(scenes, out, "--resume"))
     assert again.returncode == 1, again.stderr
-    assert [r["path"] for r in read_jsonl(out)] == [records[i]["path"] for i in (0, 1, 4, 2, 3, 5, 6)]
+    paths = [json.loads(line)["path"] for line in lines]
+    assert [r["path"] for r in read_jsonl(out)] == [paths[i] for i in (0, 1, 4, 2, 3, 5, 6)]
     assert found(read_jsonl(out)) == scenes["expected"]
     assert match_files.parts_of(str(out)) == []

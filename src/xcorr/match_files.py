@@ -558,6 +558,8 @@ def _run(
     target = options.out if ranks.world == 1 else part_path(options.out, ranks.rank)
     try:
         with open(target, "a" if ranks.world == 1 else "w", encoding="utf-8", newline="") as out:
+            if ranks.world > 1:  # a part is a results file of its own, for a stopped run's --resume
+                out.write(fmt.header)
             job.run(loaded_images(mine, options.workers), out, progress)
     except KeyboardInterrupt:
         progress.close()
