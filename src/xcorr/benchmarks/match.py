@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..matching.api import match_template
+from ..matching.detect import find_matches
 from ..matching.plans import match_plan
 from ..matching.stages import timed
 from . import OURS, Case
@@ -234,6 +235,72 @@ def _video_case() -> Case:
     return Case("match", name, setup, VIDEO_TARGET, repeats=5, stages=stages)
 
 
+# --- detection: many templates at many scales, threshold and non-maximum suppression ----------
+
+#: Templates (crops of the image, so each is found once per scale near 1), their side, the
+#: scales and the threshold of the detection case; our median over the OpenCV loop's.
+DETECT_TEMPLATES, DETECT_SIDE, DETECT_TEMPLATE, DETECT_SCALES = 8, 1024, 40, (0.8, 1.0, 1.25)
+DETECT_THRESHOLD, DETECT_OVERLAP, DETECT_TARGET = 0.8, 0.3, 0.5
+
+
+def _opencv_detect(image: np.ndarray, templates: list[np.ndarray]) -> Callable[[], Any]:
+    """What an OpenCV user writes: ``cv2.matchTemplate`` per template and scale (resized with
+    ``INTER_AREA`` shrinking, ``INTER_LINEAR`` growing), the threshold, then ``cv2.dnn.NMSBoxes``."""
+    import cv2
+
+    def call() -> Any:
+        boxes: list[list[int]] = []
+        scores: list[float] = []
+        for t in templates:
+            for s in DETECT_SCALES:
+                size = (round(t.shape[1] * s), round(t.shape[0] * s))
+                ts = t if s == 1 else cv2.resize(t, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+                r = cv2.matchTemplate(image, ts, cv2.TM_CCOEFF_NORMED)
+                ys, xs = np.nonzero(r >= DETECT_THRESHOLD)
+                boxes += [[int(x), int(y), ts.shape[1], ts.shape[0]] for y, x in zip(ys, xs)]
+                scores += r[ys, xs].tolist()
+        return cv2.dnn.NMSBoxes(boxes, scores, DETECT_THRESHOLD, DETECT_OVERLAP)
+
+    return call
+
+
+def _detect_case(threads: int | None = None) -> Case:
+    """Detection of 8 templates at 3 scales in one grey image: :func:`xcorr.find_matches` against
+    the OpenCV loop."""
+
+    def inputs() -> tuple[np.ndarray, list[np.ndarray]]:
+        images, _ = _images(1, DETECT_SIDE, 1, DETECT_TEMPLATE, seed=3)
+        rng = np.random.default_rng(4)
+        corners = rng.integers(0, DETECT_SIDE - 2 * DETECT_TEMPLATE, size=(DETECT_TEMPLATES, 2))
+        return images[0], [images[0][r : r + DETECT_TEMPLATE, c : c + DETECT_TEMPLATE].copy() for r, c in corners]
+
+    def ours(image: np.ndarray, templates: list[np.ndarray]) -> Callable[[], Any]:
+        return lambda: find_matches(
+            image, templates, threshold=DETECT_THRESHOLD, max_overlap=DETECT_OVERLAP, scales=DETECT_SCALES
+        )
+
+    def setup() -> dict[str, Callable[[], Any]]:
+        image, templates = inputs()
+        fns: dict[str, Callable[[], Any]] = {OURS: ours(image, templates)}
+        if _installed("cv2"):
+            fns[OPENCV] = _opencv_detect(image, templates)
+        return fns
+
+    def stages() -> dict[str, float]:
+        return _stages(ours(*inputs()))()
+
+    name = f"detect {DETECT_TEMPLATES} templates x {len(DETECT_SCALES)} scales {DETECT_SIDE}"
+    return Case(
+        "match",
+        name if threads is None else f"{name} (1 thread)",
+        setup,
+        DETECT_TARGET,
+        repeats=5,
+        threads=threads,
+        stages=stages,
+    )
+
+
 def cases() -> list[Case]:
     """The match suite: single images (random and photographs), some at one thread, a batch and
     a video."""
@@ -245,4 +312,4 @@ def cases() -> list[Case]:
             out.append(_single_case(*single[name], threads=1))
         elif name in photos:
             out.append(_photo_case(*photos[name], threads=1))
-    return out + [_batch_case(), _video_case()]
+    return out + [_batch_case(), _video_case(), _detect_case(), _detect_case(threads=1)]

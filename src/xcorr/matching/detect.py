@@ -78,10 +78,10 @@ def find_matches(
     suppressed greedily, best first: a box whose overlap (intersection over union) with a kept
     box is more than ``max_overlap`` is dropped (torchvision's ``nms``). Ties go to the lower
     template index, then the earlier scale, then the first position in row-major order. At most
-    :data:`MAX_CANDIDATES` candidates per image, the best, are considered (with a warning: a
+    :data:`~xcorr.matching.detect.MAX_CANDIDATES` candidates per image, the best, are considered (with a warning: a
     threshold that lets more pass finds noise).
 
-    Scales resize each template with :func:`torch.nn.functional.interpolate` to
+    Scales resize each template with ``torch.nn.functional.interpolate`` to
     ``round(h * s) x round(w * s)``: ``"area"`` when shrinking (each pixel the mean of the
     pixels it covers, as OpenCV's ``INTER_AREA``: no aliasing) and ``"bilinear"`` when growing
     (``"area"`` would repeat pixels in blocks); a mask is resized in the same way, into weights.
@@ -89,7 +89,7 @@ def find_matches(
     error when no template fits at any scale, or when a scale makes a template smaller than one
     pixel.
 
-    All templates are scored together (see :mod:`xcorr.matching.many`): the image is transformed
+    All templates are scored together (``xcorr.matching.many``): the image is transformed
     once, and its window statistics are summed once per distinct template size; with masks each
     template is scored on its own. Scores are not differentiable here (call
     :func:`xcorr.match_template` for that).
@@ -105,7 +105,7 @@ def find_matches(
             method and scene; 0.8 is a common start for ``"ccoeff_normed"``).
         max_overlap (float): in [0, 1]; boxes overlapping a better match by more than this
             (intersection over union) are dropped. Touching boxes do not overlap.
-        scales (sequence of float or None): positive scale factors of the templates; ``None``
+        scales (list of float or None): positive scale factors of the templates; ``None``
             means ``(1.0,)``.
         mask: for one template, its mask; for a sequence of templates, a sequence of masks, one
             per template (``None`` for none), as :func:`xcorr.match_template` takes them.
