@@ -233,6 +233,22 @@ def test_workers_decode_in_other_processes_in_the_same_order(folder, tmp_path):
     assert one.read_text() == two.read_text()
 
 
+def test_matching_threads_leave_a_core_to_each_decoder_and_are_restored(folder, tmp_path):
+    seen = []
+
+    def counting(images, templates):
+        seen.append(torch.get_num_threads())
+        return Brightest()(images, templates)
+
+    before = torch.get_num_threads()
+    assert match_files.matching_threads(None, 0) == before
+    assert match_files.matching_threads(None, before + 3) == 1
+    assert match_files.matching_threads(5, 2) == 5
+    assert match_files.run(options(folder, tmp_path / "r.jsonl", threads=1), counting) == 1
+    assert match_files.run(options(folder, tmp_path / "r.jsonl", workers=before), counting) == 1
+    assert set(seen) == {1} and torch.get_num_threads() == before
+
+
 # --- resume -----------------------------------------------------------------------------------
 
 

@@ -108,6 +108,12 @@ def _add_match(sub: Any) -> None:
         metavar="N",
         help="processes decoding images (default 2; 0: decode in the matching process)",
     )
+    many.add_argument(
+        "--threads",
+        type=_positive,
+        metavar="N",
+        help="torch's CPU threads for matching (default: torch's count less --workers, at least 1)",
+    )
     many.add_argument("--device", help="device to match on, e.g. cpu or cuda (default: cpu)")
     many.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
 
@@ -231,7 +237,18 @@ def _read(path: str, what: str, mode: str | None = None):
 
 #: The options of each form of ``match``, by their names in ``args``.
 _ONE_IMAGE = ("mask", "top_k", "heatmap", "json")
-_MANY_IMAGES = ("out", "threshold", "max_overlap", "scales", "resume", "batch_size", "workers", "device", "progress")
+_MANY_IMAGES = (
+    "out",
+    "threshold",
+    "max_overlap",
+    "scales",
+    "resume",
+    "batch_size",
+    "workers",
+    "threads",
+    "device",
+    "progress",
+)
 
 
 def _given(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
@@ -260,6 +277,7 @@ def _match_files(args: argparse.Namespace) -> int:
         workers=2 if args.workers is None else args.workers,
         device=args.device or "cpu",
         progress=args.progress,
+        threads=args.threads,
     )
     return match_files.run(options)
 

@@ -481,6 +481,7 @@ class Options:
     workers: int = 2
     device: str = "cpu"
     progress: bool = False
+    threads: int | None = None
 
 
 @dataclass
@@ -536,10 +537,20 @@ def run(options: Options, matcher: Matcher | None = None) -> int:
         matcher = found
     images = list_images(options.inputs)
     ranks = Ranks.from_env()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(matching_threads(options.threads, options.workers))
     try:
         return _run(options, matcher, fmt, templates, images, ranks)
     finally:
+        torch.set_num_threads(threads)
         ranks.close()
+
+
+def matching_threads(threads: int | None, workers: int) -> int:
+    """torch's threads for matching on the CPU: ``threads``, else torch's own count less the
+    decoding workers (at least one): a core shared by a decoder and a matching thread stalls every
+    matching thread at the next barrier (measured in docs/detection.md)."""
+    return threads if threads is not None else max(1, torch.get_num_threads() - workers)
 
 
 def _run(
