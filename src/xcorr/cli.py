@@ -35,26 +35,87 @@ def build_parser() -> argparse.ArgumentParser:
         help="the correlations at the grouped conv's slowest sizes (256 channels, 255x255 searches, 127x127 "
         "templates; minutes) instead of 64 channels, 127x127 and 63x63 (seconds)",
     )
+    _add_match(sub)
+    _add_bench(sub)
+    _add_fit(sub)
+    return parser
+
+
+def _add_match(sub: Any) -> None:
     match = sub.add_parser(
         "match",
-        help="find a template in an image (OpenCV's matchTemplate scores)",
-        description="Find TEMPLATE in IMAGE and print the best match(es): x, y (top-left corner) and score.",
+        help="find templates in an image, or in many image files and folders",
+        usage="xcorr match IMAGE TEMPLATE [--method M] [--mask FILE] [--top-k K] [--heatmap OUT.png] [--json]\n"
+        "       xcorr match IMAGE_OR_DIR... --template T [--template T ...] --out FILE.jsonl|FILE.csv [options]",
+        description="With IMAGE TEMPLATE: find TEMPLATE in IMAGE and print the best match(es): x, y (top-left "
+        "corner) and score (OpenCV's matchTemplate scores). With --template: find every template in every "
+        "image (folders searched recursively for image files) and write each image's matches to --out, as "
+        "they come; under torchrun the ranks share the images and one file comes out.",
     )
-    match.add_argument("image", metavar="IMAGE", help="image file (any format Pillow reads)")
-    match.add_argument("template", metavar="TEMPLATE", help="template file, no larger than the image")
+    match.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGE_OR_DIR",
+        help="IMAGE TEMPLATE (files Pillow reads); with --template: image files and folders",
+    )
     match.add_argument(
         "--method",
         default="ccoeff_normed",
         metavar="M",
         help="sqdiff, sqdiff_normed, ccorr, ccorr_normed, ccoeff or ccoeff_normed (default: ccoeff_normed)",
     )
-    match.add_argument("--mask", metavar="FILE", help="template-sized mask image; non-zero pixels take part")
-    match.add_argument("--top-k", type=_positive, default=1, metavar="K", help="how many matches to report (default 1)")
-    match.add_argument("--heatmap", metavar="OUT.png", help="write the image with its match boxes beside the score map")
-    match.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    _add_bench(sub)
-    _add_fit(sub)
-    return parser
+    one = match.add_argument_group("one image, one template (IMAGE TEMPLATE)")
+    one.add_argument("--mask", metavar="FILE", help="template-sized mask image; non-zero pixels take part")
+    one.add_argument("--top-k", type=_positive, metavar="K", help="how many matches to report (default 1)")
+    one.add_argument("--heatmap", metavar="OUT.png", help="write the image with its match boxes beside the score map")
+    one.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    many = match.add_argument_group("many images (IMAGE_OR_DIR... --template T --out FILE)")
+    many.add_argument(
+        "--template", action="append", metavar="T", help="template file; repeat for more templates (index 0, 1, ...)"
+    )
+    many.add_argument(
+        "--out",
+        metavar="FILE",
+        help="results: .jsonl (one object per image) or .csv (one row per match, one empty row for an image "
+        "without matches)",
+    )
+    many.add_argument(
+        "--threshold",
+        type=float,
+        metavar="S",
+        help="the score a match must reach (at most, for sqdiff and sqdiff_normed); default 0.8 for "
+        "ccoeff_normed, needed for the other methods",
+    )
+    many.add_argument(
+        "--max-overlap",
+        type=float,
+        metavar="F",
+        help="the largest overlap (intersection over union) of a match with a better one (default 0.3)",
+    )
+    many.add_argument("--scales", type=float, nargs="+", metavar="S", help="template scales to try (default: 1)")
+    many.add_argument(
+        "--resume", action="store_true", help="skip the images already in --out and append the others to it"
+    )
+    many.add_argument(
+        "--batch-size",
+        type=_positive,
+        metavar="N",
+        help="images of one size matched together, at most (default 8)",
+    )
+    many.add_argument(
+        "--workers",
+        type=_non_negative,
+        metavar="N",
+        help="processes decoding images (default 2; 0: decode in the matching process)",
+    )
+    many.add_argument(
+        "--threads",
+        type=_positive,
+        metavar="N",
+        help="torch's CPU threads for matching (default: torch's count less --workers, at least 1)",
+    )
+    many.add_argument("--device", help="device to match on, e.g. cpu or cuda (default: cpu)")
+    many.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
 
 
 def _add_bench(sub: Any) -> None:
@@ -127,6 +188,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
@@ -139,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "fit":
         return _fit(args)
     try:
-        return _match(args)
+        return _match_files(args) if args.template else _match(args)
     except CliError as error:
         print(f"xcorr match: error: {error}", file=sys.stderr)
         return 2
@@ -157,26 +228,87 @@ def _read(path: str, what: str, mode: str | None = None):
             image.load()
             if mode is None:
                 mode = "L" if image.mode in ("1", "L", "LA") else "RGB"
-            return np.asarray(image.convert(mode))
+            return np.array(image.convert(mode))  # writable, for torch.from_numpy
     except FileNotFoundError:
         raise CliError(f"{what} file not found: {path}") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise CliError(f"cannot read {what} {path}: {error}") from None
 
 
-def _match(args: argparse.Namespace) -> int:
-    import numpy as np
+#: The options of each form of ``match``, by their names in ``args``.
+_ONE_IMAGE = ("mask", "top_k", "heatmap", "json")
+_MANY_IMAGES = (
+    "out",
+    "threshold",
+    "max_overlap",
+    "scales",
+    "resume",
+    "batch_size",
+    "workers",
+    "threads",
+    "device",
+    "progress",
+)
 
+
+def _given(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    return ["--" + n.replace("_", "-") for n in names if getattr(args, n) not in (None, False)]
+
+
+def _match_files(args: argparse.Namespace) -> int:
+    from . import match_files
+
+    mixed = _given(args, _ONE_IMAGE)
+    if mixed:
+        raise CliError(f"{mixed[0]} is for one IMAGE and one TEMPLATE, not with --template")
+    if args.out is None:
+        raise CliError("--template needs --out FILE.jsonl or FILE.csv")
+    _check_method(args.method)
+    options = match_files.Options(
+        args.inputs,
+        args.template,
+        args.out,
+        method=args.method,
+        threshold=args.threshold,
+        max_overlap=args.max_overlap,
+        scales=args.scales,
+        resume=args.resume,
+        batch_size=8 if args.batch_size is None else args.batch_size,
+        workers=2 if args.workers is None else args.workers,
+        device=args.device or "cpu",
+        progress=args.progress,
+        threads=args.threads,
+    )
+    return match_files.run(options)
+
+
+def _check_method(method: str) -> None:
     from ._checks import check_choice
-    from .matching.api import find_peaks, match_template
     from .matching.checks import MATCH_METHODS
 
     try:
-        check_choice(args.method, "method", MATCH_METHODS)
+        check_choice(method, "method", MATCH_METHODS)
     except ValueError as error:
         raise CliError(str(error)) from None
-    image = _read(args.image, "image")
-    template = _read(args.template, "template")
+
+
+def _match(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .matching.api import find_peaks, match_template
+
+    mixed = _given(args, _MANY_IMAGES)
+    if mixed:
+        raise CliError(f"{mixed[0]} needs --template (for many images)")
+    if len(args.inputs) != 2:
+        if len(args.inputs) == 1:
+            raise CliError("the following arguments are required: TEMPLATE")
+        raise CliError(f"give one IMAGE and one TEMPLATE, or many images with --template; got {len(args.inputs)} paths")
+    _check_method(args.method)
+    image_path, template_path = args.inputs
+    top_k = 1 if args.top_k is None else args.top_k
+    image = _read(image_path, "image")
+    template = _read(template_path, "template")
     if image.ndim != template.ndim:  # one greyscale, one colour: compare in colour
         image, template = (np.repeat(a[..., None], 3, 2) if a.ndim == 2 else a for a in (image, template))
     mask = None if args.mask is None else _read(args.mask, "mask", "L")
@@ -186,7 +318,7 @@ def _match(args: argparse.Namespace) -> int:
         raise CliError(str(error)) from None
     h, w = template.shape[:2]
     largest = not args.method.startswith("sqdiff")
-    peaks = find_peaks(scores, args.top_k, min_distance=max(1, min(h, w) // 2), largest=largest)
+    peaks = find_peaks(scores, top_k, min_distance=max(1, min(h, w) // 2), largest=largest)
     if args.heatmap:
         _heatmap(args.heatmap, image, scores, peaks, (h, w), args.method)
     matches = [{"x": x, "y": y, "score": score} for x, y, score in peaks]
