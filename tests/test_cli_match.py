@@ -249,6 +249,25 @@ def test_matching_threads_leave_a_core_to_each_decoder_and_are_restored(folder, 
     assert set(seen) == {1} and torch.get_num_threads() == before
 
 
+@pytest.mark.parametrize(("cores", "workers"), [(1, 0), (2, 0), (3, 0), (4, 1), (6, 2), (8, 3), (10, 4), (64, 4)])
+def test_decoders_by_default_only_on_cores_that_matching_does_not_need(cores, workers):
+    assert match_files.default_workers(cores) == workers
+
+
+def test_the_default_decodes_in_process_on_two_cores(folder, tmp_path, monkeypatch):
+    seen = []
+    real = match_files.loaded_images
+    monkeypatch.setattr(match_files, "loaded_images", lambda paths, w: seen.append(w) or real(paths, w))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        opts = Options([folder["root"]], [folder["template"]], str(tmp_path / "r.jsonl"))
+        assert match_files.run(opts, Brightest()) == 1
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [0]
+
+
 # --- resume -----------------------------------------------------------------------------------
 
 

@@ -106,7 +106,7 @@ def _add_match(sub: Any) -> None:
         "--workers",
         type=_non_negative,
         metavar="N",
-        help="processes decoding images (default 2; 0: decode in the matching process)",
+        help="processes decoding images (default: 0 up to 3 cores, then one per two cores beyond two, at most 4; 0: decode in the matching process)",
     )
     many.add_argument(
         "--threads",
@@ -273,7 +273,7 @@ def _match_files(args: argparse.Namespace) -> int:
         scales=args.scales,
         resume=args.resume,
         batch_size=8 if args.batch_size is None else args.batch_size,
-        workers=2 if args.workers is None else args.workers,
+        workers=args.workers,
         device=args.device or "cpu",
         progress=args.progress,
         threads=args.threads,

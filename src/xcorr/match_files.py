@@ -20,7 +20,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import IO, Any, NamedTuple
 
@@ -478,7 +478,8 @@ class Options:
     scales: Sequence[float] | None = None
     resume: bool = False
     batch_size: int = 8
-    workers: int = 2
+    #: Decoding processes; ``None``: :func:`default_workers`.
+    workers: int | None = None
     device: str = "cpu"
     progress: bool = False
     threads: int | None = None
@@ -538,12 +539,23 @@ def run(options: Options, matcher: Matcher | None = None) -> int:
     images = list_images(options.inputs)
     ranks = Ranks.from_env()
     threads = torch.get_num_threads()
-    torch.set_num_threads(matching_threads(options.threads, options.workers))
+    workers = default_workers(threads) if options.workers is None else options.workers
+    options = replace(options, workers=workers)
+    torch.set_num_threads(matching_threads(options.threads, workers))
     try:
         return _run(options, matcher, fmt, templates, images, ranks)
     finally:
         torch.set_num_threads(threads)
         ranks.close()
+
+
+def default_workers(cores: int) -> int:
+    """Decoding processes by default for ``cores`` threads of torch: 0 (decoding in the matching
+    process) up to 3 cores, then one per two cores beyond two, at most 4. Decoding a 640x480 JPEG
+    takes a fraction of matching it, so a decoder pays only on a core matching does not need: on
+    2 cores, 500 such images with 4 templates took 12.3 s decoded in process, 17.4 s with one
+    worker and 19.2 s with two."""
+    return 0 if cores <= 3 else min(4, (cores - 2) // 2)
 
 
 def matching_threads(threads: int | None, workers: int) -> int:
@@ -571,7 +583,7 @@ def _run(
         with open(target, "a" if ranks.world == 1 else "w", encoding="utf-8", newline="") as out:
             if ranks.world > 1:  # a part is a results file of its own, for a stopped run's --resume
                 out.write(fmt.header)
-            job.run(loaded_images(mine, options.workers), out, progress)
+            job.run(loaded_images(mine, options.workers or 0), out, progress)
     except KeyboardInterrupt:
         progress.close()
         print(f"xcorr match: stopped; what was done is in {target}: --resume goes on", file=sys.stderr)
