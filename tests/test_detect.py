@@ -180,6 +180,19 @@ def test_shared_scores_every_window(method):
         assert float((s - alone).abs().max()) <= tol
 
 
+@pytest.mark.parametrize("method", [m for m in SHARED if m in NORMED])
+def test_shared_scores_exact_on_a_dark_region_of_a_bright_image(method):
+    # The case of test_match's test_scores_exact_on_a_dark_region_of_a_bright_image on the shared
+    # path: its float64 window sums shift the image itself, as match_template's do.
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.random((1, 1, 61, 67), dtype=np.float32) + 50)
+    x[..., 10:40, 20:55] *= 0.001
+    zs = [x[:, :, 12:25, 24:35].clone(), x[:, :, 44:57, 5:16] + torch.rand(1, 1, 13, 11)]
+    for z, s in zip(zs, _many(x, zs, method)):
+        exact = xcorr.match_template(x.double(), z.double(), method).float()
+        assert float((s - exact).abs().max()) <= 2e-4
+
+
 def test_masks_and_rgb():
     rng = np.random.default_rng(7)
     image = rng.random((50, 60, 3), dtype=np.float32)

@@ -271,22 +271,28 @@ def _ccorr_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
         return _normalise(num, energy, p.scale(images), p.method)
 
 
+def _centred_sums(
+    x: torch.Tensor, xs: torch.Tensor, shift: torch.Tensor, size: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``ccoeff``'s window statistics ``(diff2, s2, s1)`` of images ``x`` as correlated, ``xs = x -
+    shift``: the centred energy and the sums of squares and values of ``xs``, in float32 where
+    :func:`_centred_energy_fast` allows, else in float64 from ``x`` shifted in float64 (see
+    :meth:`_Problem._recomputed`: ``xs``'s rounding would move the spread of a dark window on a
+    bright image)."""
+    sums = _centred_energy_fast(xs, *size) if xs.dtype == torch.float32 else None
+    if sums is None:
+        band = x.double() - shift.double()
+        s1, s2 = _box(band, *size), _box(_squares(band), *size)
+        sums = _centred_energy(s1, s2, math.prod(size)), s2, s1
+    return sums
+
+
 def _ccoeff_piece(p: _Problem, rows: slice, images: slice) -> torch.Tensor:
     """``ccoeff_normed`` on one piece, OpenCV's flat-template rule included."""
     size = p.size
     n = math.prod(size)
-    band = p.xs[images, :, rows]
-    sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     with stage("window statistics"):
-        if band.dtype == torch.float32:
-            sums = _centred_energy_fast(band, *size)
-        if sums is None:
-            # Shifted in float64 (see _Problem._recomputed): xs's rounding would move the spread
-            # of a dark window on a bright image.
-            band = p.x[images, :, rows].double() - p.shift[images].double()
-            s1, s2 = _box(band, *size), _box(_squares(band), *size)
-            sums = _centred_energy(s1, s2, n), s2, s1
-    diff2, s2, s1 = sums
+        diff2, s2, s1 = _centred_sums(p.x[images, :, rows], p.xs[images, :, rows], p.shift[images], size)
     with stage("exactness check"):
         num = p.numerator(rows, images, diff2, s2)
         if p.residual is not None:

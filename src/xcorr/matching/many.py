@@ -33,8 +33,7 @@ from .dense import (
     _PIECE,
     _assemble,
     _box,
-    _centred_energy,
-    _centred_energy_fast,
+    _centred_sums,
     _pieces,
     _Problem,
     _shifted_image,
@@ -74,7 +73,7 @@ def _many(x: torch.Tensor, zs: Sequence[torch.Tensor], method: str) -> list[torc
         piece = 2 * _PIECE if family == "ccoeff" and x.dtype == torch.float32 else _PIECE
         pieces: dict[int, list] = {j: [] for j in members}
         for rows, images in _pieces(N, C, [H, W], h, piece):
-            stats = _Statistics(x[images, :, rows], xs[images, :, rows], h, w)
+            stats = _Statistics(x[images, :, rows], xs[images, :, rows], shift[images], h, w)
             for j in members:
                 pieces[j].append((images, _SCORE[family](problems[j], rows, images, stats)))
         for j in members:
@@ -133,11 +132,12 @@ def _problem(
 
 @dataclass
 class _Statistics:
-    """The window statistics of one piece (images ``x``, shifted ``xs``; rows of the piece) for
+    """The window statistics of one piece (images ``x``, shifted ``xs = x - shift``; rows of the piece) for
     ``h x w`` windows, each computed on first use and shared by the templates of that size."""
 
     x: torch.Tensor
     xs: torch.Tensor
+    shift: torch.Tensor
     h: int
     w: int
     _cache: dict = field(default_factory=dict)
@@ -155,15 +155,7 @@ class _Statistics:
     def centred(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``ccoeff``'s ``(diff2, s2, s1)`` of the centred images, as :func:`.dense._ccoeff_piece`."""
 
-        def make():
-            sums = _centred_energy_fast(self.xs, self.h, self.w) if self.xs.dtype == torch.float32 else None
-            if sums is None:
-                band = self.xs.double()
-                s1, s2 = _box(band, self.h, self.w), _box(_squares(band), self.h, self.w)
-                sums = _centred_energy(s1, s2, self.h * self.w), s2, s1
-            return sums
-
-        return self._get("centred", make)
+        return self._get("centred", lambda: _centred_sums(self.x, self.xs, self.shift, (self.h, self.w)))
 
     def most(self) -> float:
         """The largest window sum of squares of ``xs``."""
