@@ -79,3 +79,11 @@ def relayout(x, z, layout):
         x = x[:1].expand(x.shape[0], -1, -1, -1)
     assert not x.is_contiguous()
     return x, z
+
+
+def exit_code(main, argv) -> int:
+    """``main(argv)``'s exit status, argparse's usage errors (a ``SystemExit``) included."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code

@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import exit_code
 from PIL import Image
 
 from xcorr.cli import main
@@ -102,11 +103,7 @@ def test_grey_template_in_colour_image(files, capsys):
     ],
 )
 def test_errors_in_process(files, capsys, args, message):
-    argv = [a.format(**files) for a in args]
-    try:
-        code = main(argv)
-    except SystemExit as stop:  # argparse's usage errors
-        code = stop.code
+    code = exit_code(main, [a.format(**files) for a in args])
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and message in err

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import torch
+from helpers import exit_code
 from PIL import Image
 
 from xcorr import match_files
@@ -414,11 +415,7 @@ def test_progress_is_tqdm_when_installed_and_silent_unless_shown(capsys):
 )
 def test_usage_errors_are_one_line_and_exit_code_2(folder, tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)
-    argv = ["match", *(a.format(**folder) for a in args)]
-    try:
-        code = main(argv)
-    except SystemExit as stop:  # argparse's usage errors
-        code = stop.code
+    code = exit_code(main, ["match", *(a.format(**folder) for a in args)])
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and message in err, err
