@@ -52,6 +52,10 @@ UPCHANNEL_CHUNK_BYTES = 1 << 30
 #: einsum (a matrix product per frequency).
 FEW_UPCHANNEL_CHANNELS = 4
 
+#: Bytes of one template spectrum from which :func:`_conjugate_spectrum` transforms map by map
+#: (64 maps of 256x256 lost 1.2x to the loop; 1024x1024 maps gained 3.5x).
+LARGE_SPECTRUM_BYTES = 1 << 20
+
 #: Tile only where it saves at least this fraction of the transform work (tiles add overhead).
 TILE_MIN_SAVING = 0.3
 
@@ -195,17 +199,10 @@ def _conjugate_spectrum(zd: torch.Tensor, L: Pair) -> torch.Tensor:
     # Map by map where the maps are large: the complex transform along the rows of many at once
     # took 3.5x as long per map (8 templates of 40x40 at 1024x1024, one thread: 78 against 22 ms).
     flat = zd.reshape(maps, h, w)
-    out = torch.empty(maps, L[0], L[1] // 2 + 1, dtype=_COMPLEX[zd.dtype], device=zd.device)
+    out = torch.empty(maps, L[0], L[1] // 2 + 1, dtype=torch.promote_types(zd.dtype, torch.complex64), device=zd.device)
     for i in range(maps):
         torch.fft.fft(torch.fft.rfft(flat[i], n=L[1], dim=-1), n=L[0], dim=-2, out=out[i])
     return out.conj_physical_().view(*lead, L[0], L[1] // 2 + 1)
-
-
-#: Bytes of one template spectrum from which :func:`_conjugate_spectrum` transforms map by map
-#: (64 maps of 256x256 lost 1.2x to the loop; 1024x1024 maps gained 3.5x).
-LARGE_SPECTRUM_BYTES = 1 << 20
-
-_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 class _SpectralCorrelation(torch.autograd.Function):
