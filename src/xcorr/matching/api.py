@@ -128,14 +128,24 @@ def find_peaks(scores: Array, k: int = 1, *, min_distance: int | None = None, la
 def _from_arrays(image: np.ndarray, template: np.ndarray, mask: np.ndarray | None, channel_axis: int | None = -1):
     """numpy arguments as tensors (1, C, H, W) or (1, C, D, H, W): float64 for a float64 image,
     else float32; a bool or uint8 mask as binary weights."""
-    dtype = torch.float64 if image.dtype == np.float64 else torch.float32
+    dtype = _array_dtype(image)
     m = None
     if mask is not None:
         axis = mask_layout(mask, array_layout(template, "template", channel_axis), channel_axis).axis
-        m = _array_tensor((mask != 0) if mask.dtype.kind in "bu" else mask, dtype, axis).to(dtype)
+        m = _array_tensor(_mask_weights(mask), dtype, axis).to(dtype)
     image_axis = array_layout(image, "image", channel_axis).axis
     template_axis = array_layout(template, "template", channel_axis).axis
     return _array_tensor(image, dtype, image_axis), _array_tensor(template, dtype, template_axis), m
+
+
+def _array_dtype(image: np.ndarray) -> torch.dtype:
+    """The dtype numpy images are scored in: float64 for a float64 image, else float32."""
+    return torch.float64 if image.dtype == np.float64 else torch.float32
+
+
+def _mask_weights(mask: np.ndarray) -> np.ndarray:
+    """A numpy mask as weights: bool and uint8 masks are binary (OpenCV's 8-bit masks)."""
+    return (mask != 0) if mask.dtype.kind in "bu" else mask
 
 
 def _array_tensor(a: np.ndarray, dtype: torch.dtype, axis: int | None = -1) -> torch.Tensor:

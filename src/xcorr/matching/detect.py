@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .._compute import HALF
-from .api import _array_tensor, _mask_tensor
+from .api import _array_dtype, _array_tensor, _mask_tensor, _mask_weights
 from .checks import check_find_matches
 from .many import SHARED, _many
 from .scores import _scores
@@ -131,10 +131,9 @@ def find_matches(
     )
     factors = [1.0] if scales is None else [float(s) for s in scales]
     if arrays:
-        dtype = torch.float64 if cast(np.ndarray, image).dtype == np.float64 else torch.float32
-        x = _array_tensor(cast(np.ndarray, image), dtype)
+        x = _array_tensor(cast(np.ndarray, image), _array_dtype(cast(np.ndarray, image)))
         z = [_array_tensor(cast(np.ndarray, t), x.dtype) for t in zs]
-        m = [None if a is None else _array_tensor(_weights(cast(np.ndarray, a)), x.dtype) for a in masks]
+        m = [None if a is None else _array_tensor(_mask_weights(cast(np.ndarray, a)), x.dtype) for a in masks]
     else:
         x = cast(torch.Tensor, image).detach()
         x = x.unsqueeze(0) if x.dim() == 3 else x
@@ -146,11 +145,6 @@ def find_matches(
         return _record([f.cpu().numpy() for f in found[0]], np)
     out = [_record(list(f), torch) for f in found]
     return out[0] if cast(torch.Tensor, image).dim() == 3 else out
-
-
-def _weights(mask: np.ndarray) -> np.ndarray:
-    """A numpy mask as weights: bool and uint8 masks are binary, as OpenCV's 8-bit masks."""
-    return (mask != 0).astype(np.float32) if mask.dtype.kind in "bu" else mask
 
 
 def _record(parts: list, lib: Any) -> Matches:
