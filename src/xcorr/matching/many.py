@@ -32,12 +32,10 @@ from ..correlation.family import CORRELATION, PER_PASS
 from .dense import (
     _PIECE,
     _assemble,
-    _box,
     _centred_sums,
     _pieces,
     _Problem,
     _shifted_image,
-    _squares,
     _Template,
     _window_squares,
     _without_residual,
@@ -132,8 +130,9 @@ def _problem(
 
 @dataclass
 class _Statistics:
-    """The window statistics of one piece (images ``x``, shifted ``xs = x - shift``; rows of the piece) for
-    ``h x w`` windows, each computed on first use and shared by the templates of that size."""
+    """The window statistics of one piece (images ``x``, shifted ``xs = x - shift``; rows of the
+    piece) for ``h x w`` windows, each computed on first use and shared by the templates of that
+    size."""
 
     x: torch.Tensor
     xs: torch.Tensor
@@ -153,33 +152,12 @@ class _Statistics:
         return self._get("energy", lambda: _window_squares(self.x, self.h, self.w))
 
     def centred(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``ccoeff``'s ``(diff2, s2, s1)`` of the centred images, as :func:`.dense._ccoeff_piece`."""
-
+        """``ccoeff``'s ``(diff2, s2, s1)`` of the centred images (:func:`.dense._centred_sums`)."""
         return self._get("centred", lambda: _centred_sums(self.x, self.xs, self.shift, (self.h, self.w)))
 
     def most(self) -> float:
         """The largest window sum of squares of ``xs``."""
         return self._get("most", lambda: float(self.centred()[1].amax()))
-
-    def squares64(self) -> torch.Tensor:
-        """Window sums of squares of the shifted images, in float64."""
-        return self._get("squares64", lambda: _box(_squares(self.xs.double()), self.h, self.w))
-
-    def squares(self) -> torch.Tensor:
-        """Window sums of squares of the shifted images, by doubling in float32 for float32."""
-        return self._get("squares", lambda: _window_squares(self.xs, self.h, self.w))
-
-    def squares_spread(self) -> torch.Tensor:
-        """(n, 1, 1, 1) the largest ratio of :meth:`squares` to the square root of :meth:`energy`
-        over each image's windows with energy: float32 sums are precise enough for a template
-        whose norm times ``NUMERATOR_ERROR / gamma`` is at least that."""
-
-        def make():
-            energy, sq = self.energy(), self.squares()
-            ratio = torch.where(energy > 0, sq / energy.sqrt(), torch.zeros_like(sq))
-            return ratio.flatten(1).amax(1).view(-1, 1, 1, 1)
-
-        return self._get("spread", make)
 
 
 def _ccorr_piece(p: _Problem, rows: slice, images: slice, stats: _Statistics) -> torch.Tensor:
