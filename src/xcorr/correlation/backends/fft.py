@@ -201,52 +201,46 @@ FEW_TEMPLATE_ROWS = 1 / 8
 def _conjugate_spectrum(zd: torch.Tensor, L: Pair) -> torch.Tensor:
     """``conj(rfft2(zd))`` at length ``L``, conjugated in place. A template of few rows (see
     :data:`FEW_TEMPLATE_ROWS`) takes the real transform on its own rows only, the zero rows
-    joining in the second, complex one: 45% less than ``rfft2`` with its zero padding (a 64x64
-    template at 1024x1024: 1.6 vs 2.9 ms at one thread, 1.3 vs 2.3 at two; 128x128 at 2048x2048:
-    11.5 vs 20.5 ms at one). Where the template fills half the rows, the complex transform
-    along the strided rows costs more than it saves (256 channels of 127x127 at 256x256: 115
-    vs 77 ms), so ``rfft2`` it is."""
+    joining in the second, complex one (:func:`_column_major_spectrum`): 45% less than ``rfft2``
+    with its zero padding (a 64x64 template at 1024x1024: 1.6 vs 2.9 ms at one thread, 1.3 vs
+    2.3 at two; 128x128 at 2048x2048: 11.5 vs 20.5 ms at one). Where the template fills half
+    the rows, the complex transform along the strided rows costs more than it saves (256
+    channels of 127x127 at 256x256: 115 vs 77 ms), so ``rfft2`` it is."""
     if zd.shape[-2] > FEW_TEMPLATE_ROWS * L[0]:
         return torch.fft.rfft2(zd, s=L).conj_physical_()
-    *lead, h, w = zd.shape
-    maps = math.prod(lead)
-    if maps == 1 or L[0] * (L[1] // 2 + 1) * 2 * zd.element_size() < LARGE_SPECTRUM_BYTES or tracing():
-        rows = torch.fft.rfft(zd, n=L[1], dim=-1)
-        return torch.fft.fft(rows, n=L[0], dim=-2).conj_physical_()
-    # Map by map where the maps are large: the complex transform along the rows of many at once
-    # took 3.5x as long per map (8 templates of 40x40 at 1024x1024, one thread: 78 against 22 ms).
-    flat = zd.reshape(maps, h, w)
-    # Column-major maps, as one transform along the rows leaves them (see _spectrum_like).
-    dtype = torch.promote_types(zd.dtype, torch.complex64)
-    out = torch.empty(maps, L[1] // 2 + 1, L[0], dtype=dtype, device=zd.device).transpose(1, 2)
-    for i in range(maps):
-        torch.fft.fft(torch.fft.rfft(flat[i], n=L[1], dim=-1), n=L[0], dim=-2, out=out[i])
-    return out.conj_physical_().view(*lead, L[0], L[1] // 2 + 1)
+    return _column_major_spectrum(zd, L).conj_physical_()
 
 
-def _spectrum_like(t: torch.Tensor, L: Pair, like: torch.Tensor) -> torch.Tensor:
-    """``rfft2(t, s=L)`` in the memory layout of the spectrum ``like``, which it will multiply.
+def _column_major_spectrum(t: torch.Tensor, L: Pair) -> torch.Tensor:
+    """``rfft2(t, s=L)`` by a real transform along each row, then a complex one along each
+    column, which leaves its maps column-major (the rows' axis fastest).
 
-    A transform along the rows (dim -2) leaves its output column-major (the rows' axis fastest),
-    as :func:`_conjugate_spectrum`'s templates of few rows are; a product of two spectra of
-    different layouts reads one across its rows, 5-6x slower than one of matching layouts (a
-    1024x1024 map at one thread: 1.9 against 0.3 ms). The two real-then-complex transforms cost
-    about what ``rfft2`` does, and the inverse transform along the rows then reads contiguous
-    columns."""
-    if not (like.dim() >= 2 and like.stride(-2) == 1 and like.shape[-1] > 1 and t.shape[-2] > 1):
-        return torch.fft.rfft2(t, s=L)
+    Maps of :data:`LARGE_SPECTRUM_BYTES` and more are transformed one by one into a column-major
+    buffer: the complex transform along the rows of many at once copies them, 3.5x as long per
+    map (8 templates of 40x40 at 1024x1024, one thread: 78 against 22 ms; three 1024x1024 images:
+    33 against 9 ms for ``rfft2``)."""
     *lead, h, w = t.shape
     maps = math.prod(lead)
     if maps == 1 or L[0] * (L[1] // 2 + 1) * 2 * t.element_size() < LARGE_SPECTRUM_BYTES or tracing():
         return torch.fft.fft(torch.fft.rfft(t, n=L[1], dim=-1), n=L[0], dim=-2)
-    # Map by map: the transform along the rows of many maps at once copies them (three 1024x1024
-    # maps: 33 against 9 ms for rfft2, one thread).
     flat = t.reshape(maps, h, w)
     dtype = torch.promote_types(t.dtype, torch.complex64)
     out = torch.empty(maps, L[1] // 2 + 1, L[0], dtype=dtype, device=t.device).transpose(1, 2)
     for i in range(maps):
         torch.fft.fft(torch.fft.rfft(flat[i], n=L[1], dim=-1), n=L[0], dim=-2, out=out[i])
     return out.view(*lead, L[0], L[1] // 2 + 1)
+
+
+def _spectrum_like(t: torch.Tensor, L: Pair, like: torch.Tensor) -> torch.Tensor:
+    """``rfft2(t, s=L)`` in the memory layout of the spectrum ``like``, which it will multiply:
+    column-major (:func:`_column_major_spectrum`) where ``like`` is, as the conjugate spectra of
+    templates of few rows are. A product of two spectra of different layouts reads one across
+    its rows, 5-6x slower than one of matching layouts (a 1024x1024 map at one thread: 1.9
+    against 0.3 ms); the two transforms cost about what ``rfft2`` does, and the inverse
+    transform along the rows then reads contiguous columns."""
+    if like.dim() >= 2 and like.stride(-2) == 1 and like.shape[-1] > 1 and t.shape[-2] > 1:
+        return _column_major_spectrum(t, L)
+    return torch.fft.rfft2(t, s=L)
 
 
 class _SpectralCorrelation(torch.autograd.Function):
