@@ -1055,17 +1055,33 @@ def test_stages_add_up_to_at_most_the_call(method):
     assert sum(off[s] for s in STAGES) == 0  # nothing is counted outside a match
 
 
-def test_float64_redoes_only_the_rows_of_low_contrast_windows(monkeypatch):
-    # A bright, low-contrast strip on top of a high-contrast image: only the windows that reach
-    # into the strip need float64 sums, and only their rows are summed again.
+@pytest.mark.parametrize("columns", [slice(None), slice(0, 20)])
+def test_float64_redoes_only_boxes_around_low_contrast_windows(monkeypatch, columns):
+    # A bright, low-contrast strip (or a patch of one corner) on top of a high-contrast image:
+    # only the windows that reach into it need float64 sums, and only a box around them is
+    # summed again.
     rng = np.random.default_rng(5)
     image = rng.random((120, 50)).astype(np.float32)
-    image[:12] = np.float32(0.9) + np.float32(1e-3) * rng.random((12, 50)).astype(np.float32)
+    patch = image[:12, columns]
+    patch[...] = np.float32(0.9) + np.float32(1e-3) * rng.random(patch.shape).astype(np.float32)
     template = image[60:69, 10:20].copy()
-    runs = []
-    real = xcorr.matching.dense._redone_rows
-    monkeypatch.setattr(xcorr.matching.dense, "_redone_rows", lambda *a: runs.append(a[2]) or real(*a))
+    boxes = []
+    real = xcorr.matching.dense._redone_boxes
+    monkeypatch.setattr(xcorr.matching.dense, "_redone_boxes", lambda *a: boxes.extend(a[2]) or real(*a))
     out = xcorr.match_template(image, template, "ccoeff_normed")
     exact = xcorr.match_template(image.astype(np.float64), template.astype(np.float64), "ccoeff_normed")
     np.testing.assert_allclose(out, exact, rtol=0, atol=2e-4)
-    assert runs and runs[0][0][0] == 0 and runs[0][-1][1] <= 12 < out.shape[0]
+    (rows, cols), *others = boxes
+    assert not others and rows[0] == 0 and rows[1] <= 12 < out.shape[0]
+    width = out.shape[1] if columns.stop is None else columns.stop
+    assert cols[0] == 0 and cols[1] <= width and (columns.stop is None or cols[1] < out.shape[1])
+
+
+def test_boxes_cover_every_window_in_runs_of_rows():
+    windows = torch.zeros(40, 30, dtype=torch.bool)
+    windows[2, 5] = windows[6, 20] = windows[30:33, 10:12] = True
+    boxes = xcorr.matching.dense._boxes(windows, (5, 4))
+    assert boxes == [[(2, 7), (5, 21)], [(30, 33), (10, 12)]]  # rows 2 and 6 are less than 5 apart
+    volume = torch.zeros(9, 8, 7, dtype=torch.bool)
+    volume[1, 2, 3] = volume[2, 5, 1] = True
+    assert xcorr.matching.dense._boxes(volume, (3, 3, 3)) == [[(1, 3), (2, 6), (1, 4)]]
