@@ -170,7 +170,7 @@ def unfold_local(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int, stri
 
 def sampler_local(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int, stride: int = 1) -> torch.Tensor:
     """FlowNetC with spatial-correlation-sampler: the sums over a patch of offsets, divided by C."""
-    from spatial_correlation_sampler import spatial_correlation_sample  # type: ignore[import-not-found]
+    from spatial_correlation_sampler import spatial_correlation_sample
 
     B, C, H, W = f1.shape
     P = 2 * (max_displacement // stride) + 1
