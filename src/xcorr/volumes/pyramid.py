@@ -439,6 +439,25 @@ def _eager(rows1, table, local, volume, dense) -> torch.Tensor:
     return out.view(B, P, T)
 
 
+def _transposed_product(index: torch.Tensor, values: torch.Tensor, rows: torch.Tensor, columns: int) -> torch.Tensor:
+    """``G^T @ rows`` (columns, C) for the sparse matrix ``G`` (N, columns) of ``values`` (N, T)
+    at columns ``index`` (N, T), and ``rows`` (N, C): ``G^T`` in CSR, its entries the taps sorted
+    by column (stably: each row's pixels in order). A COO matrix, coalesced by the product, took
+    1.4x as long (RAFT's level 0 at 46x62: 570 400 taps)."""
+    N, T = index.shape
+    flat = index.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    crow = torch.zeros(columns + 1, dtype=torch.long, device=index.device)
+    torch.cumsum(torch.bincount(flat, minlength=columns), 0, out=crow[1:])
+    pixels = torch.div(order, T, rounding_mode="floor")
+    with warnings.catch_warnings():  # (CSR tensors are a beta feature of PyTorch)
+        warnings.simplefilter("ignore", UserWarning)
+        transposed = torch.sparse_csr_tensor(
+            crow, pixels, values.reshape(-1)[order], size=(columns, N), check_invariants=False
+        )
+    return transposed @ rows
+
+
 def _pattern(index: torch.Tensor, values: torch.Tensor, columns: int) -> torch.Tensor:
     """The sparse matrix (N, columns) of ``values`` (N, T) at columns ``index`` (N, T), in CSR."""
     N, T = index.shape
@@ -582,10 +601,7 @@ class _Windows(torch.autograd.Function):
             if need1:
                 g1 = F.embedding_bag(index, flat, mode="sum", per_sample_weights=g).view(B, P, C)
             if need2:
-                pixels = torch.arange(B * P, device=g.device).repeat_interleave(T)
-                at = torch.stack([index.reshape(-1), pixels])
-                gradient = torch.sparse_coo_tensor(at, g.reshape(-1), (len(flat), B * P), check_invariants=False)
-                gt = torch.sparse.mm(gradient, rows)
+                gt = _transposed_product(index, g, rows, len(flat))
             return g1, gt.view(table.shape) if gt is not None else None, None
         g1 = torch.empty_like(rows1) if need1 else None
         gt = torch.zeros_like(table) if need2 else None
