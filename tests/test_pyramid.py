@@ -116,6 +116,33 @@ def test_channel_order_is_x_offset_major():
     assert out.nonzero().flatten().tolist() == [(2 + 2) * K + (0 + 2)]
 
 
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", METHODS)
+def test_windows_at_every_edge_from_the_first_and_last_pixel(method, dtype, grad, correlated):
+    # The first and last pixels of the batch (whose windows' scores begin and end the volumes) and
+    # every pixel between, looking at each corner and edge of the map, inside and past it.
+    B, C, H, W, L, r = 2, 3, 7, 9, 3, 2
+    f1, f2, _ = make(B, C, H, W, dtype)
+    xs = torch.tensor([-r - 3.5, -r - 0.5, -0.75, 0.0, 0.5, W / 2, W - 1.0, W - 0.25, W + 0.5, W + r + 0.75])
+    ys = torch.tensor([-r - 3.5, -0.5, 0.25, H / 2, H - 1.0, H - 0.5, H + r + 0.75])
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="ij")).flatten(1)  # (2, 70)
+    coords = grid[:, torch.arange(B * H * W) % grid.shape[1]].view(2, B, H, W).transpose(0, 1)
+    coords = coords.flip(-1).to(dtype)  # the last pixel at the right edge, past the bottom
+    with torch.set_grad_enabled(grad):
+        out = xcorr.CorrPyramid(f1.requires_grad_(grad), f2, L, r, method=method)(coords)
+    assert_close_rel(out, corr_pyramid_reference(f1.detach(), f2, coords, L, r), dtype)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_lookups_with_and_without_a_graph_are_equal(method, correlated):
+    f1, f2, coords = make(2, 5, 9, 13, torch.float32, spread=6.0)
+    pyr = xcorr.CorrPyramid(f1, f2.requires_grad_(), 3, 2, method=method)
+    with torch.no_grad():
+        plain = pyr(coords)
+    assert torch.equal(pyr(coords), plain)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_float32_error_within_promise(method, correlated):
     f1, f2, coords = make(2, 64, 12, 17, spread=5.0)

@@ -131,11 +131,17 @@ class CorrPyramid:
             volume = None
             if all_pairs:
                 below = self._levels[-1] if self._levels else None
-                volume = _level_volume(self._rows1, table) if below is None else _pooled_volume(below, size, table)
+                margin = 2 * radius + 2
+                volume = (
+                    _level_volume(self._rows1, table, margin)
+                    if below is None
+                    else _pooled_volume(below, size, table, margin)
+                )
             self._levels.append(_Level(size, table, volume))
         if all_pairs and not tracing():
             # The next pyramid of this shape (RAFT's next image pair) builds in these buffers.
-            weakref.finalize(self, SPARES.give, [level.volume for level in self._levels if level.volume is not None])
+            buffers = [level.volume._base for level in self._levels if level.volume is not None]
+            weakref.finalize(self, SPARES.give, [buffer for buffer in buffers if buffer is not None])
         # Where the lookups of one backward pass sum their taps' gradient (see _Scores): one for
         # every level, with the volumes built; else one per level.
         self._scores: list[_Scores | None] = [None] * num_levels
@@ -172,8 +178,10 @@ class CorrPyramid:
                 for index, level in enumerate(self._levels)
             ]
             # One concatenation, whose backward pass slices the gradient (copies into slices of
-            # one output would clone the whole gradient once per level).
-            out = torch.cat([t.transpose(1, 2) for t in levels], dim=1)
+            # one output would clone the whole gradient once per level); each level's samples
+            # (B, P, rows, columns) to the channels' order (columns major).
+            K = 2 * self.radius + 1
+            out = torch.cat([t.view(-1, H * W, K, K).permute(0, 3, 2, 1) for t in levels], dim=1)
             return out.view(-1, self.num_levels * window, H, W)
         # Without a graph, each level's blend writes its channels of the output (transposed as
         # it goes: 0.4 of the time of a blend and then a copy).
@@ -229,9 +237,10 @@ def _pooled_tables(f2: torch.Tensor, num_levels: int) -> list[tuple[tuple[int, i
     return tables
 
 
-def _pooled_volume(below: _Level, size: tuple[int, int], table: torch.Tensor) -> torch.Tensor:
+def _pooled_volume(below: _Level, size: tuple[int, int], table: torch.Tensor, margin: int) -> torch.Tensor:
     """A level's volume (B, H*W, R) from the volume of the level below it, average pooled 2x2
-    (as its table is): a quarter of the matrix product's time read from memory instead."""
+    (as its table is): a quarter of the matrix product's time read from memory instead. In eager
+    mode, in a buffer with ``margin`` more scores before and after it (see :func:`_volume_buffer`)."""
     (Hb, Wb), (Hl, Wl) = below.size, size
     assert below.volume is not None
     B, P, _ = below.volume.shape
@@ -239,7 +248,7 @@ def _pooled_volume(below: _Level, size: tuple[int, int], table: torch.Tensor) ->
         image = below.volume[..., : Hb * Wb].reshape(B * P, 1, Hb, Wb)
         pooled = F.avg_pool2d(image, 2, stride=2).reshape(B, P, Hl * Wl)
         return F.pad(pooled, (0, table.shape[1] - Hl * Wl))
-    out = SPARES.take((B, P, table.shape[1]), below.volume.dtype, below.volume.device)
+    out = _volume_buffer((B, P, table.shape[1]), below.volume, margin)
     out[..., Hl * Wl :] = 0
     # Row pairs first, into a buffer, then column pairs: each add reads runs of memory (the four
     # corners' stride-2 views, added one by one, took 3x as long: RAFT's level 1 at 46x62).
@@ -261,14 +270,27 @@ def _pairs(volume: torch.Tensor, below: tuple[int, int], size: tuple[int, int]) 
     return image[..., : 2 * Hl, : 2 * Wl].unflatten(-2, (Hl, 2))
 
 
-def _level_volume(rows1: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """The correlations (B, H*W, R) of ``f1``'s rows with every row of one level's table."""
+def _level_volume(rows1: torch.Tensor, table: torch.Tensor, margin: int) -> torch.Tensor:
+    """The correlations (B, H*W, R) of ``f1``'s rows with every row of one level's table; in
+    eager mode, in a buffer with ``margin`` more scores before and after it."""
     if tracing():
         # Plain operations: autograd differentiates the gathers from it.
         return torch.bmm(rows1, table.transpose(1, 2))
-    out = SPARES.take((rows1.shape[0], rows1.shape[1], table.shape[1]), rows1.dtype, rows1.device)
+    out = _volume_buffer((rows1.shape[0], rows1.shape[1], table.shape[1]), rows1, margin)
     with torch.no_grad():  # the backward pass of _Scores does not need it
         return torch.bmm(rows1, table.transpose(1, 2), out=out)
+
+
+def _volume_buffer(shape: tuple[int, int, int], like: torch.Tensor, margin: int) -> torch.Tensor:
+    """A volume of ``shape`` (its contents arbitrary) in a spare flat buffer, after ``margin``
+    zeros and before ``margin`` more scores: the runs of a window at a volume's first or last
+    pixel, and of rows outside a level (see :func:`_runs`), then lie in the buffer. The buffer is
+    the volume's ``_base``."""
+    numel = shape[0] * shape[1] * shape[2]
+    margin = -(-margin // TABLE_ROWS_MULTIPLE) * TABLE_ROWS_MULTIPLE  # (rows aligned as without it)
+    flat = SPARES.take((numel + 2 * margin,), like.dtype, like.device)
+    flat[:margin].zero_()
+    return flat[margin : margin + numel].view(shape)
 
 
 def _lookup(
@@ -293,6 +315,8 @@ def _lookup(
     xy = torch.minimum((xy / 2**index if index else xy).clamp(min=-(radius + 2)), high)
     corner = xy.floor()
     fraction = xy - corner
+    if into is not None and volume is not None and _has_margin(volume, n):
+        return _blend(_runs(volume, corner, radius, Hl, Wl), fraction[:, 0], fraction[:, 1], n, into)
     local = _taps(corner, radius, Hl, Wl, n)
     dense = _dense(level, radius)
     if isinstance(grad, tuple):
@@ -326,8 +350,8 @@ def _scaled_rows(f1: torch.Tensor, scale: float) -> torch.Tensor:
 def _taps(corner: torch.Tensor, radius: int, H: int, W: int, n: int) -> torch.Tensor:
     """The ``n x n`` integer taps of windows whose sample at offset ``(0, 0)`` lies in the pixel
     ``corner`` (B, 2, P; x, y) of a level of ``H x W`` pixels, as rows of its table (B, P, n*n):
-    ``H*W``, the zero row, for a tap outside the level; tap ``a*n + b`` at ``(x - r + a, y - r + b)``
-    (x major, as the output's channels)."""
+    ``H*W``, the zero row, for a tap outside the level; tap ``b*n + a`` at ``(x - r + a, y - r + b)``
+    (rows major, as the level's pixels and :func:`_runs`)."""
     steps = torch.arange(-radius, n - radius, device=corner.device)
     position = corner.long().unsqueeze(-1) + steps  # (B, 2, P, n): columns, then rows
     size = torch.tensor([W, H], device=corner.device).view(2, 1, 1)
@@ -335,59 +359,98 @@ def _taps(corner: torch.Tensor, radius: int, H: int, W: int, n: int) -> torch.Te
     # A column or row outside counts ``outside`` alone, so that any sum with it is at least that.
     inside = (position >= 0) & (position < size)
     position = torch.where(inside, position * torch.tensor([1, W], device=corner.device).view(2, 1, 1), outside)
-    return (position[:, 0].unsqueeze(-1) + position[:, 1].unsqueeze(-2)).clamp_(max=outside).flatten(-2)
+    return (position[:, 1].unsqueeze(-1) + position[:, 0].unsqueeze(-2)).clamp_(max=outside).flatten(-2)
+
+
+def _has_margin(volume: torch.Tensor, margin: int) -> bool:
+    """Whether the storage of a contiguous ``volume`` holds ``margin`` more scores before and
+    after it (as :func:`_volume_buffer` makes it)."""
+    offset = volume.storage_offset()
+    size = volume.untyped_storage().nbytes() // volume.element_size()
+    return volume.is_contiguous() and offset >= margin and size - offset - volume.numel() >= margin
+
+
+def _runs(volume: torch.Tensor, corner: torch.Tensor, radius: int, H: int, W: int) -> torch.Tensor:
+    """The ``n x n`` integer taps (B, P, n, n), rows then columns, of windows whose sample at
+    offset ``(0, 0)`` lies in the pixel ``corner`` (B, 2, P; x, y) of a level of ``H x W`` pixels,
+    read from its volume (B, P, R) as ``n`` runs of ``n`` adjacent scores per window (one index
+    per run: 0.25 of the time of a gather's index per tap and the gather, RAFT's level 0 at 46x62),
+    zero outside the level. The volume lies in a buffer of :func:`_volume_buffer`: a row outside
+    the level reads the ``n`` zeros before it, and a run that passes the level's left or right edge
+    (then reading its pixel's neighbouring rows of scores, or the zeros before or after them) has
+    those taps multiplied by zero."""
+    B, P, R = volume.shape
+    n = 2 * radius + 2
+    steps = torch.arange(n, device=corner.device)
+    start = corner.long() - radius  # (B, 2, P): the window's first column and row
+    columns = start[:, 0].unsqueeze(-1) + steps  # (B, P, n)
+    rows = start[:, 1].unsqueeze(-1) + steps
+    pixel = torch.arange(B * P, device=corner.device).view(B, P, 1) * R
+    # Indices into the runs below, which start n scores before the volume, at its zeros.
+    first = rows * W + (pixel + start[:, 0].unsqueeze(-1) + n)  # (B, P, n)
+    first.masked_fill_((rows < 0) | (rows >= H), 0)
+    flat = volume.view(-1)
+    runs = flat.as_strided((flat.numel() + n + 1, n), (1, 1), flat.storage_offset() - n)
+    taps = runs.index_select(0, first.view(-1)).view(B, P, n, n)
+    outside = (columns < 0) | (columns >= W)
+    if bool(outside.any()):
+        taps.mul_(outside.logical_not_().to(taps.dtype).unsqueeze(-2))
+    return taps
 
 
 def _blend(
     taps: torch.Tensor, fx: torch.Tensor, fy: torch.Tensor, n: int, into: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """The window's bilinear samples (B, P, (n-1)**2) from its integer taps (B, P, n*n), every
-    sample at fractional offset ``(fx, fy)`` (B, P) from its top-left tap; or, without a graph,
-    written into ``into`` (B, (n-1)**2, P), which is returned."""
+    """The window's bilinear samples (B, P, (n-1)**2), rows major, from its integer taps
+    (B, P, n*n or n, n; rows major), every sample at fractional offset ``(fx, fy)`` (B, P) from
+    its top-left tap; or, without a graph, written into ``into`` (B, (n-1)**2, P; columns major,
+    the output's channels), which is returned. Down the rows first, then across: each step of the
+    first reads whole rows of the windows (across first took twice the time, RAFT's 46x62)."""
     B, P = fx.shape
     if into is not None:
         d, fx, fy = taps.view(B, P, n, n), fx.view(B, P, 1, 1), fy.view(B, P, 1, 1)
-        across = torch.lerp(d[:, :, :-1], d[:, :, 1:], fx)
-        torch.lerp(across[..., :-1], across[..., 1:], fy, out=into.transpose(1, 2).unflatten(-1, (n - 1, n - 1)))
+        down = torch.lerp(d[:, :, :-1], d[:, :, 1:], fy)
+        samples = into.transpose(1, 2).unflatten(-1, (n - 1, n - 1)).transpose(-1, -2)
+        torch.lerp(down[..., :-1], down[..., 1:], fx, out=samples)
         return into
     d = taps.view(B * P, n, n)
     fx, fy = fx.reshape(-1, 1, 1), fy.reshape(-1, 1, 1)
     if tracing():
-        across = d[:, :-1] + (d[:, 1:] - d[:, :-1]) * fx
-        return (across[..., :-1] + (across[..., 1:] - across[..., :-1]) * fy).view(B, P, -1)
-    return _Bilinear.apply(d, fx, fy).view(B, P, -1)
+        down = d[:, :-1] + (d[:, 1:] - d[:, :-1]) * fy
+        return (down[..., :-1] + (down[..., 1:] - down[..., :-1]) * fx).view(B, P, -1)
+    return _Bilinear.apply(d, fy, fx).view(B, P, -1)
 
 
 class _Bilinear(torch.autograd.Function):
     """Windows (N, n, n) blended to their samples (N, n-1, n-1): linear along the first axis
-    (the x offset) at ``fx`` (N, 1, 1), then along the second at ``fy``. Two kernels forward, a few
-    backward, each over window-sized arrays (autograd of the blend's slices made a dozen)."""
+    at ``f1`` (N, 1, 1), then along the second at ``f2``. Two kernels forward, a few backward,
+    each over window-sized arrays (autograd of the blend's slices made a dozen)."""
 
     @staticmethod
-    def forward(ctx, d, fx, fy):
-        across = torch.lerp(d[:, :-1], d[:, 1:], fx)
-        ctx.save_for_backward(d, fx, fy)
-        return torch.lerp(across[..., :-1], across[..., 1:], fy)
+    def forward(ctx, d, f1, f2):
+        first = torch.lerp(d[:, :-1], d[:, 1:], f1)
+        ctx.save_for_backward(d, f1, f2)
+        return torch.lerp(first[..., :-1], first[..., 1:], f2)
 
     @staticmethod
     def backward(ctx, g):
-        d, fx, fy = ctx.saved_tensors
-        need_d, need_x, need_y = ctx.needs_input_grad
+        d, f1, f2 = ctx.saved_tensors
+        need_d, need_1, need_2 = ctx.needs_input_grad
         # The transpose of each linear step: a share (1 - f) to the first tap, f to the next.
-        upper = g * fy
+        upper = g * f2
         ga = torch.cat([g - upper, upper[..., -1:]], dim=-1)
         ga[..., 1:-1] += upper[..., :-1]
-        gd = gx = gy = None
+        gd = g1 = g2 = None
         if need_d:
-            upper = ga * fx
+            upper = ga * f1
             gd = torch.cat([ga - upper, upper[:, -1:]], dim=1)
             gd[:, 1:-1] += upper[:, :-1]
-        if need_x:
-            gx = (ga * (d[:, 1:] - d[:, :-1])).sum((1, 2), keepdim=True)
-        if need_y:
-            across = torch.lerp(d[:, :-1], d[:, 1:], fx)
-            gy = (g * (across[..., 1:] - across[..., :-1])).sum((1, 2), keepdim=True)
-        return gd, gx, gy
+        if need_1:
+            g1 = (ga * (d[:, 1:] - d[:, :-1])).sum((1, 2), keepdim=True)
+        if need_2:
+            first = torch.lerp(d[:, :-1], d[:, 1:], f1)
+            g2 = (g * (first[..., 1:] - first[..., :-1])).sum((1, 2), keepdim=True)
+        return gd, g1, g2
 
 
 def _rows_index(local: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
