@@ -7,13 +7,24 @@ serves it by ``mmap``); the next call's gets pages the kernel zero-fills on firs
 buffer again took 10 ms. A training step or an evaluation loop makes the same buffers on every
 call, so the buffers a call is done with wait here, one per shape, for the next call of the same
 shape (:data:`SPARE_BYTES` in all). :func:`xcorr.clear_cache` empties it.
+
+Results handed to the caller are the same story, one call later: a training step drops its cost
+volume, and the next step's volume of the same size is fresh pages again (GwcNet's 126 MB volume:
+30 700 faults, half of its forward pass). :data:`OUTPUTS` makes large results in memory that it
+takes back once nothing refers to them any more.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import weakref
+from typing import Any
 
+import numpy as np
 import torch
+
+from ._tracing import tracing
 
 #: Most bytes of buffers kept waiting for a next call; a buffer that would pass it is freed.
 SPARE_BYTES = 1 << 30
@@ -62,3 +73,78 @@ class Spares:
 
 #: The buffers of this process.
 SPARES = Spares()
+
+
+#: Bytes from which a result is made by :data:`OUTPUTS` (smaller ones come from the allocator's
+#: heap, whose freed memory the next call reuses).
+OUTPUT_MIN_BYTES = 16 << 20
+
+#: Most bytes of memory :data:`OUTPUTS` holds, results in use included; past it, results are
+#: plain ``torch.empty``.
+OUTPUT_BYTES = 1 << 30
+
+#: Alignment of a result's first element in its buffer (PyTorch's own CPU allocations').
+_ALIGNMENT = 64
+
+#: The dtypes that numpy holds (the buffers are numpy arrays: see :class:`Outputs`).
+_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64, torch.int32, torch.int64, torch.uint8)
+
+
+class Outputs:
+    """Memory for large results, made again in the same memory once no tensor holds it.
+
+    A result is ``torch.from_numpy`` of a view of a buffer (a numpy array kept here): every tensor
+    made from it (views, autograd's saved tensors) shares its storage, which holds that view, so
+    the view lives exactly as long as any of them; a weak reference to it says when the buffer
+    is free again. Buffers are matched by size in bytes.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: list[tuple[np.ndarray, Any]] = []  # (buffer, weak reference to its result's view)
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """An uninitialised tensor of ``shape``: in a free buffer of its size where there is one,
+        on a CPU, from :data:`OUTPUT_MIN_BYTES` and within :data:`OUTPUT_BYTES` (else
+        ``torch.empty``, as while tracing)."""
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if torch.device(device).type != "cpu" or nbytes < OUTPUT_MIN_BYTES or dtype not in _NUMPY_DTYPES or tracing():
+            return torch.empty(shape, dtype=dtype, device=device)
+        size = nbytes + _ALIGNMENT
+        with self._lock:
+            buffer = self._free(size)
+            if buffer is None:
+                held = sum(b.nbytes for b, _ in self._buffers)
+                while held + size > OUTPUT_BYTES and (idle := self._idle()) is not None:
+                    held -= self._buffers.pop(idle)[0].nbytes
+                if held + size > OUTPUT_BYTES:
+                    return torch.empty(shape, dtype=dtype, device=device)
+                buffer = np.empty(size, dtype=np.uint8)
+            start = -buffer.ctypes.data % _ALIGNMENT
+            view = buffer[start : start + nbytes]
+            self._buffers.append((buffer, weakref.ref(view)))
+        return torch.from_numpy(view).view(dtype).view(shape)
+
+    def _free(self, size: int) -> np.ndarray | None:
+        """A free buffer of ``size`` bytes, taken out of the list (the lock held)."""
+        for i, (buffer, result) in enumerate(self._buffers):
+            if buffer.nbytes == size and result() is None:
+                return self._buffers.pop(i)[0]
+        return None
+
+    def _idle(self) -> int | None:
+        """The index of the first free buffer, if any (the lock held)."""
+        return next((i for i, (_, result) in enumerate(self._buffers) if result() is None), None)
+
+    def clear(self) -> None:
+        """Forget every buffer (results in use keep theirs)."""
+        with self._lock:
+            self._buffers.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._buffers)
+
+
+#: The results' memory of this process.
+OUTPUTS = Outputs()

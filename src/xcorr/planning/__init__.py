@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from .._spares import SPARES
+from .._spares import OUTPUTS, SPARES
 from . import profile
 from .cost import CPU_CAPABILITY, Constants, Terms
 from .engine import ENGINE, Bound, Engine
@@ -53,13 +53,15 @@ def set_autotune(enabled: bool | None) -> None:
 
 def clear_cache() -> None:
     """Forget every measured winner and every remembered decision (they are made again on next
-    use), and free the buffers kept for a next call of the same shape (RAFT's pyramid volumes).
+    use), and free the buffers kept for a next call of the same shape (RAFT's pyramid volumes, and
+    the memory of large cost volumes that were returned and since dropped).
 
     Example:
         >>> xcorr.clear_cache()
     """
     ENGINE.clear()
     SPARES.clear()
+    OUTPUTS.clear()
 
 
 def _key_types() -> dict[str, type]:

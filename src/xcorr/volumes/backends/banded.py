@@ -35,6 +35,7 @@ from typing import Callable
 import torch
 
 from ..._compute import needs_grad
+from ..._spares import OUTPUTS
 from ..._tracing import tracing
 from ...planning.cost import Terms
 from ..spec import VolumeSpec
@@ -382,7 +383,7 @@ def _forward(
     backward pass reads them again)."""
     y, x, G = tiling.y, tiling.x, tiling.groups
     B = f1.shape[0]
-    out = f1.new_empty(B, G, y.P, x.P, y.padded, x.padded)
+    out = OUTPUTS.empty((B, G, y.P, x.P, y.padded, x.padded), f1.dtype, f1.device)
     grid = _grid(out, tiling)
     chunks = chunking(tiling, B, f1.element_size())
     wa, wb, wm = _workspace(f1, tiling, chunks)
@@ -538,7 +539,9 @@ def _tiled(
     if out.shape[-2] != nr or out.shape[-1] != nc:
         out = out[..., :nr, :nc]
     out = window_sum(out.flatten(2, 3), spec)
-    return out.contiguous()
+    if out.is_contiguous() or tracing():
+        return out.contiguous()
+    return OUTPUTS.empty(tuple(out.shape), out.dtype, out.device).copy_(out)
 
 
 def fits(spec: VolumeSpec) -> bool:
