@@ -134,6 +134,19 @@ def test_windows_at_every_edge_from_the_first_and_last_pixel(method, dtype, grad
     assert_close_rel(out, corr_pyramid_reference(f1.detach(), f2, coords, L, r), dtype)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_score_stays_in_the_windows_that_hold_it(bad, correlated):
+    # A bad pixel at the end of a row of f2: a window past the left edge of the next row reads
+    # its score beside its own (as a run of the volume), which must not reach the samples.
+    f1, f2, coords = make(1, 3, 7, 9, torch.float32)
+    f2[0, :, 2, -1] = bad
+    pyr = xcorr.CorrPyramid(f1, f2.requires_grad_(), 2, 2, method="all_pairs")
+    with torch.no_grad():
+        plain = pyr(coords)
+    torch.testing.assert_close(plain, pyr(coords), rtol=0, atol=0, equal_nan=True)
+    assert bool(torch.isfinite(plain).any()) and not bool(torch.isfinite(plain).all())
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_lookups_with_and_without_a_graph_are_equal(method, correlated):
     f1, f2, coords = make(2, 5, 9, 13, torch.float32, spread=6.0)

@@ -137,7 +137,7 @@ class CorrPyramid:
                     if below is None
                     else _pooled_volume(below, size, table, margin)
                 )
-            self._levels.append(_Level(size, table, volume))
+            self._levels.append(_Level(size, table, volume, volume is None or tracing() or _finite(volume)))
         if all_pairs and not tracing():
             # The next pyramid of this shape (RAFT's next image pair) builds in these buffers.
             buffers = [level.volume._base for level in self._levels if level.volume is not None]
@@ -215,12 +215,20 @@ class CorrPyramid:
 class _Level(NamedTuple):
     """One level of the pyramid: its size, ``f2`` pooled to it as a table of pixel rows per item
     (B, R, C), rows ``Hl*Wl`` on zeros (the first stands for "outside"; ``R`` is a multiple of
-    :data:`TABLE_ROWS_MULTIPLE`), and where the volumes are built, its volume against ``f1``
-    (B, H*W, R)."""
+    :data:`TABLE_ROWS_MULTIPLE`), where the volumes are built, its volume against ``f1``
+    (B, H*W, R), and whether every score of the volume is finite (see :func:`_runs`)."""
 
     size: tuple[int, int]
     table: torch.Tensor
     volume: torch.Tensor | None
+    finite: bool = True
+
+
+def _finite(volume: torch.Tensor) -> bool:
+    """Whether every score of ``volume`` is finite (one pass: its least and greatest, which a NaN
+    makes NaN)."""
+    low, high = torch.aminmax(volume)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def _pooled_tables(f2: torch.Tensor, num_levels: int) -> list[tuple[tuple[int, int], torch.Tensor]]:
@@ -282,14 +290,15 @@ def _level_volume(rows1: torch.Tensor, table: torch.Tensor, margin: int) -> torc
 
 
 def _volume_buffer(shape: tuple[int, int, int], like: torch.Tensor, margin: int) -> torch.Tensor:
-    """A volume of ``shape`` (its contents arbitrary) in a spare flat buffer, after ``margin``
-    zeros and before ``margin`` more scores: the runs of a window at a volume's first or last
-    pixel, and of rows outside a level (see :func:`_runs`), then lie in the buffer. The buffer is
-    the volume's ``_base``."""
+    """A volume of ``shape`` (its contents arbitrary) in a spare flat buffer, between ``margin``
+    zeros before and after it: the runs of a window at a volume's first or last pixel, and of rows
+    outside a level (see :func:`_runs`), then lie in the buffer. The buffer is the volume's
+    ``_base``."""
     numel = shape[0] * shape[1] * shape[2]
     margin = -(-margin // TABLE_ROWS_MULTIPLE) * TABLE_ROWS_MULTIPLE  # (rows aligned as without it)
     flat = SPARES.take((numel + 2 * margin,), like.dtype, like.device)
     flat[:margin].zero_()
+    flat[margin + numel :].zero_()
     return flat[margin : margin + numel].view(shape)
 
 
@@ -307,7 +316,7 @@ def _lookup(
     ``grad`` is false without a backward pass, the :class:`_Scores` and the level's place in it
     where its taps' gradient is summed densely over the lookups, or ``None`` for a windowed
     backward pass. Without a graph, ``into`` (B, (2r+1)**2, P) receives the samples."""
-    (Hl, Wl), table, volume = level
+    (Hl, Wl), table, volume = level.size, level.table, level.volume
     n = 2 * radius + 2
     # Far outside, every tap is outside: clamping there keeps the integer taps small without
     # changing a value (nor a gradient: it is zero there).
@@ -316,7 +325,8 @@ def _lookup(
     corner = xy.floor()
     fraction = xy - corner
     if into is not None and volume is not None and _has_margin(volume, n):
-        return _blend(_runs(volume, corner, radius, Hl, Wl), fraction[:, 0], fraction[:, 1], n, into)
+        taps = _runs(volume, corner, radius, Hl, Wl, level.finite)
+        return _blend(taps, fraction[:, 0], fraction[:, 1], n, into)
     local = _taps(corner, radius, Hl, Wl, n)
     dense = _dense(level, radius)
     if isinstance(grad, tuple):
@@ -370,7 +380,7 @@ def _has_margin(volume: torch.Tensor, margin: int) -> bool:
     return volume.is_contiguous() and offset >= margin and size - offset - volume.numel() >= margin
 
 
-def _runs(volume: torch.Tensor, corner: torch.Tensor, radius: int, H: int, W: int) -> torch.Tensor:
+def _runs(volume: torch.Tensor, corner: torch.Tensor, radius: int, H: int, W: int, finite: bool) -> torch.Tensor:
     """The ``n x n`` integer taps (B, P, n, n), rows then columns, of windows whose sample at
     offset ``(0, 0)`` lies in the pixel ``corner`` (B, 2, P; x, y) of a level of ``H x W`` pixels,
     read from its volume (B, P, R) as ``n`` runs of ``n`` adjacent scores per window (one index
@@ -378,7 +388,9 @@ def _runs(volume: torch.Tensor, corner: torch.Tensor, radius: int, H: int, W: in
     zero outside the level. The volume lies in a buffer of :func:`_volume_buffer`: a row outside
     the level reads the ``n`` zeros before it, and a run that passes the level's left or right edge
     (then reading its pixel's neighbouring rows of scores, or the zeros before or after them) has
-    those taps multiplied by zero."""
+    those taps multiplied by zero, or set to zero where the volume is not ``finite`` (a NaN or
+    infinity read there would spread to windows that do not hold it: 0.4 ms against 0.2 for the
+    product at RAFT's level 0)."""
     B, P, R = volume.shape
     n = 2 * radius + 2
     steps = torch.arange(n, device=corner.device)
@@ -393,9 +405,11 @@ def _runs(volume: torch.Tensor, corner: torch.Tensor, radius: int, H: int, W: in
     runs = flat.as_strided((flat.numel() + n + 1, n), (1, 1), flat.storage_offset() - n)
     taps = runs.index_select(0, first.view(-1)).view(B, P, n, n)
     outside = (columns < 0) | (columns >= W)
-    if bool(outside.any()):
-        taps.mul_(outside.logical_not_().to(taps.dtype).unsqueeze(-2))
-    return taps
+    if not bool(outside.any()):
+        return taps
+    if finite:
+        return taps.mul_(outside.logical_not_().to(taps.dtype).unsqueeze(-2))
+    return taps.masked_fill_(outside.unsqueeze(-2), 0)
 
 
 def _blend(
