@@ -107,8 +107,10 @@ class Outputs:
         """An uninitialised tensor of ``shape``: in a free buffer of its size where there is one,
         on a CPU, from :data:`OUTPUT_MIN_BYTES` and within :data:`OUTPUT_BYTES` (else
         ``torch.empty``, as while tracing)."""
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        if torch.device(device).type != "cpu" or nbytes < OUTPUT_MIN_BYTES or dtype not in _NUMPY_DTYPES or tracing():
+        if tracing() or torch.device(device).type != "cpu" or dtype not in _NUMPY_DTYPES:
+            return torch.empty(shape, dtype=dtype, device=device)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes < OUTPUT_MIN_BYTES:
             return torch.empty(shape, dtype=dtype, device=device)
         size = nbytes + _ALIGNMENT
         with self._lock:
