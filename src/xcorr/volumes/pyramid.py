@@ -324,7 +324,7 @@ def _lookup(
     xy = torch.minimum((xy / 2**index if index else xy).clamp(min=-(radius + 2)), high)
     corner = xy.floor()
     fraction = xy - corner
-    if into is not None and volume is not None and _has_margin(volume, n):
+    if into is not None and volume is not None:  # (eager: the volume lies in _volume_buffer's margins)
         taps = _runs(volume, corner, radius, Hl, Wl, level.finite)
         return _blend(taps, fraction[:, 0], fraction[:, 1], n, into)
     local = _taps(corner, radius, Hl, Wl, n)
@@ -370,14 +370,6 @@ def _taps(corner: torch.Tensor, radius: int, H: int, W: int, n: int) -> torch.Te
     inside = (position >= 0) & (position < size)
     position = torch.where(inside, position * torch.tensor([1, W], device=corner.device).view(2, 1, 1), outside)
     return (position[:, 1].unsqueeze(-1) + position[:, 0].unsqueeze(-2)).clamp_(max=outside).flatten(-2)
-
-
-def _has_margin(volume: torch.Tensor, margin: int) -> bool:
-    """Whether the storage of a contiguous ``volume`` holds ``margin`` more scores before and
-    after it (as :func:`_volume_buffer` makes it)."""
-    offset = volume.storage_offset()
-    size = volume.untyped_storage().nbytes() // volume.element_size()
-    return volume.is_contiguous() and offset >= margin and size - offset - volume.numel() >= margin
 
 
 def _runs(volume: torch.Tensor, corner: torch.Tensor, radius: int, H: int, W: int, finite: bool) -> torch.Tensor:
