@@ -125,6 +125,47 @@ def test_chunks_of_items_and_channels(mode, Bz, maps, monkeypatch):
     assert torch.autograd.gradcheck(f, (x, z), fast_mode=True)
 
 
+# Up-channel output groups (maps of 12 x 6 bins per group): at most one map, two, and four (of
+# the five: even groups of 3 and 2).
+@pytest.mark.parametrize("group", [1, 2, 4])
+@pytest.mark.parametrize("Bz", [1, 2])
+@pytest.mark.parametrize("C", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_upchannel_output_groups(group, Bz, C, dtype, monkeypatch):
+    """Without gradients, few search channels against many templates transform the search once
+    and the templates group by group; every geometry agrees with the reference, eager and
+    planned, and a backward pass takes the whole product."""
+    x, z = make(4, Bz, C, 5, 9, 8, 3, 3, "upchannel")
+    x, z = x.to(dtype), z.to(dtype)
+    kw = dict(padding=(1, 1), stride=(1, 2), dilation=(1, 1))
+    spec = xcorr.correlation.spec.check_xcorr(x, z, "upchannel", (1, 1), (1, 2), 1)
+    layout = fft.Layout.of(spec)
+    assert layout.L == (12, 10)
+    monkeypatch.setattr(fft, "CHUNK_BYTES", group * C * 12 * 6 * 2 * x.element_size())
+    assert fft._output_groups(spec, layout, grad=True) == 0
+    assert fft._output_groups(spec, layout, grad=False) == {1: 1, 2: 2, 4: 3}[group]  # 5 maps, even parts
+    calls = []
+    grouped = fft._upchannel_groups
+    monkeypatch.setattr(fft, "_upchannel_groups", lambda *a: calls.append(a[-1]) or grouped(*a))
+    expected = xcorr_reference(x.double(), z.double(), "upchannel", **kw).to(dtype)
+    assert_close_rel(xcorr.xcorr(x, z, "upchannel", method="fft", **kw), expected)
+    p = xcorr.plan(z, x.shape, "upchannel", method="fft", **kw)
+    assert_close_rel(p(x), expected)
+    assert calls and set(calls) == {fft._output_groups(spec, layout, grad=False)}
+    big = dict(padding=(1, 1), stride=(1, 2), dilation=(2, 1))  # dilated taps, spread once
+    assert_close_rel(
+        xcorr.xcorr(x, z, "upchannel", method="fft", **big),
+        xcorr_reference(x.double(), z.double(), "upchannel", **big).to(dtype),
+    )
+    if dtype == torch.float64:
+        x.requires_grad_(True)
+        z.requires_grad_(True)
+        calls.clear()
+        f = lambda x, z: xcorr.xcorr(x, z, "upchannel", method="fft", **kw)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (x, z), fast_mode=True)
+        assert not calls
+
+
 @pytest.mark.parametrize("n, most", [(256, 15), (64, 63), (64, 64), (10, 3), (3, 5), (7, 1)])
 def test_channel_chunks_are_even(n, most):
     parts = fft._even_slices(n, most)

@@ -9,7 +9,7 @@ templates and scales keeps the best of each group of overlapping boxes.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional, Union, cast
 
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .._compute import HALF
 from .api import _array_dtype, _array_tensor, _mask_tensor, _mask_weights
 from .checks import check_find_matches
-from .many import SHARED, _many
+from .many import SHARED, _each
 from .scores import _scores
 
 Array = Union[np.ndarray, torch.Tensor]
@@ -186,13 +186,16 @@ def _find(
             zr = _resized(z.to(dtype), s)
             if zr.shape[-2] <= H and zr.shape[-1] <= W:
                 pairs.append((i, s, zr, None if m is None else _resized(m, s)))
-    maps = _score_maps(xc, pairs, method)
     lower = method.startswith("sqdiff")
+    # Each map is reduced to its candidates as soon as it is scored, and dropped.
+    candidates: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in pairs]
+    for j, scores_j in _score_maps(xc, pairs, method):
+        candidates[j] = [_candidates(scores_j[n, 0], threshold, lower) for n in range(x.shape[0])]
     found = []
     for n in range(x.shape[0]):
-        candidates = [_candidates(s[n, 0], threshold, lower) for s in maps]
         boxes, scores, template, scale = [], [], [], []
-        for (i, s, zr, _), (pos, value) in zip(pairs, candidates):
+        for (i, s, zr, _), per_image in zip(pairs, candidates):
+            pos, value = per_image[n]
             h, w = zr.shape[-2:]
             boxes.append(
                 torch.stack([pos[:, 1], pos[:, 0], torch.full_like(pos[:, 0], w), torch.full_like(pos[:, 0], h)], 1)
@@ -206,20 +209,20 @@ def _find(
     return found
 
 
-def _score_maps(x: torch.Tensor, pairs: list, method: str) -> list[torch.Tensor]:
-    """The score maps (N, 1, H', W') of every (template, scale) pair: all unmasked ones together
-    (:func:`.many._many`) where the method shares the image's work and the inputs are finite,
-    else one by one (:func:`.scores._scores`, whose maps are NaN exactly at the windows that hold
-    a non-finite pixel)."""
+def _score_maps(x: torch.Tensor, pairs: list, method: str) -> Iterator[tuple[int, torch.Tensor]]:
+    """The score maps (N, 1, H', W') of the (template, scale) pairs, one at a time as ``(index in
+    pairs, map)``: all unmasked ones together (:func:`.many._each`) where the method shares the
+    image's work and the inputs are finite, then the others one by one (:func:`.scores._scores`,
+    whose maps are NaN exactly at the windows that hold a non-finite pixel)."""
     unmasked = [j for j, p in enumerate(pairs) if p[3] is None] if method in SHARED else []
-    maps: list[torch.Tensor | None] = [None] * len(pairs)
-    if unmasked and bool(torch.isfinite(x.sum())) and all(bool(torch.isfinite(pairs[j][2].sum())) for j in unmasked):
-        for j, s in zip(unmasked, _many(x, [pairs[j][2] for j in unmasked], method)):
-            maps[j] = s
+    shared = bool(unmasked) and bool(torch.isfinite(x.sum()))
+    shared = shared and all(bool(torch.isfinite(pairs[j][2].sum())) for j in unmasked)
+    if shared:
+        for j, s in _each(x, [pairs[j][2] for j in unmasked], method):
+            yield unmasked[j], s
     for j, (_, _, z, m) in enumerate(pairs):
-        if maps[j] is None:
-            maps[j] = _scores(x, z, method, m)
-    return cast(list[torch.Tensor], maps)
+        if not shared or j not in unmasked:
+            yield j, _scores(x, z, method, m)
 
 
 def _candidates(s: torch.Tensor, threshold: float, lower: bool) -> tuple[torch.Tensor, torch.Tensor]:

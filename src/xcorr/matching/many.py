@@ -9,7 +9,8 @@ windows again. Here:
   (for FFT) and every template's spectrum meets the same image spectrum. (Padding the templates
   to the largest size, for one call in all, padded the image too: 1024 + 18 rows took transforms
   of 1050, 1.5-5x the cost of 1024's.)
-* **Window statistics once per distinct template size**, shared by the templates of that size.
+* **Window statistics once per distinct template size**, shared by the templates of that size
+  (once per call of that size where the images are cut into pieces).
 * Per template, what depends on it: the numerator's exactness check (:class:`.dense._Problem`, so
   every normed score keeps :mod:`.dense`'s guarantee, within 2e-4 of float64 at every window) and
   the normalisation (OpenCV's rules, :func:`.normalise._normalise`).
@@ -22,7 +23,7 @@ template by the template's mean, so it is not scored here (see :data:`SHARED`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -44,11 +45,11 @@ from .normalise import _normalise
 from .rounding import _Rounding
 from .stages import stage
 
-#: Output elements of one correlation call (images x templates x positions); more templates are
-#: correlated in several calls, each transforming the image again. The spectra of larger calls
-#: leave the cache: 8 templates of 40x40 on a 1024x1024 image took 1.6x longer in one call than
-#: in pairs (one thread).
-_CALL_ELEMENTS = 1 << 21
+#: Output elements of one correlation call (images x templates x positions): the numerators of
+#: one template size wait in memory until every one of them is scored, so more templates are
+#: correlated in several calls. The FFT backend bounds its own temporaries within a call (its
+#: up-channel groups), so only the outputs count here: 64 MB of float32.
+_CALL_ELEMENTS = 1 << 24
 
 
 def _many(x: torch.Tensor, zs: Sequence[torch.Tensor], method: str) -> list[torch.Tensor]:
@@ -57,26 +58,47 @@ def _many(x: torch.Tensor, zs: Sequence[torch.Tensor], method: str) -> list[torc
     :func:`.dense._dense` with one template for all images, without gradients. ``method`` one of
     :data:`SHARED`; finite inputs of float32 or float64 only (the caller sends others through
     :func:`.scores._scores`)."""
+    out: list[torch.Tensor | None] = [None] * len(zs)
+    for j, score in _each(x, zs, method):
+        out[j] = score
+    return [o for o in out if o is not None]
+
+
+def _each(x: torch.Tensor, zs: Sequence[torch.Tensor], method: str) -> Iterator[tuple[int, torch.Tensor]]:
+    """:func:`_many`'s scores one template at a time, as ``(index in zs, scores)``, templates of
+    one size after another: a caller that reduces each map before taking the next (as
+    :func:`xcorr.find_matches` does) holds the numerators of one call and the scores of one
+    template, not every template's maps at once (24 maps of 1024x1024 made and freed in each
+    call came back as fresh pages from the kernel on the next: a quarter of its time)."""
     family = method.split("_")[0]
     N, C, H, W = x.shape
     xs, shift = _shifted_image(x, family, None, N)
-    templates = [_Template.of(z, method) for z in zs]
-    with stage("numerator"):
-        nums, chosen = _numerators(xs, [t.zs for t in templates])
-    if method in ("ccorr", "ccoeff"):
-        return nums
-    problems = [_problem(x, xs, t, num, method, chosen, shift) for t, num in zip(templates, nums)]
-    out: list[torch.Tensor | None] = [None] * len(zs)
+    piece = 2 * _PIECE if family == "ccoeff" and x.dtype == torch.float32 else _PIECE
     for (h, w), members in _by_size(zs).items():
-        piece = 2 * _PIECE if family == "ccoeff" and x.dtype == torch.float32 else _PIECE
-        pieces: dict[int, list] = {j: [] for j in members}
-        for rows, images in _pieces(N, C, [H, W], h, piece):
-            stats = _Statistics(x[images, :, rows], xs[images, :, rows], shift[images], h, w)
-            for j in members:
-                pieces[j].append((images, _SCORE[family](problems[j], rows, images, stats)))
-        for j in members:
-            out[j] = _assemble(pieces[j], x.dtype)
-    return [o for o in out if o is not None]
+        step = max(1, _CALL_ELEMENTS // (N * (H - h + 1) * (W - w + 1)))
+        rows_images = list(_pieces(N, C, [H, W], h, piece))
+        # One piece's statistics serve every call of this size; several pieces' are made again
+        # per call (keeping them all would undo the pieces' bound on memory).
+        whole = _Statistics(x, xs, shift, h, w) if len(rows_images) == 1 else None
+        for start in range(0, len(members), step):
+            group = members[start : start + step]
+            templates = [_Template.of(zs[j], method) for j in group]
+            with stage("numerator"):
+                nums, chosen = _numerators(xs, [t.zs for t in templates])
+            if method in ("ccorr", "ccoeff"):
+                yield from zip(group, nums)
+                continue
+            problems = [_problem(x, xs, t, num, method, chosen, shift) for t, num in zip(templates, nums)]
+            del nums
+            pieces: list[list] = [[] for _ in group]
+            for i, (rows, images) in enumerate(rows_images):
+                stats = whole or _Statistics(x[images, :, rows], xs[images, :, rows], shift[images], h, w)
+                for k, j in enumerate(group):
+                    pieces[k].append((images, _SCORE[family](problems[k], rows, images, stats)))
+                    if i + 1 == len(rows_images):
+                        problems[k] = None  # type: ignore[call-overload]  # its numerator is done with
+                        yield j, _assemble(pieces[k], x.dtype)
+                        pieces[k] = []
 
 
 def _by_size(zs: Sequence[torch.Tensor]) -> dict[tuple[int, int], list[int]]:
@@ -88,24 +110,14 @@ def _by_size(zs: Sequence[torch.Tensor]) -> dict[tuple[int, int], list[int]]:
 
 
 def _numerators(xs: torch.Tensor, zs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], str]:
-    """The correlation of ``xs`` with each of ``zs`` (views (N, 1, H-h+1, W-w+1) of the
-    ``"upchannel"`` outputs of the templates of each size), and the backend whose forward
-    computed them (the last call's: the calls are alike, and the planner keeps one choice per
-    call signature)."""
-    N, C, H, W = xs.shape
-    nums: list[torch.Tensor] = [xs] * len(zs)
-    chosen = ""
-    for (h, w), members in _by_size(zs).items():
-        step = max(1, _CALL_ELEMENTS // (N * (H - h + 1) * (W - w + 1)))
-        for start in range(0, len(members), step):
-            group = members[start : start + step]
-            stacked = torch.cat([zs[j] for j in group], 1)
-            bound = correlation.bound(xs, stacked, "upchannel")
-            out, option = bound.call(xs, stacked)
-            chosen = CORRELATION.passes(option, bound.spec).forward if option == PER_PASS else option
-            for k, j in enumerate(group):
-                nums[j] = out[:, k : k + 1]
-    return nums, chosen
+    """The correlation of ``xs`` with each of ``zs`` (templates of one size; views
+    (N, 1, H-h+1, W-w+1) of their ``"upchannel"`` output) in one call, and the backend whose
+    forward computed them."""
+    stacked = torch.cat(list(zs), 1)
+    bound = correlation.bound(xs, stacked, "upchannel")
+    out, option = bound.call(xs, stacked)
+    chosen = CORRELATION.passes(option, bound.spec).forward if option == PER_PASS else option
+    return [out[:, k : k + 1] for k in range(len(zs))], chosen
 
 
 def _problem(

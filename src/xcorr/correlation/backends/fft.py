@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ..._compute import finite_footprint, needs_grad
+from ..._spares import OUTPUTS
 from ..._tracing import tracing
 from ...planning.cost import Terms
 from ..adjoint import spread
@@ -436,6 +437,50 @@ def _spectrum(zd: torch.Tensor, L: Pair) -> torch.Tensor:
         return _conjugate_spectrum(zd, L)
 
 
+def _output_groups(spec: Spec, layout: Layout, grad: bool) -> int:
+    """Output maps per group where an up-channel chunk is transformed group by group
+    (:func:`_upchannel_groups`), or 0 where it is not: without gradients, untiled, for searches
+    of few channels, and where the template spectra (and products) of all maps, K x C of them,
+    would pass :data:`CHUNK_BYTES`."""
+    if grad or spec.mode != "upchannel" or layout.n != (1, 1) or spec.channels > FEW_UPCHANNEL_CHANNELS:
+        return 0
+    Lh, Lw = layout.L
+    per_map = Lh * (Lw // 2 + 1) * 2 * spec.dtype.itemsize
+    K, C = spec.out_channels, spec.channels
+    if K * C * per_map <= CHUNK_BYTES:  # the template spectra and products of all maps fit
+        return 0
+    return _even(K, max(1, CHUNK_BYTES // (per_map * C)))
+
+
+def _upchannel_groups(
+    x: torch.Tensor, zd: torch.Tensor, Zc: torch.Tensor | None, spec: Spec, layout: Layout, group: int
+) -> torch.Tensor:
+    """Up-channel correlation of searches ``x`` (all of them one template's, or one item per
+    template) without gradients, ``group`` output maps at a time: the search is transformed
+    once, and each group's template spectra, products and inverse transforms stay within
+    :data:`CHUNK_BYTES`, reused from group to group (8 templates of 40x40 against a 1024x1024
+    image: one spectrum of the image instead of one per call of two, and none of the 34 MB
+    arrays that glibc maps fresh from the kernel on every call)."""
+    B, C = x.shape[:2]
+    Bz, K = zd.shape[0], spec.out_channels
+    L, (ph, pw) = layout.L, spec.padding
+    Hv, Wv = layout.valid
+    z = zd.reshape(Bz, K, C, *zd.shape[2:])
+    Zk = None if Zc is None else Zc.reshape(Bz, K, C, *Zc.shape[2:])
+    out = OUTPUTS.empty((B, K, Hv, Wv), x.dtype, x.device)
+    X = None
+    for g in _even_slices(K, group):
+        if Zk is not None:
+            Zg = Zk[:, g].reshape(Bz, -1, *Zk.shape[3:])
+        else:
+            Zg = _conjugate_spectrum(z[:, g].reshape(Bz, -1, *z.shape[3:]), L)
+        if X is None:
+            X = _spectrum_like(_place(x, L, (ph, pw)), L, Zg)
+        Y = _combine(X, Zg, "upchannel", B // Bz)
+        out[:, g] = _irfft2(Y, L, slice(0, Hv), slice(0, Wv))
+    return out
+
+
 def _correlate_chunk(
     x: torch.Tensor, zd: torch.Tensor, Zc: torch.Tensor | None, spec: Spec, layout: Layout
 ) -> torch.Tensor:
@@ -486,6 +531,12 @@ def _chunked(
     one = len(chunks) * len(channel_chunks) == 1
     out = None if grad or one else x.new_empty(spec.batch, spec.out_channels, *layout.valid)
     rows: list[list[torch.Tensor]] = [[] for _ in chunks]
+    group = _output_groups(spec, layout, grad)
+    if group and len(channel_chunks) == 1:
+        parts = [_upchannel_groups(x[i], zd[t], None if Zd is None else Zd[t], spec, layout, group) for i, t in chunks]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        sh, sw = spec.stride
+        return out[..., ::sh, ::sw].contiguous()
     for cs in channel_chunks:
         whole = chans == C
         zc = zd if whole else _template_channels(zd, mode, C, cs)
