@@ -106,11 +106,18 @@ class _Problem:
         return _window_squares(self.x[images, :, rows], *self.size)
 
     def numerator(
-        self, rows: slice, images: slice, den2: torch.Tensor, s2: torch.Tensor, factor: float = 1
+        self,
+        rows: slice,
+        images: slice,
+        den2: torch.Tensor,
+        s2: torch.Tensor,
+        factor: float = 1,
+        lowest: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The piece's numerators, correlated again in float64 at the windows where ``factor``
         times the rounding bound may pass :data:`NUMERATOR_ERROR` of the denominator
-        ``tnorm * sqrt(den2)``; ``s2`` is the window's sum of squares of ``xs``."""
+        ``tnorm * sqrt(den2)``; ``s2`` is the window's sum of squares of ``xs``. ``lowest``, each
+        image's smallest ``den2`` (N,), may come computed once for templates sharing the windows."""
         h = self.size[0]
         num = self.num[images, :, rows.start : rows.stop - h + 1]
         if self.rounding is None:
@@ -121,7 +128,8 @@ class _Problem:
         # settles the common case, where no window is near the bound (0.1 ms at 961x961, where
         # a comparison map and its any() take 1.1 ms).
         if bool((local == 0).all()):
-            if not bool((_column(den2.flatten(1).amin(1), den2.dim()) < spread * spread).any()):
+            lowest = den2.flatten(1).amin(1) if lowest is None else lowest
+            if not bool((_column(lowest, den2.dim()) < spread * spread).any()):
                 return num
             inexact = den2 < spread * spread
         else:

@@ -41,8 +41,8 @@ from .dense import (
     _window_squares,
     _without_residual,
 )
-from .normalise import _normalise
-from .rounding import _Rounding
+from .normalise import FLAT_ABSOLUTE, _normalise
+from .rounding import _Rounding, energies
 from .stages import stage
 
 #: Output elements of one correlation call (images x templates x positions): the numerators of
@@ -74,6 +74,7 @@ def _each(x: torch.Tensor, zs: Sequence[torch.Tensor], method: str) -> Iterator[
     N, C, H, W = x.shape
     xs, shift = _shifted_image(x, family, None, N)
     piece = 2 * _PIECE if family == "ccoeff" and x.dtype == torch.float32 else _PIECE
+    x2 = None  # the images' energies, for every FFT numerator's rounding bound
     for (h, w), members in _by_size(zs).items():
         step = max(1, _CALL_ELEMENTS // (N * (H - h + 1) * (W - w + 1)))
         rows_images = list(_pieces(N, C, [H, W], h, piece))
@@ -88,7 +89,8 @@ def _each(x: torch.Tensor, zs: Sequence[torch.Tensor], method: str) -> Iterator[
             if method in ("ccorr", "ccoeff"):
                 yield from zip(group, nums)
                 continue
-            problems = [_problem(x, xs, t, num, method, chosen, shift) for t, num in zip(templates, nums)]
+            x2 = energies(xs) if x2 is None and chosen == "fft" and x.dtype == torch.float32 else x2
+            problems = [_problem(x, xs, t, num, method, chosen, shift, x2) for t, num in zip(templates, nums)]
             del nums
             pieces: list[list] = [[] for _ in group]
             for i, (rows, images) in enumerate(rows_images):
@@ -128,13 +130,14 @@ def _problem(
     method: str,
     chosen: str,
     shift: torch.Tensor,
+    x2: torch.Tensor | None = None,
 ) -> _Problem:
     """:mod:`.dense`'s problem of template ``t`` against every image (``k = N``), its numerator's
     error bound that of its output channel of the shared correlation."""
     N = x.shape[0]
     rounding = None
     if method.endswith("_normed") and num.dtype == torch.float32:
-        rounding = _Rounding.of(xs, t.zs, num, chosen, N)
+        rounding = _Rounding.of(xs, t.zs, num, chosen, N, x2)
     residual = t.residual.expand(N, -1) if t.residual is not None and num.dtype == torch.float32 else None
     flat = None if t.flat is None else t.flat.expand(N)
     return _Problem(x, xs, t.zs, num, method, N, t.tz2.expand(N), t.tnorm.expand(N), flat, rounding, shift, residual)
@@ -171,25 +174,43 @@ class _Statistics:
         """The largest window sum of squares of ``xs``."""
         return self._get("most", lambda: float(self.centred()[1].amax()))
 
+    def denominator(self, family: str) -> torch.Tensor:
+        """The squared denominator of ``family``'s normed scores: :meth:`energy` for ``ccorr``,
+        ``diff2`` of :meth:`centred` for ``ccoeff``."""
+        return self.energy() if family == "ccorr" else self.centred()[0]
+
+    def lowest(self, family: str) -> torch.Tensor:
+        """Each image's smallest :meth:`denominator`, (N,)."""
+        return self._get(f"lowest {family}", lambda: self.denominator(family).flatten(1).amin(1))
+
+    def root(self, family: str, dtype: torch.dtype) -> torch.Tensor | None:
+        """``rsqrt`` of :meth:`denominator` in ``dtype`` (the numerators'), where no window is
+        near flat (:func:`.normalise._normalise`'s fast case); else None."""
+        if float(self.lowest(family).amin()) <= FLAT_ABSOLUTE:
+            return None
+        return self._get(f"root {family} {dtype}", lambda: torch.rsqrt(self.denominator(family).to(dtype)))
+
 
 def _ccorr_piece(p: _Problem, rows: slice, images: slice, stats: _Statistics) -> torch.Tensor:
     energy = stats.energy()
     with stage("exactness check"):
-        num = p.numerator(rows, images, energy, energy)
+        num = p.numerator(rows, images, energy, energy, lowest=stats.lowest("ccorr"))
     with stage("normalisation"):
-        return _normalise(num, energy, p.scale(images), p.method)
+        low, root = float(stats.lowest("ccorr").amin()), stats.root("ccorr", num.dtype)
+        return _normalise(num, energy, p.scale(images), p.method, low=low, root=root)
 
 
 def _ccoeff_piece(p: _Problem, rows: slice, images: slice, stats: _Statistics) -> torch.Tensor:
     h, w = p.size
     diff2, s2, s1 = stats.centred()
     with stage("exactness check"):
-        num = p.numerator(rows, images, diff2, s2)
+        num = p.numerator(rows, images, diff2, s2, lowest=stats.lowest("ccoeff"))
         if p.residual is not None:
             num = _without_residual(num, s1, p.residual[images], h * w)
     most = (stats.most() ** 0.5 + (h * w * float(p.shift2[images].amax())) ** 0.5) ** 2
     with stage("normalisation"):
-        score = _normalise(num, diff2, p.scale(images), p.method, stats.energy, most)
+        low, root = float(stats.lowest("ccoeff").amin()), stats.root("ccoeff", num.dtype)
+        score = _normalise(num, diff2, p.scale(images), p.method, stats.energy, most, low=low, root=root)
         assert p.flat is not None  # ccoeff_normed's problems have the flat-template rule
         if bool(p.flat[images].any()):
             score = torch.ones_like(score)
