@@ -51,6 +51,9 @@ OURS_WARM_CALLS = 12
 
 INSTALL_HINT = "pip install -e '.[bench]'"
 
+#: Bytes of one block allocated and freed before the first case (see :func:`_settle_allocator`).
+SETTLING_BYTES = 30 << 20
+
 
 class Unavailable(Exception):
     """A suite that cannot run here, with the reason and the fix."""
@@ -328,6 +331,17 @@ def plot(path: str, results: Sequence[Result]) -> None:
     plt.close(fig)
 
 
+def _settle_allocator() -> None:
+    """Put glibc's allocator where it is in a process that has done other work: a fresh process
+    serves every block above 128 KiB with ``mmap``, fresh zero-filled pages on every call, until
+    one block of up to 32 MiB is freed and the threshold rises to it. Whichever contender runs
+    first would otherwise set it for the rest of the run: the detection case's OpenCV loop took
+    562 ms in a fresh process and 359 ms after one 30 MB block had been freed (and our calls'
+    blocks had been raising it for OpenCV's too)."""
+    block = bytearray(SETTLING_BYTES)
+    del block
+
+
 def run(
     suites: Sequence[str],
     *,
@@ -355,6 +369,7 @@ def run(
             print(error, file=out)
     if not cases:
         raise Unavailable("; ".join(problems) or "no cases to run")
+    _settle_allocator()
     env = environment(device)
     print(
         f"xcorr bench: torch {env['torch']}, {env['threads']} threads, {env['device']}, CPU capability "
