@@ -65,14 +65,17 @@ def make(B, C, H, W, dtype=torch.float64, seed=0, spread=4.0, special=True):
     return f1.to(dtype), f2.to(dtype), coords.to(dtype)
 
 
-@pytest.fixture(params=["levels dense", "windows", "windows, dense gradient"])
+@pytest.fixture(params=["levels dense", "windows", "windows, dense gradient", "coarse volumes kept"])
 def correlated(request, monkeypatch):
     """Every way a level's taps are correlated, whole (one matrix product) or window by window,
-    and their backward passes: windowed, or summed over the lookups into a dense gradient."""
+    and their backward passes: windowed, or summed over the lookups into a dense gradient; on
+    demand, lookups without a graph read the coarse levels' kept volumes only in the last."""
     dense = request.param == "levels dense"
     gradient = request.param != "windows"
     monkeypatch.setattr(xcorr.volumes.pyramid, "pyramid_level_dense", lambda pixels, radius: dense)
     monkeypatch.setattr(xcorr.volumes.pyramid, "pyramid_gradient_dense", lambda pixels, level, itemsize: gradient)
+    if request.param != "coarse volumes kept":
+        monkeypatch.setattr(xcorr.volumes.pyramid, "PYRAMID_KEPT_BYTES", 0)
     return request.param
 
 
@@ -94,6 +97,28 @@ def test_matches_reference(method, geometry, dtype, correlated):
     out = xcorr.CorrPyramid(f1, f2, L, r, method=method)(coords)
     assert out.shape == (B, L * (2 * r + 1) ** 2, H, W) and out.dtype == dtype and out.is_contiguous()
     assert_close_rel(out, corr_pyramid_reference(f1, f2, coords, L, r), dtype)
+
+
+@pytest.mark.parametrize("levels", [0, 1, 2, 3])
+def test_on_demand_keeps_the_coarse_volumes_that_fit(levels, monkeypatch):
+    """Without a graph, an on-demand pyramid keeps the volumes of its coarsest levels that fit
+    the budget (never level 0), made at the first lookup; every lookup agrees with the volumes'
+    and with no level kept; a lookup with a graph keeps none."""
+    B, C, H, W, L, r = 2, 3, 9, 13, 4, 2
+    f1, f2, coords = make(B, C, H, W, torch.float32)
+    sizes = [B * H * W * table.shape[1] * 4 for _, table in xcorr.volumes.pyramid._pooled_tables(f2, L)]
+    monkeypatch.setattr(xcorr.volumes.pyramid, "PYRAMID_KEPT_BYTES", sum(sizes[L - levels :]) if levels else 0)
+    pyr = xcorr.CorrPyramid(f1, f2, L, r, method="on_demand")
+    graph = xcorr.CorrPyramid(f1.requires_grad_(), f2, L, r, method="on_demand")
+    expected = xcorr.CorrPyramid(f1.detach(), f2, L, r, method="all_pairs")
+    with torch.no_grad():
+        first, second = pyr(coords), pyr(coords + 0.5)
+    assert sorted(pyr._kept) == list(range(L - levels, L))[: min(levels, L - 1)]
+    assert all(pyr._kept[i].volume is not None for i in pyr._kept)
+    assert_close_rel(first, expected(coords), torch.float32)
+    assert_close_rel(second, expected(coords + 0.5), torch.float32)
+    assert_close_rel(graph(coords).detach(), first, torch.float32)
+    assert graph._kept is None
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -153,7 +178,10 @@ def test_lookups_with_and_without_a_graph_are_equal(method, correlated):
     pyr = xcorr.CorrPyramid(f1, f2.requires_grad_(), 3, 2, method=method)
     with torch.no_grad():
         plain = pyr(coords)
-    assert torch.equal(pyr(coords), plain)
+    if pyr._kept:  # read from volumes of one matrix product: other sums, as close as any two
+        assert_close_rel(pyr(coords), plain, torch.float32)
+    else:
+        assert torch.equal(pyr(coords), plain)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -118,6 +118,14 @@ PYRAMID_DENSE_PIXELS_PER_TAP = 4
 #: MB): 12 lookups' windowed backward passes took 10 times the dense one.
 PYRAMID_GRADIENT_BYTES = 32 << 20
 
+#: An on-demand pyramid keeps the volumes of its coarse levels, made at their first lookup without
+#: a graph, while they take at most this many bytes in all (coarsest first; level 0 never): a
+#: small level's windows are read from its volume in a fraction of the time of correlating them
+#: again at every lookup (RAFT's 46x62, B2: levels 1 to 3 take 21 MB, and their products were
+#: 10 of the 21 ms of a lookup). At high resolution no level fits (136x240: level 3 alone takes
+#: 66 MB), so the memory stays that of the chunks.
+PYRAMID_KEPT_BYTES = 32 << 20
+
 #: Lookups of one pyramid when its options are measured (autotune): a pyramid is built once and
 #: looked up once per refinement iteration, 12 in RAFT's training (24 to 32 at evaluation), so
 #: one lookup would weigh the volumes' one-time cost 12 times too heavily.

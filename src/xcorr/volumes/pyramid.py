@@ -26,7 +26,7 @@ from .._compute import compute_dtype, empty_result, needs_grad
 from .._spares import SPARES
 from .._tracing import tracing
 from ..planning.engine import ENGINE, signature
-from .family import PYRAMIDS, pyramid_gradient_dense, pyramid_level_dense
+from .family import PYRAMID_KEPT_BYTES, PYRAMIDS, pyramid_gradient_dense, pyramid_level_dense
 from .spec import PyramidSpec, check_corr_coords, check_corr_pyramid
 
 #: The bytes that the temporaries of one chunk of an on-demand lookup, and of every backward pass,
@@ -78,7 +78,10 @@ class CorrPyramid:
             while it fits in memory; ``"on_demand"`` keeps only the pooled features and
             correlates the looked-up windows at each lookup, in chunks of
             :data:`~xcorr.volumes.pyramid.CHUNK_BYTES` (RAFT's ``AlternateCorrBlock``, in plain PyTorch, any dtype:
-            at 136x240 its peak memory is a small fraction of the 5.7 GB of the volumes);
+            at 136x240 its peak memory is a small fraction of the 5.7 GB of the volumes), except
+            that lookups without a graph read the coarse levels whose volumes fit
+            :data:`~xcorr.volumes.family.PYRAMID_KEPT_BYTES` from those volumes, made at the
+            first such lookup;
             ``"auto"`` (default) asks the planning engine, which takes the volumes while they
             fit :data:`xcorr.volumes.family.PYRAMID_VOLUME_BYTES`, except where the last pyramid
             of the same shapes and settings was looked up only once: then on demand does a
@@ -145,6 +148,8 @@ class CorrPyramid:
         # Where the lookups of one backward pass sum their taps' gradient (see _Scores): one for
         # every level, with the volumes built; else one per level.
         self._scores: list[_Scores | None] = [None] * num_levels
+        # On demand, the coarse levels whose volumes are kept (see _kept), by index.
+        self._kept: dict[int, _Level] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -186,10 +191,31 @@ class CorrPyramid:
         # Without a graph, each level's blend writes its channels of the output (transposed as
         # it goes: 0.4 of the time of a blend and then a copy).
         out = xy.new_empty(B, self.num_levels * window, H * W)
-        for index, level in enumerate(self._levels):
+        kept = self._levels if self._levels[0].volume is not None else self._kept_levels()
+        for index, level in enumerate(kept):
             into = out[:, index * window : (index + 1) * window]
             _lookup(self._rows1, level, xy, index, self.radius, False, into)
         return out.view(B, self.num_levels * window, H, W)
+
+    def _kept_levels(self) -> list[_Level]:
+        """On demand, the levels for a lookup without a graph: the coarse ones whose volumes
+        fit :data:`~xcorr.volumes.family.PYRAMID_KEPT_BYTES` in all (coarsest first, never level
+        0) with their volume, made at the first such lookup and kept; the others as they are."""
+        if self._kept is None:
+            self._kept = {}
+            left = PYRAMID_KEPT_BYTES
+            B, P, _ = self._rows1.shape
+            for index in range(self.num_levels - 1, 0, -1):
+                level = self._levels[index]
+                size = B * P * level.table.shape[1] * self._rows1.element_size()
+                if size > left:
+                    break
+                left -= size
+                volume = _level_volume(self._rows1, level.table, 2 * self.radius + 2)
+                self._kept[index] = level._replace(volume=volume, finite=_finite(volume))
+            buffers = [level.volume._base for level in self._kept.values() if level.volume is not None]
+            weakref.finalize(self, SPARES.give, [buffer for buffer in buffers if buffer is not None])
+        return [self._kept.get(index, level) for index, level in enumerate(self._levels)]
 
     def _sink(self, index: int) -> tuple[_Scores, int] | None:
         """The current :class:`_Scores` of level ``index`` (made anew after a backward pass
@@ -543,7 +569,9 @@ def _sampled(rows: torch.Tensor, table: torch.Tensor, index: torch.Tensor) -> to
     product at the taps only, one kernel that writes no gathered window (on a CPU, 1/20 of the
     time of gathering the windows for batched matrix-vector products at RAFT's level 0)."""
     pattern = _pattern(index, rows.new_zeros(index.shape), table.shape[0])
-    return torch.sparse.sampled_addmm(pattern, rows, table.t(), beta=0.0).values().view(index.shape)
+    # Into the pattern itself: a new result would copy the pattern's indices and values first
+    # (0.7 of the time at RAFT's level 0).
+    return torch.sparse.sampled_addmm(pattern, rows, table.t(), beta=0.0, out=pattern).values().view(index.shape)
 
 
 class _Scores:
