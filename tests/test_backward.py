@@ -125,23 +125,26 @@ def test_chunks_of_items_and_channels(mode, Bz, maps, monkeypatch):
     assert torch.autograd.gradcheck(f, (x, z), fast_mode=True)
 
 
-# Up-channel output groups (maps of 12 x 6 bins per group): at most one map, two, and four (of
-# the five: even groups of 3 and 2).
+# Up-channel output groups: at most one map per group, two, and four (of the five: even groups of 3
+# and 2); 3-row templates on 9 rows (they take rfft2) and 6-row ones on 48 (few rows: their rows'
+# transforms are placed in zeros made once).
 @pytest.mark.parametrize("group", [1, 2, 4])
-@pytest.mark.parametrize("Bz", [1, 2])
+@pytest.mark.parametrize("Bz", [1, 2, 4])  # 4: one item per template (the product in place for C = 1)
 @pytest.mark.parametrize("C", [1, 3])
+@pytest.mark.parametrize("rows, h", [(9, 3), (48, 6)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_upchannel_output_groups(group, Bz, C, dtype, monkeypatch):
+def test_upchannel_output_groups(group, Bz, C, rows, h, dtype, monkeypatch):
     """Without gradients, few search channels against many templates transform the search once
     and the templates group by group; every geometry agrees with the reference, eager and
     planned, and a backward pass takes the whole product."""
-    x, z = make(4, Bz, C, 5, 9, 8, 3, 3, "upchannel")
+    x, z = make(4, Bz, C, 5, rows, 8, h, 3, "upchannel")
     x, z = x.to(dtype), z.to(dtype)
     kw = dict(padding=(1, 1), stride=(1, 2), dilation=(1, 1))
     spec = xcorr.correlation.spec.check_xcorr(x, z, "upchannel", (1, 1), (1, 2), 1)
     layout = fft.Layout.of(spec)
-    assert layout.L == (12, 10)
-    monkeypatch.setattr(fft, "CHUNK_BYTES", group * C * 12 * 6 * 2 * x.element_size())
+    assert layout.n == (1, 1) and (h <= fft.FEW_TEMPLATE_ROWS * layout.L[0]) == (rows == 48)
+    per_map = layout.L[0] * (layout.L[1] // 2 + 1) * 2 * x.element_size()
+    monkeypatch.setattr(fft, "CHUNK_BYTES", group * C * per_map)
     assert fft._output_groups(spec, layout, grad=True) == 0
     assert fft._output_groups(spec, layout, grad=False) == {1: 1, 2: 2, 4: 3}[group]  # 5 maps, even parts
     calls = []
