@@ -91,14 +91,16 @@ def _each(x: torch.Tensor, zs: Sequence[torch.Tensor], method: str) -> Iterator[
                 continue
             x2 = energies(xs) if x2 is None and chosen == "fft" and x.dtype == torch.float32 else x2
             problems = [_problem(x, xs, t, num, method, chosen, shift, x2) for t, num in zip(templates, nums)]
-            del nums
             pieces: list[list] = [[] for _ in group]
             for i, (rows, images) in enumerate(rows_images):
-                stats = whole or _Statistics(x[images, :, rows], xs[images, :, rows], shift[images], h, w)
+                stats = (
+                    whole
+                    if whole is not None
+                    else _Statistics(x[images, :, rows], xs[images, :, rows], shift[images], h, w)
+                )
                 for k, j in enumerate(group):
                     pieces[k].append((images, _SCORE[family](problems[k], rows, images, stats)))
-                    if i + 1 == len(rows_images):
-                        problems[k] = None  # type: ignore[call-overload]  # its numerator is done with
+                    if i + 1 == len(rows_images):  # its last piece: the template's scores are whole
                         yield j, _assemble(pieces[k], x.dtype)
                         pieces[k] = []
 
