@@ -150,10 +150,12 @@ def test_padding_with_a_function_and_empty():
     template = image[2:7, 3:9]
     ours = match_template(image, template, pad_input=True, mode=pad_with)
     assert_close(ours, skimage_match_template(image, template, pad_input=True, mode=pad_with), TOL)
-    # "empty" leaves the padding undefined: the windows inside the image still have their scores.
+    # "empty" leaves the padding undefined: zeros here, so the windows inside the image keep
+    # their exact scores whatever memory held, and calls repeat.
     empty = match_template(image, template, pad_input=True, mode="empty")
     assert empty.shape == image.shape
     assert_close(empty[2:-2, 3:-2], reference(image, template)[:, :], 1e-12)
+    np.testing.assert_array_equal(empty, match_template(image, template, pad_input=True, mode="constant"))
 
 
 @pytest.mark.parametrize("constant_values", [0, -1.5, 300, ((1, 2), (3, 4)), (5, 6)])

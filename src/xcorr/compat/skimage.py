@@ -99,7 +99,10 @@ def match_template(
             ``(M - m + 1, N - n + 1[, P - p + 1])`` values, for the template's first corner.
         mode: ``numpy.pad``'s ``mode`` for ``pad_input=True``: one of ``"constant"``, ``"edge"``,
             ``"linear_ramp"``, ``"maximum"``, ``"mean"``, ``"median"``, ``"minimum"``,
-            ``"reflect"``, ``"symmetric"``, ``"wrap"``, ``"empty"``, or a function.
+            ``"reflect"``, ``"symmetric"``, ``"wrap"``, ``"empty"``, or a function. ``"empty"``
+            leaves the padding undefined in numpy; here it is zeros (as ``"constant"``), so that
+            the windows inside the image keep their exact scores whatever memory held, and
+            repeated calls agree.
         constant_values: ``numpy.pad``'s ``constant_values`` for ``mode="constant"``.
 
     Returns:
@@ -137,6 +140,8 @@ def _padded(x: np.ndarray, size: Sequence[int], pad_input: bool, mode: PadMode, 
     function's included, gives its values) cut to the windows of the output's positions."""
     if not pad_input:
         return x
+    if mode == "empty":  # undefined: zeros, never what the memory held (see match_template)
+        mode, constant_values = "constant", 0
     kwargs = {"constant_values": constant_values} if mode == "constant" else {}
     padded = np.pad(x, [(m, m) for m in size], mode=mode, **kwargs)  # type: ignore[call-overload]
     # Output i's window starts at image index i - m // 2, padded index i + m - m // 2.
