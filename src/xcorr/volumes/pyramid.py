@@ -148,7 +148,7 @@ class CorrPyramid:
         # Where the lookups of one backward pass sum their taps' gradient (see _Scores): one for
         # every level, with the volumes built; else one per level.
         self._scores: list[_Scores | None] = [None] * num_levels
-        # On demand, the coarse levels whose volumes are kept (see _kept), by index.
+        # On demand, the coarse levels whose volumes are kept (see _kept_levels), by index.
         self._kept: dict[int, _Level] | None = None
 
     def __repr__(self) -> str:
@@ -214,7 +214,8 @@ class CorrPyramid:
                 volume = _level_volume(self._rows1, level.table, 2 * self.radius + 2)
                 self._kept[index] = level._replace(volume=volume, finite=_finite(volume))
             buffers = [level.volume._base for level in self._kept.values() if level.volume is not None]
-            weakref.finalize(self, SPARES.give, [buffer for buffer in buffers if buffer is not None])
+            if buffers:  # the next pyramid of this shape makes its volumes in them
+                weakref.finalize(self, SPARES.give, [buffer for buffer in buffers if buffer is not None])
         return [self._kept.get(index, level) for index, level in enumerate(self._levels)]
 
     def _sink(self, index: int) -> tuple[_Scores, int] | None:
@@ -570,7 +571,7 @@ def _sampled(rows: torch.Tensor, table: torch.Tensor, index: torch.Tensor) -> to
     time of gathering the windows for batched matrix-vector products at RAFT's level 0)."""
     pattern = _pattern(index, rows.new_zeros(index.shape), table.shape[0])
     # Into the pattern itself: a new result would copy the pattern's indices and values first
-    # (0.7 of the time at RAFT's level 0).
+    # (0.90-0.94 of the time at RAFT's level 0).
     return torch.sparse.sampled_addmm(pattern, rows, table.t(), beta=0.0, out=pattern).values().view(index.shape)
 
 
