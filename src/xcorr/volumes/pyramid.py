@@ -542,7 +542,9 @@ def _transposed_product(index: torch.Tensor, values: torch.Tensor, rows: torch.T
     1.4x as long (RAFT's level 0 at 46x62: 570 400 taps)."""
     N, T = index.shape
     flat = index.reshape(-1)
-    order = torch.argsort(flat, stable=True)
+    # Sorted as int32 where the columns allow: the same (stable) permutation in 0.75 of int64's
+    # time (RAFT's level 0 at 46x62: 6.9 against 8.9 ms, the conversion included).
+    order = torch.argsort(flat.int() if columns <= torch.iinfo(torch.int32).max else flat, stable=True)
     crow = torch.zeros(columns + 1, dtype=torch.long, device=index.device)
     torch.cumsum(torch.bincount(flat, minlength=columns), 0, out=crow[1:])
     pixels = torch.div(order, T, rounding_mode="floor")
