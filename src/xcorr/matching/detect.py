@@ -220,8 +220,9 @@ def _score_maps(x: torch.Tensor, pairs: list, method: str) -> Iterator[tuple[int
     if shared:
         for j, s in _each(x, [pairs[j][2] for j in unmasked], method):
             yield unmasked[j], s
+    done = set(unmasked) if shared else set()
     for j, (_, _, z, m) in enumerate(pairs):
-        if not shared or j not in unmasked:
+        if j not in done:
             yield j, _scores(x, z, method, m)
 
 

@@ -41,7 +41,7 @@ from .dense import (
     _window_squares,
     _without_residual,
 )
-from .normalise import FLAT_ABSOLUTE, _normalise
+from .normalise import _normalise
 from .rounding import _Rounding, energies
 from .stages import stage
 
@@ -185,11 +185,9 @@ class _Statistics:
         """Each image's smallest :meth:`denominator`, (N,)."""
         return self._get(f"lowest {family}", lambda: self.denominator(family).flatten(1).amin(1))
 
-    def root(self, family: str, dtype: torch.dtype) -> torch.Tensor | None:
-        """``rsqrt`` of :meth:`denominator` in ``dtype`` (the numerators'), where no window is
-        near flat (:func:`.normalise._normalise`'s fast case); else None."""
-        if float(self.lowest(family).amin()) <= FLAT_ABSOLUTE:
-            return None
+    def root(self, family: str, dtype: torch.dtype) -> torch.Tensor:
+        """``rsqrt`` of :meth:`denominator` in ``dtype`` (the numerators'), for
+        :func:`.normalise._normalise`'s case without near-flat windows."""
         return self._get(f"root {family} {dtype}", lambda: torch.rsqrt(self.denominator(family).to(dtype)))
 
 
@@ -198,7 +196,7 @@ def _ccorr_piece(p: _Problem, rows: slice, images: slice, stats: _Statistics) ->
     with stage("exactness check"):
         num = p.numerator(rows, images, energy, energy, lowest=stats.lowest("ccorr"))
     with stage("normalisation"):
-        low, root = float(stats.lowest("ccorr").amin()), stats.root("ccorr", num.dtype)
+        low, root = float(stats.lowest("ccorr").amin()), lambda: stats.root("ccorr", num.dtype)
         return _normalise(num, energy, p.scale(images), p.method, low=low, root=root)
 
 
@@ -211,7 +209,7 @@ def _ccoeff_piece(p: _Problem, rows: slice, images: slice, stats: _Statistics) -
             num = _without_residual(num, s1, p.residual[images], h * w)
     most = (stats.most() ** 0.5 + (h * w * float(p.shift2[images].amax())) ** 0.5) ** 2
     with stage("normalisation"):
-        low, root = float(stats.lowest("ccoeff").amin()), stats.root("ccoeff", num.dtype)
+        low, root = float(stats.lowest("ccoeff").amin()), lambda: stats.root("ccoeff", num.dtype)
         score = _normalise(num, diff2, p.scale(images), p.method, stats.energy, most, low=low, root=root)
         assert p.flat is not None  # ccoeff_normed's problems have the flat-template rule
         if bool(p.flat[images].any()):

@@ -3,6 +3,8 @@ flat templates, and ratios that rounding took past ±1."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -31,7 +33,7 @@ def _normalise(
     most: float | None = None,
     *,
     low: float | None = None,
-    root: torch.Tensor | None = None,
+    root: Callable[[], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """OpenCV's normalisation of ``num`` by ``sqrt(diff2) * tnorm``.
 
@@ -42,8 +44,8 @@ def _normalise(
     where ``diff2 <= 0.5``, and not even then where ``most``, a bound on every window's energy, shows
     that no window is flat; the common case costs a handful of vector operations. Templates
     that share their windows may pass what depends on ``diff2`` alone, computed once: ``low``, its
-    smallest value, and ``root``, ``rsqrt(diff2)`` in ``num``'s dtype (used where no window is
-    near flat and no gradient is needed).
+    smallest value, and ``root``, a function giving ``rsqrt(diff2)`` in ``num``'s dtype (called
+    only where no window is near flat and no gradient is needed).
     """
     worst = 1.0 if method == "sqdiff_normed" else 0.0
     inv_t = torch.where(tnorm > 0, 1 / torch.where(tnorm > 0, tnorm, torch.ones_like(tnorm)), torch.zeros_like(tnorm))
@@ -63,7 +65,7 @@ def _normalise(
         else:
             # In place (fresh pages are costly), and in one dtype: a float64 factor would send
             # the float32 product through a casting loop 4x slower.
-            ratio = torch.rsqrt(diff2.to(num.dtype)).mul_(num) if root is None else torch.mul(root, num)
+            ratio = torch.rsqrt(diff2.to(num.dtype)).mul_(num) if root is None else torch.mul(root(), num)
             ratio = ratio.mul_(inv_t.to(num.dtype))
     ratio = torch.where(tnorm > 0, ratio, torch.full_like(ratio, torch.inf)) if bool((tnorm == 0).any()) else ratio
     if method == "sqdiff_normed":

@@ -142,9 +142,7 @@ class CorrPyramid:
                 )
             self._levels.append(_Level(size, table, volume, volume is None or tracing() or _finite(volume)))
         if all_pairs and not tracing():
-            # The next pyramid of this shape (RAFT's next image pair) builds in these buffers.
-            buffers = [level.volume._base for level in self._levels if level.volume is not None]
-            weakref.finalize(self, SPARES.give, [buffer for buffer in buffers if buffer is not None])
+            _give_back(self, self._levels)
         # Where the lookups of one backward pass sum their taps' gradient (see _Scores): one for
         # every level, with the volumes built; else one per level.
         self._scores: list[_Scores | None] = [None] * num_levels
@@ -213,9 +211,8 @@ class CorrPyramid:
                 left -= size
                 volume = _level_volume(self._rows1, level.table, 2 * self.radius + 2)
                 self._kept[index] = level._replace(volume=volume, finite=_finite(volume))
-            buffers = [level.volume._base for level in self._kept.values() if level.volume is not None]
-            if buffers:  # the next pyramid of this shape makes its volumes in them
-                weakref.finalize(self, SPARES.give, [buffer for buffer in buffers if buffer is not None])
+            if self._kept:
+                _give_back(self, list(self._kept.values()))
         return [self._kept.get(index, level) for index, level in enumerate(self._levels)]
 
     def _sink(self, index: int) -> tuple[_Scores, int] | None:
@@ -249,6 +246,14 @@ class _Level(NamedTuple):
     table: torch.Tensor
     volume: torch.Tensor | None
     finite: bool = True
+
+
+def _give_back(pyramid: object, levels: list[_Level]) -> None:
+    """Hand the buffers of the ``levels``' volumes (:func:`_volume_buffer`'s) to the spares when
+    ``pyramid`` is collected: the next pyramid of its shape (RAFT's next image pair) makes its
+    volumes in them."""
+    buffers = [level.volume._base for level in levels if level.volume is not None]
+    weakref.finalize(pyramid, SPARES.give, [buffer for buffer in buffers if buffer is not None])
 
 
 def _finite(volume: torch.Tensor) -> bool:

@@ -199,6 +199,12 @@ def _irfft2_whole(Y: torch.Tensor, L: Pair, rows: slice, cols: slice) -> torch.T
 FEW_TEMPLATE_ROWS = 1 / 8
 
 
+def _few_rows(h: int, L: Pair) -> bool:
+    """Whether a template of ``h`` rows has few rows for transform length ``L`` (see
+    :data:`FEW_TEMPLATE_ROWS`)."""
+    return h <= FEW_TEMPLATE_ROWS * L[0]
+
+
 def _conjugate_spectrum(zd: torch.Tensor, L: Pair) -> torch.Tensor:
     """``conj(rfft2(zd))`` at length ``L``, conjugated in place. A template of few rows (see
     :data:`FEW_TEMPLATE_ROWS`) takes the real transform on its own rows only, the zero rows
@@ -207,7 +213,7 @@ def _conjugate_spectrum(zd: torch.Tensor, L: Pair) -> torch.Tensor:
     2.3 at two; 128x128 at 2048x2048: 11.5 vs 20.5 ms at one). Where the template fills half
     the rows, the complex transform along the strided rows costs more than it saves (256
     channels of 127x127 at 256x256: 115 vs 77 ms), so ``rfft2`` it is."""
-    if zd.shape[-2] > FEW_TEMPLATE_ROWS * L[0]:
+    if not _few_rows(zd.shape[-2], L):
         return torch.fft.rfft2(zd, s=L).conj_physical_()
     return _column_major_spectrum(zd, L).conj_physical_()
 
@@ -494,7 +500,7 @@ class _GroupSpectra:
     def __init__(self, z: torch.Tensor, L: Pair, group: int) -> None:
         self.z, self.L = z, L  # (Bz, K, C, h, w)
         Bz, _, C, h, _ = z.shape
-        self.few = h <= FEW_TEMPLATE_ROWS * L[0] and not tracing()
+        self.few = _few_rows(h, L) and not tracing()
         if self.few:
             dtype = torch.promote_types(z.dtype, torch.complex64)
             shape = (Bz, group * C, L[1] // 2 + 1, L[0])
@@ -557,20 +563,36 @@ def _chunked(
     chunk transforms its own templates (which keeps the working set small), except that one
     template serving several chunks is transformed once.
     """
-    mode, C = spec.mode, spec.channels
     items, chans = chunk_plan(spec)
-    chunks, channel_chunks = _item_chunks(spec, items), _even_slices(C, chans)
+    chunks = _item_chunks(spec, items)
+    group = _output_groups(spec, layout, grad)
+    if group:  # (up-channel chunks hold every channel: see chunk_plan)
+        parts = [_upchannel_groups(x[i], zd[t], None if Zd is None else Zd[t], spec, layout, group) for i, t in chunks]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    else:
+        out = _chunk_by_chunk(x, zd, Zd, spec, layout, grad, chunks, chans)
+    sh, sw = spec.stride
+    return out[..., ::sh, ::sw].contiguous()
+
+
+def _chunk_by_chunk(
+    x: torch.Tensor,
+    zd: torch.Tensor,
+    Zd: torch.Tensor | None,
+    spec: Spec,
+    layout: Layout,
+    grad: bool,
+    chunks: list[tuple[slice, slice]],
+    chans: int,
+) -> torch.Tensor:
+    """:func:`_chunked`'s stride-1 output, chunk of items by chunk of ``chans`` channels."""
+    mode, C = spec.mode, spec.channels
+    channel_chunks = _even_slices(C, chans)
     # Without a backward pass, chunks are written straight into the output: one copy instead
     # of a concatenation by channels and another by items.
     one = len(chunks) * len(channel_chunks) == 1
     out = None if grad or one else x.new_empty(spec.batch, spec.out_channels, *layout.valid)
     rows: list[list[torch.Tensor]] = [[] for _ in chunks]
-    group = _output_groups(spec, layout, grad)
-    if group and len(channel_chunks) == 1:
-        parts = [_upchannel_groups(x[i], zd[t], None if Zd is None else Zd[t], spec, layout, group) for i, t in chunks]
-        out = parts[0] if len(parts) == 1 else torch.cat(parts)
-        sh, sw = spec.stride
-        return out[..., ::sh, ::sw].contiguous()
     for cs in channel_chunks:
         whole = chans == C
         zc = zd if whole else _template_channels(zd, mode, C, cs)
@@ -591,8 +613,7 @@ def _chunked(
     if out is None:
         parts = [_join(row, mode) for row in rows]
         out = parts[0] if len(parts) == 1 else torch.cat(parts)
-    sh, sw = spec.stride
-    return out[..., ::sh, ::sw].contiguous()
+    return out
 
 
 def correlate(x: torch.Tensor, z: torch.Tensor, spec: Spec) -> torch.Tensor:
