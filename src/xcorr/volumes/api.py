@@ -10,6 +10,8 @@ validated call is kept per call signature, as :func:`xcorr.xcorr` keeps its own:
 * ``"banded"``: tiles of ``f1`` against their haloed ``f2`` tiles as one batched matrix product,
   keeping the band of displacements. Matrix-product speed, the fast method for windows of more
   than a few displacements.
+* ``"fused"``: compiled loops over the volume's rows (numba, an optional dependency: ``pip
+  install 'xcorr[fast]'``), each product once; eager CPU calls only.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ def correlate(f1: torch.Tensor, f2: torch.Tensor, spec: VolumeSpec, method: str 
         f1 (Tensor[B, C, H, W]): first features, of ``spec``'s shape, dtype and device.
         f2 (Tensor[B, C, H, W]): second features, of ``f1``'s shape, dtype and device.
         spec (VolumeSpec): the problem.
-        method (str): ``"auto"`` (the planner decides), ``"shifted"`` or ``"banded"`` (see
-            above), or the name of a backend registered since.
+        method (str): ``"auto"`` (the planner decides), ``"shifted"``, ``"banded"`` or
+            ``"fused"`` (see above), or the name of a backend registered since.
 
     Returns:
         Tensor[B, G, Py*Px, Ho, Wo] of ``f1``'s dtype; differentiable in ``f1`` and ``f2``. Half

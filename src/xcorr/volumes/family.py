@@ -75,6 +75,10 @@ class VolumeFamily(Registry[VolumeBackend]):
             return [name for name, b in self.backends.items() if b.exportable]
         return [name for name, b in self.backends.items() if b.fits(spec)]
 
+    def serves(self, backend: VolumeBackend, spec: VolumeSpec) -> bool:
+        """The methods whose rules allow ``spec`` (a method's terms need not make sense elsewhere)."""
+        return backend.fits(spec)
+
     def estimate(self, spec: VolumeSpec, grad: bool, constants: Constants) -> dict[str, float]:
         return self.method_estimates(spec, grad, constants)
 

@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
-from . import banded, shifted
+from . import banded, fused, shifted
 from ._base import VolumeBackend
 
 #: Every cost-volume method (:func:`xcorr.volumes.correlate`), in the planner's order of preference among equals.
-VOLUME_BACKENDS: dict[str, VolumeBackend] = {b.name: b for b in (shifted.VOLUME_BACKEND, banded.VOLUME_BACKEND)}
+VOLUME_BACKENDS: dict[str, VolumeBackend] = {
+    b.name: b for b in (shifted.VOLUME_BACKEND, banded.VOLUME_BACKEND, fused.VOLUME_BACKEND)
+}
 
 __all__ = ["VOLUME_BACKENDS", "VolumeBackend"]
