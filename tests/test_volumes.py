@@ -14,11 +14,13 @@ from reference import local_correlation_reference, stereo_reference, volume_refe
 import xcorr
 from xcorr.planning.engine import ENGINE
 from xcorr.volumes.api import correlate
-from xcorr.volumes.backends import VOLUME_BACKENDS
+from xcorr.volumes.backends import VOLUME_BACKENDS, fused
 from xcorr.volumes.family import VOLUMES, select_volume
 from xcorr.volumes.spec import VolumeSpec, check_local_correlation, check_stereo_correlation
 
-BACKENDS = list(VOLUME_BACKENDS)
+# The compiled loops where numba is installed (the "fast" extra; the dev extra has it).
+BACKENDS = [name for name in VOLUME_BACKENDS if name != "fused" or fused.available()]
+needs_numba = pytest.mark.skipif(not fused.available(), reason="needs numba (the 'fast' extra)")
 METHODS = ["auto", *BACKENDS]
 
 
@@ -530,3 +532,42 @@ def test_repeated_calls_are_validated_and_planned_once_per_signature(monkeypatch
     assert checks == ["local", "local"] and len(decisions) == 2
     with pytest.raises(ValueError, match="max_displacement"):  # bad settings still say why, every time
         xcorr.local_correlation(f1, f2, -1)
+
+
+# The compiled loops (method="fused").
+
+
+@needs_numba
+def test_fused_keeps_the_callers_thread_count_and_its_result_does_not_depend_on_it():
+    f1, f2 = pair(2, 12, 9, 13, torch.float32)
+    spec = check_local_correlation(f1, f2, 3, 1, 1, 1, "mean", "flat")
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(correlate(f1, f2, spec, "fused"))
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_without_numba_fused_is_no_option_and_asking_for_it_says_what_to_install(monkeypatch):
+    f1, f2 = pair(1, 4, 6, 7)
+    spec = check_local_correlation(f1, f2, 1, 1, 1, 1, "none", "flat")
+    monkeypatch.setattr(fused, "available", lambda: False)
+    assert "fused" not in VOLUMES.options(spec) and "fused" not in ENGINE.estimate(spec)
+    with pytest.raises(ModuleNotFoundError, match=r"method='fused' needs numba: pip install 'xcorr\[fast\]'"):
+        fused._kernels.__wrapped__()
+
+
+@needs_numba
+def test_fused_is_left_out_while_tracing_and_refuses_to_be_traced(monkeypatch):
+    f1, f2 = pair(1, 4, 6, 7)
+    spec = check_local_correlation(f1, f2, 1, 1, 1, 1, "none", "flat")
+    assert "fused" in VOLUMES.options(spec)
+    monkeypatch.setattr(fused, "tracing", lambda: True)
+    assert "fused" not in VOLUMES.options(spec)
+    with pytest.raises(ValueError, match="method='fused' runs eagerly only"):
+        fused.cost_volume(f1, f2, spec)

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 import xcorr
+from xcorr.volumes.backends import fused
 
 from . import OURS, Case
 
@@ -60,6 +61,10 @@ PEERS: tuple[str, ...] = ()
 SAMPLER, LOOP, UNFOLD, CORR_BLOCK = "spatial-correlation-sampler", "shifted loop", "unfold", "CorrBlock"
 CORR_BLOCK_1D = "CorrBlock1D"
 SAMPLER_MODULE = "spatial_correlation_sampler"
+FUSED_UNAVAILABLE = (
+    "ours without the fused cost-volume loops: numba is not installed (pip install 'xcorr[fast]'), "
+    "so the volumes run on the banded and shifted methods"
+)
 SAMPLER_UNAVAILABLE = (
     f"{SAMPLER} is unavailable: the module {SAMPLER_MODULE} cannot be imported (a compiled extension, "
     "not a dependency of xcorr; `make sampler` builds its CPU version into the virtual environment)"
@@ -612,6 +617,8 @@ def _case(p: Problem, grad: bool, references: dict[Problem, tuple[Index, torch.T
 def notes() -> list[str]:
     """What the table does not say: unavailable peers and how slow peers and memory are measured."""
     lines = [] if sampler_available() else [SAMPLER_UNAVAILABLE]
+    if not fused.available():
+        lines.append(FUSED_UNAVAILABLE)
     lines.append(
         "contenders whose first call takes over a second are timed from it and stop after 3 s of calls "
         "(FlowNetC's shifted loop: one call); peak memory: the most tensor memory held at "
@@ -621,11 +628,24 @@ def notes() -> list[str]:
     return lines
 
 
+def _compile_fused() -> None:
+    """Compile (or load from numba's cache) the fused loops of both dtypes, forward and
+    backward, before anything is timed: a first use's compilation is not a call's time."""
+    if not fused.available():
+        return
+    for dtype in (torch.float32, torch.float64):
+        f = torch.ones(1, 1, 2, 2, dtype=dtype, requires_grad=True)
+        xcorr.volumes.correlate(
+            f, f, xcorr.volumes.spec.check_local_correlation(f, f, 1, 1, 1, 1, "none", "flat"), "fused"
+        ).sum().backward()
+
+
 def cases(tiny: bool = False) -> list[Case]:
     """The flow suite: every problem forward and forward+backward (``tiny``: at toy sizes, each
     contender timed once)."""
     for line in notes():
         print(f"flow: {line}", file=sys.stdout)
+    _compile_fused()
     references: dict[Problem, tuple[Index, torch.Tensor]] = {}
     problems = [p.tiny() for p in PROBLEMS] if tiny else PROBLEMS
     return [_case(p, grad, references, repeats=1 if tiny else 0) for p in problems for grad in p.grads]

@@ -62,9 +62,16 @@ def _launch(kernel: Callable[..., None], *tensors: torch.Tensor, spec: VolumeSpe
     torch's thread count."""
     numba = importlib.import_module("numba")
     arrays = [t.numpy() for t in tensors]
+    threads = torch.get_num_threads()
     with _LOCK:
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        kernel(*arrays, *_geometry(spec), spec.scale)
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        try:
+            kernel(*arrays, *_geometry(spec), spec.scale)
+        finally:
+            # numba's OpenMP pool, started by a first launch, sets the OpenMP thread count that
+            # torch reads as its own: the caller's setting is put back.
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
 
 
 def _products(f1: torch.Tensor, f2: torch.Tensor, spec: VolumeSpec) -> torch.Tensor:
@@ -138,14 +145,17 @@ def terms(spec: VolumeSpec) -> Terms:
     )
 
 
-#: Built-in constants (see :data:`xcorr.volumes.backends.shifted.CONSTANTS`).
+#: Built-in constants: fitted at one thread on a 2-core AVX-512 machine (torch 2.13, numba 0.68;
+#: PWC-Net's levels, FlowNetC, DispNetC, GwcNet, within 0.83-1.22 of the times), then multiplied
+#: by 2.3, what the banded products' AVX2 set over-estimates their own times there by (2.0-2.8
+#: on four of those five volumes), so that the two sets compare as on one machine.
 CONSTANTS = {
     "AVX2": {
-        "fused_call": 30000.0,
-        "fused_loop": 10.0,
-        "fused_mac": 0.1,
-        "fused_output": 0.5,
-        "fused_backward": 2.5,
+        "fused_call": 54000.0,
+        "fused_loop": 35.0,
+        "fused_mac": 0.181,
+        "fused_output": 0.82,
+        "fused_backward": 2.9,
         "fused_float64": 2.0,
     }
 }
