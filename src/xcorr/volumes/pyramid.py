@@ -190,9 +190,13 @@ class CorrPyramid:
         # it goes: 0.4 of the time of a blend and then a copy).
         out = xy.new_empty(B, self.num_levels * window, H * W)
         kept = self._levels if self._levels[0].volume is not None else self._kept_levels()
-        for index, level in enumerate(kept):
+        # The levels with volumes (every level, or the coarse ones kept) in one pass of each step.
+        first = next((index for index, level in enumerate(kept) if level.volume is not None), len(kept))
+        for index, level in enumerate(kept[:first]):
             into = out[:, index * window : (index + 1) * window]
             _lookup(self._rows1, level, xy, index, self.radius, False, into)
+        if first < len(kept):
+            _sampled_volumes(kept[first:], first, xy, self.radius, out)
         return out.view(B, self.num_levels * window, H, W)
 
     def _kept_levels(self) -> list[_Level]:
@@ -356,9 +360,6 @@ def _lookup(
     xy = torch.minimum((xy / 2**index if index else xy).clamp(min=-(radius + 2)), high)
     corner = xy.floor()
     fraction = xy - corner
-    if into is not None and volume is not None:  # (eager: the volume lies in _volume_buffer's margins)
-        taps = _runs(volume, corner, radius, Hl, Wl, level.finite)
-        return _blend(taps, fraction[:, 0], fraction[:, 1], n, into)
     local = _taps(corner, radius, Hl, Wl, n)
     dense = _dense(level, radius)
     if isinstance(grad, tuple):
@@ -404,34 +405,67 @@ def _taps(corner: torch.Tensor, radius: int, H: int, W: int, n: int) -> torch.Te
     return (position[:, 1].unsqueeze(-1) + position[:, 0].unsqueeze(-2)).clamp_(max=outside).flatten(-2)
 
 
-def _runs(volume: torch.Tensor, corner: torch.Tensor, radius: int, H: int, W: int, finite: bool) -> torch.Tensor:
-    """The ``n x n`` integer taps (B, P, n, n), rows then columns, of windows whose sample at
-    offset ``(0, 0)`` lies in the pixel ``corner`` (B, 2, P; x, y) of a level of ``H x W`` pixels,
-    read from its volume (B, P, R) as ``n`` runs of ``n`` adjacent scores per window (one index
-    per run: 0.25 of the time of a gather's index per tap and the gather, RAFT's level 0 at 46x62),
-    zero outside the level. The volume lies in a buffer of :func:`_volume_buffer`: a row outside
-    the level reads the ``n`` zeros before it, and a run that passes the level's left or right edge
-    (then reading its pixel's neighbouring rows of scores, or the zeros before or after them) has
-    those taps multiplied by zero, or set to zero where the volume is not ``finite`` (a NaN or
-    infinity read there would spread to windows that do not hold it: 0.4 ms against 0.2 for the
-    product at RAFT's level 0)."""
-    B, P, R = volume.shape
+def _sampled_volumes(levels: list[_Level], first: int, xy: torch.Tensor, radius: int, out: torch.Tensor) -> None:
+    """Without a graph, the window samples of consecutive ``levels`` with volumes, the first of
+    index ``first``, around ``xy / 2**index`` (B, 2, P), written into their channels of ``out``
+    (B, num_levels*(2r+1)**2, P). Each step runs once for all of them, the levels stacked on a
+    first axis (per level, the same operations: a dozen small ones on (B, P, n) index maps cost
+    as much at the coarsest level as at the finest, RAFT's 55x128)."""
+    L, (B, _, P) = len(levels), xy.shape
+    n, K = 2 * radius + 2, 2 * radius + 1
+    device = xy.device
+    sizes = torch.tensor([[level.size[1], level.size[0]] for level in levels], device=device)  # (L, 2): W, H
+    scale = torch.tensor([2.0**index for index in range(first, first + L)], dtype=xy.dtype, device=device)
+    # Far outside, every tap is outside: clamping there keeps the integer taps small without
+    # changing a value.
+    high = (sizes.to(xy.dtype) + (radius + 1.0)).view(L, 1, 2, 1)
+    pos = torch.minimum((xy / scale.view(L, 1, 1, 1)).clamp(min=-(radius + 2)), high)
+    corner = pos.floor()
+    fraction = pos - corner
+    taps = _runs(levels, corner, radius, sizes)
+    d = taps.view(L, B, P, n, n)
+    fx, fy = fraction[:, :, 0].view(L, B, P, 1, 1), fraction[:, :, 1].view(L, B, P, 1, 1)
+    # Down the rows first, then across (see _blend); the samples go to the channels, columns major.
+    down = torch.lerp(d[..., :-1, :], d[..., 1:, :], fy)
+    samples = out.view(B, -1, K * K, P)[:, first : first + L].permute(1, 0, 3, 2).unflatten(-1, (K, K))
+    torch.lerp(down[..., :-1], down[..., 1:], fx, out=samples.transpose(-1, -2))
+
+
+def _runs(levels: list[_Level], corner: torch.Tensor, radius: int, sizes: torch.Tensor) -> torch.Tensor:
+    """The ``n x n`` integer taps (L, B, P, n, n), rows then columns, of windows whose sample at
+    offset ``(0, 0)`` lies in the pixel ``corner`` (L, B, 2, P; x, y) of each of the ``levels``
+    (their ``sizes`` (L, 2): width, height), read from their volumes (B, P, R) as ``n`` runs of
+    ``n`` adjacent scores per window (one index per run: 0.25 of the time of a gather's index per
+    tap and the gather, RAFT's level 0 at 46x62), zero outside the level. The volumes lie in
+    buffers of :func:`_volume_buffer`: a row outside the level reads the ``n`` zeros before it,
+    and a run that passes the level's left or right edge (then reading its pixel's neighbouring
+    rows of scores, or the zeros before or after them) has those taps multiplied by zero, or set
+    to zero where a volume is not finite (a NaN or infinity read there would spread to windows
+    that do not hold it: 0.4 ms against 0.2 for the product at RAFT's level 0)."""
+    L, B, _, P = corner.shape
     n = 2 * radius + 2
-    steps = torch.arange(n, device=corner.device)
-    start = corner.long() - radius  # (B, 2, P): the window's first column and row
-    columns = start[:, 0].unsqueeze(-1) + steps  # (B, P, n)
-    rows = start[:, 1].unsqueeze(-1) + steps
-    pixel = torch.arange(B * P, device=corner.device).view(B, P, 1) * R
-    # Indices into the runs below, which start n scores before the volume, at its zeros.
-    first = rows * W + (pixel + start[:, 0].unsqueeze(-1) + n)  # (B, P, n)
-    first.masked_fill_((rows < 0) | (rows >= H), 0)
-    flat = volume.view(-1)
-    runs = flat.as_strided((flat.numel() + n + 1, n), (1, 1), flat.storage_offset() - n)
-    taps = runs.index_select(0, first.view(-1)).view(B, P, n, n)
+    device = corner.device
+    W, H = sizes[:, 0].view(L, 1, 1, 1), sizes[:, 1].view(L, 1, 1, 1)
+    R = torch.tensor([level.volume.shape[2] for level in levels], device=device).view(L, 1, 1, 1)  # type: ignore[union-attr]
+    steps = torch.arange(n, device=device)
+    start = corner.long() - radius  # (L, B, 2, P): the window's first column and row
+    columns = start[:, :, 0].unsqueeze(-1) + steps  # (L, B, P, n)
+    rows = start[:, :, 1].unsqueeze(-1) + steps
+    pixel = torch.arange(B * P, device=device).view(1, B, P, 1) * R
+    # Indices into the runs below, which start n scores before each volume, at its zeros.
+    index = rows * W + (pixel + start[:, :, 0].unsqueeze(-1) + n)  # (L, B, P, n)
+    index.masked_fill_((rows < 0) | (rows >= H), 0)
+    taps = corner.new_empty(L, B * P * n, n)
+    for at, level in enumerate(levels):
+        assert level.volume is not None
+        flat = level.volume.view(-1)
+        runs = flat.as_strided((flat.numel() + n + 1, n), (1, 1), flat.storage_offset() - n)
+        torch.index_select(runs, 0, index[at].view(-1), out=taps[at])
+    taps = taps.view(L, B, P, n, n)
     outside = (columns < 0) | (columns >= W)
     if not bool(outside.any()):
         return taps
-    if finite:
+    if all(level.finite for level in levels):
         return taps.mul_(outside.logical_not_().to(taps.dtype).unsqueeze(-2))
     return taps.masked_fill_(outside.unsqueeze(-2), 0)
 
