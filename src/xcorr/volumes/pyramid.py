@@ -354,10 +354,8 @@ def _lookup(
     backward pass. Without a graph, ``into`` (B, (2r+1)**2, P) receives the samples."""
     (Hl, Wl), table, volume = level.size, level.table, level.volume
     n = 2 * radius + 2
-    # Far outside, every tap is outside: clamping there keeps the integer taps small without
-    # changing a value (nor a gradient: it is zero there).
-    high = torch.tensor([[Wl + radius + 1.0], [Hl + radius + 1.0]], dtype=xy.dtype, device=xy.device)
-    xy = torch.minimum((xy / 2**index if index else xy).clamp(min=-(radius + 2)), high)
+    size = torch.tensor([[Wl], [Hl]], dtype=xy.dtype, device=xy.device)
+    xy = _clamped(xy / 2**index if index else xy, size, radius)
     corner = xy.floor()
     fraction = xy - corner
     local = _taps(corner, radius, Hl, Wl, n)
@@ -372,6 +370,13 @@ def _lookup(
     else:
         taps = _eager(rows1, table, local, volume, dense)
     return _blend(taps, fraction[:, 0], fraction[:, 1], n, into)
+
+
+def _clamped(xy: torch.Tensor, size: torch.Tensor, radius: int) -> torch.Tensor:
+    """Positions ``xy`` (..., 2, P; x, y) on a level of ``size`` (..., 2, 1: width, height),
+    clamped where every tap is outside: far outside, clamping keeps the integer taps small
+    without changing a value (nor a gradient: it is zero there)."""
+    return torch.minimum(xy.clamp(min=-(radius + 2)), size + (radius + 1.0))
 
 
 def _dense(level: _Level, radius: int) -> bool:
@@ -416,10 +421,7 @@ def _sampled_volumes(levels: list[_Level], first: int, xy: torch.Tensor, radius:
     device = xy.device
     sizes = torch.tensor([[level.size[1], level.size[0]] for level in levels], device=device)  # (L, 2): W, H
     scale = torch.tensor([2.0**index for index in range(first, first + L)], dtype=xy.dtype, device=device)
-    # Far outside, every tap is outside: clamping there keeps the integer taps small without
-    # changing a value.
-    high = (sizes.to(xy.dtype) + (radius + 1.0)).view(L, 1, 2, 1)
-    pos = torch.minimum((xy / scale.view(L, 1, 1, 1)).clamp(min=-(radius + 2)), high)
+    pos = _clamped(xy / scale.view(L, 1, 1, 1), sizes.to(xy.dtype).view(L, 1, 2, 1), radius)
     corner = pos.floor()
     fraction = pos - corner
     taps = _runs(levels, corner, radius, sizes)
