@@ -553,6 +553,27 @@ def test_fused_keeps_the_callers_thread_count_and_its_result_does_not_depend_on_
     assert torch.equal(outs[0], outs[1])
 
 
+def _fused_sum(f1, f2, spec, results):
+    results.put(float(correlate(f1, f2, spec, "fused").sum()))
+
+
+@needs_numba
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="needs fork")
+def test_fused_runs_in_a_forked_child_after_its_parent():
+    import multiprocessing
+
+    f1, f2 = pair(2, 8, 9, 10)
+    spec = check_local_correlation(f1, f2, 2, 1, 1, 1, "none", "flat")
+    expected = float(correlate(f1, f2, spec, "fused").sum())
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_fused_sum, args=(f1, f2, spec, results))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert results.get(timeout=5) == expected
+
+
 def test_without_numba_fused_is_no_option_and_asking_for_it_says_what_to_install(monkeypatch):
     f1, f2 = pair(1, 4, 6, 7)
     spec = check_local_correlation(f1, f2, 1, 1, 1, 1, "none", "flat")

@@ -11,8 +11,17 @@ row of the accumulator is read and written once per four products.
 
 from __future__ import annotations
 
+import os
+
+import numba
 import numpy as np
 from numba import njit, prange
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    # numba's own thread pool, unless the environment names one: GNU OpenMP's (numba's default
+    # here) terminates a forked child that launches the loops, as a DataLoader worker or a
+    # multiprocessing pool would; the backend's lock keeps launches to one thread at a time.
+    numba.config.THREADING_LAYER = "workqueue"
 
 # Contraction into fused multiply-adds only: no reassociation, and NaN and infinity behave.
 _serial = njit(cache=True, fastmath={"contract"}, boundscheck=False, error_model="numpy", nogil=True)

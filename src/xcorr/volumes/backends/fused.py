@@ -12,7 +12,8 @@ written by one thread alone (no atomics; the result does not depend on the threa
 numba is optional (``pip install 'xcorr[fast]'``): without it, and while a graph is traced, this
 method is not among ``"auto"``'s options. The loops are compiled at their first call (seconds,
 once per dtype; numba caches them on disk for the next process) and run on
-``torch.get_num_threads()`` threads (see :mod:`xcorr.volumes.backends._fused_kernels`).
+``torch.get_num_threads()`` threads of numba's workqueue pool, which a forked process can use
+too (GNU OpenMP's cannot), unless ``NUMBA_THREADING_LAYER`` names another.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from ...planning.cost import Terms
 from ..spec import VolumeSpec
 from ._base import VolumeBackend, window_sum, window_taps
 
-#: Only one thread of the process runs the loops at a time (numba's default thread pool, where
-#: neither TBB nor OpenMP is found, does not take launches from two threads at once).
+#: Only one thread of the process runs the loops at a time (numba's workqueue thread pool, which
+#: the loops choose, does not take launches from two threads at once).
 _LOCK = threading.Lock()
 
 
@@ -68,8 +69,8 @@ def _launch(kernel: Callable[..., None], *tensors: torch.Tensor, spec: VolumeSpe
         try:
             kernel(*arrays, *_geometry(spec), spec.scale)
         finally:
-            # numba's OpenMP pool, started by a first launch, sets the OpenMP thread count that
-            # torch reads as its own: the caller's setting is put back.
+            # numba's OpenMP pool (where NUMBA_THREADING_LAYER asks for it), started by a first
+            # launch, sets the OpenMP thread count that torch reads as its own: it is put back.
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
 
