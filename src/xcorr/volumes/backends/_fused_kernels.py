@@ -21,7 +21,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     # numba's own thread pool, unless the environment names one: GNU OpenMP's (numba's default
     # here) terminates a forked child that launches the loops, as a DataLoader worker or a
     # multiprocessing pool would; the backend's lock keeps launches to one thread at a time.
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
 # Contraction into fused multiply-adds only: no reassociation, and NaN and infinity behave.
 _serial = njit(cache=True, fastmath={"contract"}, boundscheck=False, error_model="numpy", nogil=True)
