@@ -185,6 +185,10 @@ class _Statistics:
         """Each image's smallest :meth:`denominator`, (N,)."""
         return self._get(f"lowest {family}", lambda: self.denominator(family).flatten(1).amin(1))
 
+    def least(self, family: str) -> float:
+        """The smallest :meth:`denominator` of all the images."""
+        return self._get(f"least {family}", lambda: float(self.lowest(family).amin()))
+
     def root(self, family: str, dtype: torch.dtype) -> torch.Tensor:
         """``rsqrt`` of :meth:`denominator` in ``dtype`` (the numerators'), for
         :func:`.normalise._normalise`'s case without near-flat windows."""
@@ -196,7 +200,7 @@ def _ccorr_piece(p: _Problem, rows: slice, images: slice, stats: _Statistics) ->
     with stage("exactness check"):
         num = p.numerator(rows, images, energy, energy, lowest=stats.lowest("ccorr"))
     with stage("normalisation"):
-        low, root = float(stats.lowest("ccorr").amin()), lambda: stats.root("ccorr", num.dtype)
+        low, root = stats.least("ccorr"), lambda: stats.root("ccorr", num.dtype)
         return _normalise(num, energy, p.scale(images), p.method, low=low, root=root)
 
 
@@ -209,7 +213,7 @@ def _ccoeff_piece(p: _Problem, rows: slice, images: slice, stats: _Statistics) -
             num = _without_residual(num, s1, p.residual[images], h * w)
     most = (stats.most() ** 0.5 + (h * w * float(p.shift2[images].amax())) ** 0.5) ** 2
     with stage("normalisation"):
-        low, root = float(stats.lowest("ccoeff").amin()), lambda: stats.root("ccoeff", num.dtype)
+        low, root = stats.least("ccoeff"), lambda: stats.root("ccoeff", num.dtype)
         score = _normalise(num, diff2, p.scale(images), p.method, stats.energy, most, low=low, root=root)
         assert p.flat is not None  # ccoeff_normed's problems have the flat-template rule
         if bool(p.flat[images].any()):
