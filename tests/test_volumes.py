@@ -1,6 +1,7 @@
 """Cost volumes: local_correlation, stereo_correlation and the engine under them (volumes.correlate)."""
 
 import io
+import multiprocessing
 import warnings
 from dataclasses import replace
 
@@ -558,10 +559,8 @@ def _fused_sum(f1, f2, spec, results):
 
 
 @needs_numba
-@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="needs fork")
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
 def test_fused_runs_in_a_forked_child_after_its_parent():
-    import multiprocessing
-
     f1, f2 = pair(2, 8, 9, 10)
     spec = check_local_correlation(f1, f2, 2, 1, 1, 1, "none", "flat")
     expected = float(correlate(f1, f2, spec, "fused").sum())
